@@ -1,0 +1,40 @@
+"""The ``colu`` command line.
+
+Each subcommand lives in its own module and is imported only when it is run,
+so ``colu bench`` never pays for matplotlib and ``colu --help`` stays fast.
+A command is ``"module:function"`` where ``function(argv) -> int`` parses its
+own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("colu.experiments.demo:main", "train small networks with ReLU vs CoLU on built-in data"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: colu COMMAND [options]   (colu COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"colu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Backends that compute cone activations, behind one dispatch point (:mod:`colu.ops.dispatch`)."""

@@ -1,0 +1,137 @@
+"""Portable backend: closed-form forward and backward in torch ops.
+
+Works on any device and dtype torch supports. It computes the backward from
+the saved input alone (no intermediate is kept between forward and backward),
+so the autograd Function keeps one input-sized tensor, like ReLU does.
+
+Both functions take and return tensors of shape ``(outer, C, inner)``: the
+channel axis in the middle, so that an ``(N, C)`` activation is
+``(N, C, 1)`` and a contiguous ``NCHW`` activation is ``(N, C, H*W)`` without
+any copy. Kernels share this interface.
+
+Per cone, with axis value ``a``, section ``s`` and ``n = ||s||``::
+
+    a' = phi(a),  r = a' / (n + eps),  y = (a', w(r) s)
+
+and for an upstream gradient ``(g_a, g_s)``, writing ``q = <g_s, s>`` and
+``k = q w'(r) / (n + eps)``::
+
+    dL/ds = w(r) g_s - (k r / n) s
+    dL/da = (g_a + k) phi'(a)          (k summed over cones for a shared axis)
+
+RCoLU is the same projection in the basis (e, e-perp) of each group of S
+channels, e = (1, ..., 1)/sqrt(S).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..spec import ConeSpec
+
+
+def _weight_and_slope(r: torch.Tensor, scaling: str):
+    if scaling == "hard":
+        w = torch.clamp(r, 0.0, 1.0)
+        # inclusive at 0 and 1, as torch.clamp's own gradient
+        slope = ((r >= 0) & (r <= 1)).to(r.dtype)
+        return w, slope
+    if scaling == "soft":
+        w = torch.sigmoid(r - 0.5)
+        return w, w * (1 - w)
+    w = torch.sigmoid(4.0 * r - 2.0)
+    return w, 4.0 * w * (1 - w)
+
+
+def _axis_act(a: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "identity":
+        return a
+    if name == "relu":
+        return torch.relu(a)
+    return torch.nn.functional.silu(a)
+
+
+def _axis_act_grad(a: torch.Tensor, name: str):
+    if name == "relu":
+        return (a > 0).to(a.dtype)
+    sig = torch.sigmoid(a)
+    return sig * (1 + a * (1 - sig))
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.movedim(1, -1)
+
+
+def _channels_middle(t: torch.Tensor) -> torch.Tensor:
+    return t.movedim(-1, 1).contiguous()
+
+
+def cone_forward(x: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+    xl = _channels_last(x)
+    if spec.kind == "rcolu":
+        return _channels_middle(_rcolu_forward(xl, spec, scaling, eps, axis_activation))
+    axes, sections = spec.split(xl)
+    axes_out = _axis_act(axes, axis_activation)
+    norm = torch.linalg.vector_norm(sections, dim=-1)
+    w, _ = _weight_and_slope(axes_out / (norm + eps), scaling)
+    return _channels_middle(spec.merge(axes_out, w.unsqueeze(-1) * sections))
+
+
+def cone_backward(
+    x: torch.Tensor, grad: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str
+) -> torch.Tensor:
+    xl, gl = _channels_last(x), _channels_last(grad)
+    if spec.kind == "rcolu":
+        return _channels_middle(_rcolu_backward(xl, gl, spec, scaling, eps, axis_activation))
+    axes, sections = spec.split(xl)
+    g_axes, g_sections = spec.split(gl)
+    axes_out = _axis_act(axes, axis_activation)
+    norm = torch.linalg.vector_norm(sections, dim=-1)
+    denom = norm + eps
+    r = axes_out / denom
+    w, slope = _weight_and_slope(r, scaling)
+    k = (g_sections * sections).sum(-1) * slope / denom
+    # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
+    coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+    g_sec_in = w.unsqueeze(-1) * g_sections - coef.unsqueeze(-1) * sections
+    g_ax = g_axes + (k.sum(-1, keepdim=True) if spec.share_axis else k)
+    if axis_activation != "identity":
+        g_ax = g_ax * _axis_act_grad(axes, axis_activation)
+    return _channels_middle(spec.merge(g_ax, g_sec_in))
+
+
+def _rcolu_parts(xl, spec, scaling, eps, axis_activation):
+    S = spec.cone_dim
+    groups = xl.reshape(*xl.shape[:-1], spec.num_cones, S)
+    mean = groups.mean(-1, keepdim=True)
+    perp = groups - mean
+    norm = torch.linalg.vector_norm(perp, dim=-1)
+    t = mean.squeeze(-1) * math.sqrt(S)
+    t_out = _axis_act(t, axis_activation)
+    denom = norm + eps
+    r = t_out / denom
+    w, slope = _weight_and_slope(r, scaling)
+    return groups, perp, norm, denom, t, t_out, r, w, slope
+
+
+def _rcolu_forward(xl, spec, scaling, eps, axis_activation):
+    _, perp, _, _, _, t_out, _, w, _ = _rcolu_parts(xl, spec, scaling, eps, axis_activation)
+    out = (t_out / math.sqrt(spec.cone_dim)).unsqueeze(-1) + w.unsqueeze(-1) * perp
+    return out.flatten(-2)
+
+
+def _rcolu_backward(xl, gl, spec, scaling, eps, axis_activation):
+    S = spec.cone_dim
+    _, perp, norm, denom, t, _, r, w, slope = _rcolu_parts(xl, spec, scaling, eps, axis_activation)
+    g = gl.reshape(perp.shape)
+    g_mean = g.mean(-1)
+    k = (g * perp).sum(-1) * slope / denom
+    coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+    # dL/dt' = sum(g)/sqrt(S) + k, pushed back along e (dt/dx = e)
+    g_t = g_mean + k / math.sqrt(S)
+    if axis_activation != "identity":
+        g_t = g_t * _axis_act_grad(t, axis_activation)
+    g_in = w.unsqueeze(-1) * (g - g_mean.unsqueeze(-1)) - coef.unsqueeze(-1) * perp + g_t.unsqueeze(-1)
+    return g_in.flatten(-2)
