@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from . import functional
-from .spec import AXIS_ACTIVATIONS, LAYOUTS, SCALINGS, check_choice, validate_cone_args
+from .spec import AXIS_ACTIVATIONS, LAYOUTS, SCALINGS, check_choice, check_eps, validate_cone_args
 
 __all__ = ["CoLU", "RCoLU"]
 
@@ -17,8 +15,7 @@ def _check_common(cone_dim, num_cones, scaling, eps, axis_activation):
     validate_cone_args(cone_dim, num_cones)
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got eps={eps!r}")
+    check_eps(eps)
 
 
 class CoLU(nn.Module):

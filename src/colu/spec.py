@@ -23,6 +23,8 @@ direction inside them.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,6 +45,12 @@ def check_choice(name: str, value, choices) -> None:
     """Raise a ValueError naming ``value`` and the valid ``choices``."""
     if value not in choices:
         raise ValueError(f"unknown {name}={value!r}; expected one of {', '.join(map(repr, choices))}")
+
+
+def check_eps(eps) -> None:
+    """``eps`` must be a finite number >= 0 (it is added to a norm)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 <= eps < math.inf):
+        raise ValueError(f"eps must be a finite number >= 0, got eps={eps!r}")
 
 
 def _nearby_widths(channels: int, step: int, offset: int = 0) -> str:
