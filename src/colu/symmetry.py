@@ -8,19 +8,45 @@ activation only with permutations (Corollary 4.6).
 
 A hidden state ``h = act(W_in x + b_in)`` feeding ``W_out h`` can be moved by
 any such ``P`` without changing the network: ``W_in <- P W_in``,
-``b_in <- P b_in``, ``W_out <- W_out P^T`` (:func:`transform_hidden`).
+``b_in <- P b_in``, ``W_out <- W_out P^T`` (:func:`transform_hidden`,
+:func:`transform_sequential`, :func:`apply_random_symmetry`).
+
+Checks: :func:`equivariance_error` measures ``act(x P^T) - act(x) P^T``;
+:func:`in_cone` tests membership of the invariant set of hard CoLU/RCoLU.
+
+Lemma 4.8 (an O(2) acting on the first two input coordinates):
+:func:`lemma_4_8_network` builds the exactly equivariant two-layer CoLU
+network of part (2); :func:`find_relu_witness` looks for a witness
+``(x, P)`` against the equivariance of a two-layer ReLU network, and its
+docstring states which part of part (1) is true.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
 from .spec import ConeSpec
 
-__all__ = ["group_element", "random_orthogonal", "transform_hidden"]
+__all__ = [
+    "group_element",
+    "random_orthogonal",
+    "transform_hidden",
+    "transform_sequential",
+    "group_element_for",
+    "apply_random_symmetry",
+    "apply_along",
+    "equivariance_error",
+    "in_cone",
+    "plane_group_element",
+    "lemma_4_8_network",
+    "find_relu_witness",
+    "Witness",
+]
 
 _KINDS = ("colu", "rcolu", "relu")
 
@@ -126,3 +152,347 @@ def transform_hidden(layer_in: nn.Module, layer_out: nn.Module, P: torch.Tensor)
         layer_in.bias.copy_(P_in @ layer_in.bias)
     w_out = layer_out.weight
     w_out.copy_(torch.tensordot(w_out, P.to(w_out).T, dims=([1], [0])).movedim(-1, 1))
+
+
+# ---------------------------------------------------------------- checks
+def apply_along(x: torch.Tensor, P: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x`` with ``P`` applied to the channel axis ``dim`` (``x @ P.T`` for ``dim=-1``)."""
+    moved = x.movedim(dim, -1)
+    if P.shape != (moved.shape[-1], moved.shape[-1]):
+        raise ValueError(
+            f"P has shape {tuple(P.shape)} but x has {moved.shape[-1]} channels along dim={dim}; "
+            f"build P for C={moved.shape[-1]} (e.g. with group_element)"
+        )
+    return (moved @ P.to(x).T).movedim(-1, dim)
+
+
+def equivariance_error(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, P: torch.Tensor, dim: int = -1) -> float:
+    """``max |act(P x) - P act(x)|`` with ``P`` acting on the channel axis ``dim``.
+
+    Zero (up to rounding) exactly when ``P`` is in the equivariance group of
+    ``act`` on the samples ``x``; ``P`` is cast to ``x``'s dtype.
+    """
+    with torch.no_grad():
+        diff = act(apply_along(x, P, dim)) - apply_along(act(x), P, dim)
+    return float(diff.abs().max()) if diff.numel() else 0.0
+
+
+def in_cone(
+    y: torch.Tensor,
+    cone_dim: Optional[int] = None,
+    num_cones: Optional[int] = None,
+    *,
+    share_axis: bool = False,
+    layout: str = "grouped",
+    dim: int = -1,
+    tol: Optional[float] = None,
+    kind: str = "colu",
+) -> torch.Tensor:
+    """Whether each vector of ``y`` lies in the invariant set of hard CoLU (or RCoLU).
+
+    The invariant set (paper Theorem 4.7) is a product of extended Lorentz
+    cones: every cone's section norm is at most its axis value, and a cone with
+    a negative axis has a zero section. Per vector along ``dim`` this tests,
+    for every cone, ``|section| <= max(axis, 0) * (1 + tol) + tol``. For
+    ``kind="rcolu"`` the axis value of a group ``x`` is ``t = x . e`` with
+    ``e = (1, ..., 1)/sqrt(S)`` and the section is ``x - t e``.
+
+    Hard-scaled outputs satisfy this (the soft and firm weightings leave some
+    section behind at a zero axis, so their outputs generally do not).
+
+    Args:
+        y: tensor with channels along ``dim``; the cone arguments are those
+            of :func:`colu.colu` / :func:`colu.rcolu`.
+        tol: relative and absolute slack; default ``16 * finfo(y.dtype).eps``.
+
+    Returns:
+        A bool tensor of ``y``'s shape without ``dim``; ``.all()`` for one answer.
+    """
+    if kind not in ("colu", "rcolu"):
+        raise ValueError(f"unknown kind={kind!r}; expected 'colu' or 'rcolu'")
+    if tol is None:
+        tol = 16 * torch.finfo(y.dtype).eps
+    moved = y.movedim(dim, -1)
+    spec = ConeSpec.resolve(moved.shape[-1], cone_dim, num_cones, share_axis=share_axis, layout=layout, kind=kind)
+    if spec.is_identity:
+        # the identity's invariant set is all of R^C
+        return torch.ones(moved.shape[:-1], dtype=torch.bool, device=y.device)
+    if kind == "rcolu":
+        groups = moved.reshape(*moved.shape[:-1], spec.num_cones, spec.cone_dim)
+        axis = groups.sum(-1) / math.sqrt(spec.cone_dim)
+        section = groups - (axis / math.sqrt(spec.cone_dim))[..., None]
+    else:
+        axes, section = spec.split(moved.contiguous())
+        # with a shared axis every cone is measured against channel 0
+        axis = axes.expand(*section.shape[:-1]) if share_axis else axes
+    norm = torch.linalg.vector_norm(section, dim=-1)
+    return (norm <= axis.clamp(min=0) * (1 + tol) + tol).all(-1)
+
+
+# ------------------------------------------------- weights of whole models
+_COMPONENTWISE = (
+    nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish, nn.ReLU6,
+)
+
+
+def group_element_for(
+    act: nn.Module, C: int, *, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """A random element of the symmetry group of the activation module ``act`` at width ``C``.
+
+    :class:`colu.CoLU`/:class:`colu.RCoLU` use their own cone arguments,
+    ``nn.Identity`` gives a Haar-random O(C) element, and the component-wise
+    torch activations a random permutation. Other modules raise ``TypeError``
+    (their group is not known here).
+    """
+    from .modules import CoLU, RCoLU
+
+    if isinstance(act, CoLU):
+        return group_element(
+            C, act.cone_dim, act.num_cones, share_axis=act.share_axis, layout=act.layout,
+            generator=generator, kind="colu", dtype=dtype,
+        )
+    if isinstance(act, RCoLU):
+        return group_element(C, act.cone_dim, act.num_cones, generator=generator, kind="rcolu", dtype=dtype)
+    if isinstance(act, nn.Identity):
+        return random_orthogonal(C, generator=generator, dtype=dtype)
+    if isinstance(act, _COMPONENTWISE):
+        return group_element(C, kind="relu", generator=generator, dtype=dtype)
+    raise TypeError(
+        f"no symmetry group known for {type(act).__name__}; use colu.CoLU/RCoLU, nn.Identity or a "
+        f"component-wise torch activation, or build P yourself and call transform_hidden"
+    )
+
+
+def _has_weight(module) -> bool:
+    return isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
+
+
+def transform_sequential(model: nn.Sequential, index: int, P: torch.Tensor) -> None:
+    """Move the hidden state at activation ``model[index]`` by ``P``, in place.
+
+    ``model[index - 1]`` must produce the hidden state and ``model[index + 1]``
+    consume it (``nn.Linear`` or ``nn.ConvNd``), e.g. ``index=1`` in
+    ``Sequential(Linear, CoLU, Linear)``. With ``P`` from the activation's
+    group (:func:`group_element_for`) the model computes the same function.
+    """
+    n = len(model)
+    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= n - 2:
+        raise ValueError(
+            f"index={index!r} must point at an activation with a layer on each side "
+            f"(1 <= index <= {n - 2} for this Sequential of {n} modules)"
+        )
+    before, after = model[index - 1], model[index + 1]
+    for where, layer in (("before", before), ("after", after)):
+        if not _has_weight(layer):
+            raise ValueError(
+                f"model[{index}] ({type(model[index]).__name__}) needs a Linear/Conv layer {where} it, "
+                f"found {type(layer).__name__}; call transform_hidden with the two layers directly"
+            )
+    transform_hidden(before, after, P)
+
+
+def apply_random_symmetry(
+    model: nn.Sequential, *, generator: Optional[torch.Generator] = None
+) -> dict:
+    """Apply a random group element at every activation between two weighted layers.
+
+    Returns ``{index: P}``. The function computed by ``model`` is unchanged
+    (up to rounding) while its weights are mixed by each activation's group:
+    only permutations for ReLU, rotations of sections for CoLU.
+    """
+    applied = {}
+    for i in range(1, len(model) - 1):
+        if _has_weight(model[i]) or not (_has_weight(model[i - 1]) and _has_weight(model[i + 1])):
+            continue
+        P = group_element_for(model[i], model[i - 1].weight.shape[0], generator=generator)
+        transform_sequential(model, i, P)
+        applied[i] = P
+    return applied
+
+
+# ------------------------------------------------------------- Lemma 4.8
+def plane_group_element(
+    C: int,
+    *,
+    angle: Optional[float] = None,
+    reflect: Optional[bool] = None,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """An element of the group G ~ O(2) of Lemma 4.8: O(2) on coordinates 0, 1, identity elsewhere.
+
+    ``angle`` (radians) and ``reflect`` are drawn at random when not given;
+    with ``reflect=True`` the block is a reflection (determinant -1).
+    """
+    if C < 2:
+        raise ValueError(f"G acts on the first two coordinates, so C >= 2 is needed; got C={C}")
+    if angle is None:
+        angle = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi
+    if reflect is None:
+        reflect = bool(torch.rand((), generator=generator) < 0.5)
+    c, s = math.cos(angle), math.sin(angle)
+    P = torch.eye(C, dtype=torch.float64)
+    P[:2, :2] = torch.tensor([[c, s], [s, -c]] if reflect else [[c, -s], [s, c]], dtype=torch.float64)
+    return P.to(dtype)
+
+
+def lemma_4_8_network(
+    C: int,
+    cone_dim: Optional[int] = None,
+    *,
+    scaling: str = "hard",
+    share_axis: bool = False,
+    layout: str = "grouped",
+    dtype: torch.dtype = torch.float64,
+) -> nn.Sequential:
+    r"""The two-layer CoLU network :math:`\theta^\dagger` of Lemma 4.8(2), exactly O(2)-equivariant.
+
+    Returns ``Sequential(Linear(C, C), CoLU, Linear(C, C))`` (no biases) with
+    ``w' = Q`` and ``w = Q^T`` for a permutation ``Q`` that sends the two
+    rotating coordinates ``x_0, x_1`` to the last two section channels of
+    cone 0 and the ``C - 2`` fixed coordinates, in order, to the remaining
+    channels (so every axis sees only fixed coordinates). With one cone
+    (``cone_dim=None``, the default) these are exactly the paper's
+    :math:`w'^\dagger` and :math:`w^\dagger`.
+
+    Why it is equivariant: for ``P`` in G, ``Q P Q^T`` rotates or reflects two
+    channels of one section and fixes every other channel, so it lies in
+    Perm(G) x O(S-1)^G, which commutes with CoLU for every scaling (the
+    weighting sees only the axis and the section norm; Theorem 4.7). Hence
+    ``f(P x) = Q^T CoLU(Q P Q^T Q x) = Q^T Q P Q^T CoLU(Q x) = P f(x)``.
+    The network is not linear in the rotating pair: for a positive axis
+    ``a`` its response is ``min(a / |s|, 1) (x_0, x_1)`` with ``|s|``
+    growing with ``|(x_0, x_1)|`` (hard scaling), a radial nonlinearity no
+    ReLU network of this form can have (see :func:`find_relu_witness`).
+
+    Args:
+        C: width of input, hidden state and output (C >= 3).
+        cone_dim: S; each cone needs ``S >= 3`` so a section can hold the
+            rotating pair. ``None``: one cone over all channels.
+        scaling, share_axis, layout: passed to :class:`colu.CoLU`.
+    """
+    from .modules import CoLU
+
+    if not isinstance(C, int) or C < 3:
+        raise ValueError(
+            f"Lemma 4.8(2) needs C >= 3 (an axis plus a section holding the rotating pair); got C={C!r}"
+        )
+    num_cones = 1 if cone_dim is None and not share_axis else None
+    if cone_dim is None and share_axis:
+        cone_dim = C
+    spec = ConeSpec.resolve(C, cone_dim, num_cones, share_axis=share_axis, layout=layout)
+    if spec.cone_dim < 3:
+        raise ValueError(
+            f"cone_dim={spec.cone_dim} leaves a section of {spec.section_dim} channel, too small for the "
+            f"rotating pair; use cone_dim >= 3"
+        )
+    pair = spec.section_channels()[0, -2:].tolist()
+    rest = [c for c in range(C) if c not in pair]
+    Q = torch.zeros(C, C, dtype=torch.float64)
+    Q[pair[0], 0] = Q[pair[1], 1] = 1.0
+    for i, c in enumerate(rest):
+        Q[c, i + 2] = 1.0
+    first, last = nn.Linear(C, C, bias=False, dtype=dtype), nn.Linear(C, C, bias=False, dtype=dtype)
+    with torch.no_grad():
+        first.weight.copy_(Q)
+        last.weight.copy_(Q.T)
+    act = CoLU(cone_dim if num_cones is None else None, num_cones, share_axis=share_axis, scaling=scaling, layout=layout)
+    return nn.Sequential(first, act, last)
+
+
+@dataclass
+class Witness:
+    """A counterexample to equivariance: ``P f(x) != f(P x)`` by ``error`` (max abs)."""
+
+    x: torch.Tensor
+    P: torch.Tensor
+    error: float
+
+
+def find_relu_witness(
+    w: torch.Tensor,
+    w_prime: torch.Tensor,
+    *,
+    activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+    num_angles: int = 256,
+    num_offsets: int = 4,
+    tol: float = 1e-9,
+    generator: Optional[torch.Generator] = None,
+) -> Optional[Witness]:
+    r"""Look for ``(x, P)``, ``P`` in G ~ O(2) (first two coordinates), with ``P f(x) != f(P x)``.
+
+    ``f(x) = w act(w' x)`` with ``w`` of shape ``(C, H)`` and ``w'`` of
+    shape ``(H, C)``; the hidden width ``H`` may differ from ``C``. Returns
+    the worst :class:`Witness` found, or ``None`` when every tested pair
+    agrees to ``tol * (1 + max|f|)``.
+
+    What is true of Lemma 4.8(1). Read literally ("every nonzero ReLU
+    network has a witness") it is false, and this function returns ``None``
+    on the two kinds of exception:
+
+    * networks blind to the rotating pair: ``w'`` zero on columns 0, 1 and
+      ``w`` zero on rows 0, 1 give ``f(P x) = f(x) = P f(x)``;
+    * networks linear in the pair: ReLU makes the identity from
+      ``relu(t) - relu(-t) = t``, e.g. hidden units ``±x_0, ±x_1`` read out
+      as ``x_0, x_1``, and a multiple of the identity on the plane commutes
+      with O(2).
+
+    What does hold, for any continuous piecewise-linear component-wise
+    ``act`` (ReLU, leaky ReLU): write ``x = (z, y)``, ``z`` the rotating
+    pair. If ``f`` is G-equivariant then for every fixed ``y``,
+    ``f(z, y) = (alpha(y) z, beta(y))``. Sketch: the fixed outputs satisfy
+    ``f_k(R z, y) = f_k(z, y)``, so they are radial in ``z``; a radial
+    function that is affine on each polygon of a finite partition of the
+    plane is constant. Reflecting across the line through ``z`` fixes ``z``,
+    so ``f_{01}(z, y)`` is parallel to ``z``; an affine map ``A z + b`` that
+    is everywhere parallel to ``z`` with a length depending only on ``|z|``
+    has ``A = alpha I`` and ``b = 0``, and continuity across the polygons
+    makes ``alpha`` one number. So an equivariant ReLU network of this form
+    can only scale the rotating pair linearly; the CoLU network of
+    :func:`lemma_4_8_network` responds to it nonlinearly.
+
+    Search (why it finds witnesses): by the statement above it suffices to
+    probe, for a few values of ``y`` (zero and Gaussian ones), points ``z``
+    on circles of several radii, ``num_angles`` directions each, against
+    rotations (including 45 degrees, the paper's witness) and reflections. A
+    network that is not of the form above differs from it on an open set,
+    which a dense enough set of directions meets. Float64 throughout.
+    """
+    w = torch.as_tensor(w, dtype=torch.float64)
+    w_prime = torch.as_tensor(w_prime, dtype=torch.float64)
+    if w.dim() != 2 or w_prime.dim() != 2 or w.shape[1] != w_prime.shape[0] or w.shape[0] != w_prime.shape[1]:
+        raise ValueError(
+            f"expected w of shape (C, H) and w' of shape (H, C); got {tuple(w.shape)} and {tuple(w_prime.shape)}"
+        )
+    C = w_prime.shape[1]
+    if C < 2:
+        raise ValueError(f"G acts on the first two coordinates, so C >= 2 is needed; got C={C}")
+
+    def f(x):
+        return activation(x @ w_prime.T) @ w.T
+
+    scale = float(w_prime.abs().max()) or 1.0
+    ys = [torch.zeros(C - 2, dtype=torch.float64)]
+    ys += [torch.randn(C - 2, generator=generator, dtype=torch.float64) / scale for _ in range(num_offsets)]
+    radii = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64) / scale
+    theta = torch.arange(num_angles, dtype=torch.float64) * (2 * math.pi / num_angles)
+    theta = theta + float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi / num_angles
+    circle = torch.stack([theta.cos(), theta.sin()], -1)
+    points = []
+    for y in ys:
+        for r in radii:
+            points.append(torch.cat([r * circle, y.expand(num_angles, C - 2)], -1))
+    X = torch.cat(points)
+    angles = [math.pi / 4, math.pi / 2, 2 * math.pi / num_angles, 1.0, 2.5]
+    group = [plane_group_element(C, angle=a, reflect=False) for a in angles]
+    group += [plane_group_element(C, angle=a, reflect=True) for a in (0.0, 0.7, math.pi / 3)]
+    fx = f(X)
+    threshold = tol * (1.0 + float(fx.abs().max()))
+    best = None
+    for P in group:
+        err = (f(X @ P.T) - fx @ P.T).abs().amax(-1)
+        i = int(err.argmax())
+        if float(err[i]) > threshold and (best is None or float(err[i]) > best.error):
+            best = Witness(X[i].clone(), P, float(err[i]))
+    return best
