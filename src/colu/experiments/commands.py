@@ -1,0 +1,63 @@
+"""Entry points of ``colu run``, ``colu sweep`` and ``colu report``."""
+
+from __future__ import annotations
+
+import sys
+
+from .config import _fail, parse_cli
+
+
+def _train(argv, sweep: bool) -> int:
+    prog = "colu sweep" if sweep else "colu run"
+    description = ("Run the grid of activation configs x seeds of an experiment (override with --activations)."
+                   if sweep else "Train an experiment's networks for each activation and seed, then write "
+                   "results.json, metrics.jsonl, learning-curve PNGs and report.md to --out.")
+    from . import report
+    from .runner import Halted, run_all
+
+    try:
+        exp, cfg, out, resume, quiet = parse_cli(argv, prog, description, sweep=sweep)
+        results = run_all(exp, cfg, out, resume=resume, quiet=quiet)
+    except Halted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as exc:
+        return _fail(exc, prog)
+    if results.get("world_size", 1) == 1 or _is_main():
+        print(f"\n{results['experiment']} ({results['data']['description']})")
+        print(report.summary_table(results))
+        print(f"results, plots and report.md in {out}")
+    return 0
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def run_main(argv=None) -> int:
+    return _train(argv, sweep=False)
+
+
+def sweep_main(argv=None) -> int:
+    return _train(argv, sweep=True)
+
+
+def report_main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="colu report",
+                                description="Rebuild report.md, summary and plots of a run directory from its "
+                                            "results (results.json, or runs/*.json of an unfinished run).")
+    p.add_argument("dir", help="a --out directory of colu run / colu sweep")
+    args = p.parse_args(argv)
+    from . import report
+
+    try:
+        results = report.rebuild(args.dir)
+    except (ValueError, OSError) as exc:
+        return _fail(exc, "colu report")
+    print(report.summary_table(results))
+    print(f"report: {args.dir}/report.md")
+    return 0

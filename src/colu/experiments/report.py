@@ -1,0 +1,248 @@
+"""Summaries, learning-curve plots and report.md, all computed from the run records.
+
+Nothing here types a number in: ours come from ``results.json``, the paper's
+from :mod:`colu.experiments.paper`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import statistics
+
+from . import paper
+from .runner import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def summarize(runs, metrics) -> dict:
+    """activation -> metric -> {mean, std (sample, 0 for one run), n (finite runs), diverged}."""
+    out = {}
+    for act in dict.fromkeys(r["activation"] for r in runs):
+        rows = [r for r in runs if r["activation"] == act]
+        out[act] = {}
+        for m in metrics:
+            values = [r["metrics"].get(m) for r in rows]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            out[act][m] = {
+                "mean": statistics.fmean(finite) if finite else None,
+                "std": statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else None),
+                "n": len(finite),
+                "diverged": len(values) - len(finite),
+            }
+    return out
+
+
+def _fmt(stats) -> str:
+    if stats is None or stats["mean"] is None:
+        return "diverged" if stats and stats["diverged"] else "—"
+    mean, std = stats["mean"], stats["std"]
+    text = f"{mean:.4f} ± {std:.4f}" if abs(mean) < 10 else f"{mean:.2f} ± {std:.2f}"
+    if stats.get("diverged"):
+        text += f" ({stats['diverged']} diverged)"
+    return text
+
+
+def _widths(results) -> dict:
+    return {r["activation"]: r.get("width") for r in results["runs"]}
+
+
+# ------------------------------------------------------------- comparability
+def comparability(results) -> list[str]:
+    """Why these numbers cannot be set beside the paper's (empty list: they can)."""
+    name, cfg = results["experiment"], results["config"]
+    reasons = []
+    for key, want in paper.SETTINGS.get(name, {}).items():
+        have = cfg.get(key)
+        if have != want:
+            reasons.append(f"{key} = {have!r} (paper: {want!r})")
+    if cfg.get("split_from_test"):
+        reasons.append(f"trained on {results['data']['train_examples']} examples carved from the MNIST test set "
+                       "(--split-from-test), not the 60000-image training set")
+    return reasons
+
+
+def claim_verdicts(results) -> list[str]:
+    name, summary = results["experiment"], results["summary"]
+    reasons = comparability(results)
+    qualitative = name == "hemisphere"
+    lines = []
+    for claim in paper.CLAIMS.get(name, []):
+        present = claim.better in summary and all(t in summary for t in claim.than)
+        head = f"- **{claim.text}** ({claim.source}): "
+        if not present:
+            missing = [a for a in (claim.better, *claim.than) if a not in summary]
+            lines.append(head + f"not tested (no runs for {', '.join(missing)}).")
+            continue
+        b = summary[claim.better][claim.metric]
+        observed, holds, clear = [], True, True
+        for other in claim.than:
+            o = summary[other][claim.metric]
+            if b["mean"] is None or o["mean"] is None:
+                holds, clear = False, False
+                observed.append(f"{other}: a run diverged")
+                continue
+            diff = b["mean"] - o["mean"]
+            better = diff > 0 if claim.higher_is_better else diff < 0
+            se = math.sqrt((b["std"] ** 2) / max(b["n"], 1) + (o["std"] ** 2) / max(o["n"], 1))
+            holds &= better
+            clear &= abs(diff) > 2 * se
+            observed.append(f"{claim.better} {b['mean']:.4g} vs {other} {o['mean']:.4g} (Δ={diff:+.3g}, "
+                            f"2·SE={2 * se:.2g})")
+        seen = "; ".join(observed)
+        if reasons:
+            direction = "same direction" if holds else "opposite direction or tie"
+            lines.append(head + f"not comparable ({'; '.join(reasons)}). Observed here ({direction}): {seen}.")
+        elif holds and clear:
+            note = " Paper shows this as a figure; no numbers to match." if qualitative else ""
+            lines.append(head + f"reproduced: {seen}.{note}")
+        elif holds:
+            lines.append(head + f"not reproduced: same direction but within noise (|Δ| ≤ 2·SE): {seen}.")
+        else:
+            lines.append(head + f"not reproduced: {seen}.")
+    return lines
+
+
+# ------------------------------------------------------------------- plots
+def save_figure(fig, out_dir: str, filename: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    path = os.path.join(out_dir, filename)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_curves(results, out_dir: str, metrics) -> list[str]:
+    """One PNG per metric: mean ± std over seeds against training epochs, one line per activation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for act in dict.fromkeys(r["activation"] for r in results["runs"]):
+            curves = [r["curve"] for r in results["runs"] if r["activation"] == act]
+            length = min(len(c) for c in curves)
+            xs = [p["epoch"] for p in curves[0][:length]]
+            means, stds = [], []
+            for i in range(length):
+                vals = [c[i][metric] for c in curves if c[i].get(metric) is not None]
+                means.append(statistics.fmean(vals) if vals else float("nan"))
+                stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            line, = ax.plot(xs, means, label=f"{act} (n={len(curves)})")
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        if metric in ("test_mse", "max_test_error", "train_loss") and all(
+                p.get(metric) is None or p[metric] > 0 for r in results["runs"] for p in r["curve"]):
+            ax.set_yscale("log")
+        ax.set_title(f"{results['experiment']}: {metric} (mean ± std over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir, f"curve_{metric}.png"))
+        plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------ report
+def render_report(results, plots) -> str:
+    from .registry import EXPERIMENTS
+
+    exp = EXPERIMENTS[results["experiment"]]
+    name, summary, widths = results["experiment"], results["summary"], _widths(results)
+    cited = paper.VALUES.get(name, {})
+    metrics = list(exp.metrics)
+    lines = [f"# {name}: results", "", exp.summary + ".", ""]
+    data = results["data"]
+    lines += ["## Data actually used", "", f"- {data['description']}",
+              f"- {data['train_examples']} train / {data['test_examples']} test examples, input dimension "
+              f"{data['input_dim']}"]
+    lines += [f"- **{note}**" for note in data.get("notes", [])]
+    cfg = results["config"]
+    lines += [f"- device {results['device']}, {results['world_size']} process(es), "
+              f"{results['wall_seconds']:.1f} s wall", ""]
+    lines += ["## Results (mean ± std over seeds)", ""]
+    header = ["activation", "C", "seeds"] + [h for m in metrics for h in (m, f"paper {m}")]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for act, per_metric in summary.items():
+        row_paper = cited.get((act, widths.get(act)), {})
+        n = max(v["n"] + v["diverged"] for v in per_metric.values())
+        cells = [f"`{act}`", str(widths.get(act)), str(n)]
+        for m in metrics:
+            cells += [_fmt(per_metric[m]), row_paper[m].text() if m in row_paper else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Paper values are quoted from the paper (see `colu/experiments/paper.py`); a row shows one only "
+              "when activation and width match the paper's row."]
+    if name in paper.SEEDS:
+        lines.append(f"The paper uses {paper.SEEDS[name]} seeds per configuration; this run used {cfg['seeds']}.")
+    reasons = comparability(results)
+    lines += ["", "## Claims", ""]
+    if reasons:
+        lines += [f"Settings differ from the paper's: {'; '.join(reasons)}. Numbers are therefore **not comparable** "
+                  "to the paper's; the direction of each effect is shown for information.", ""]
+    lines += claim_verdicts(results) or ["- (no claims listed for this experiment)"]
+    lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
+              f"Regenerate this report with `colu report {{DIR}}`; raw numbers are in results.json and "
+              "metrics.jsonl.", ""]
+    return "\n".join(lines)
+
+
+def write_report(results, out_dir: str) -> str:
+    from .registry import EXPERIMENTS
+
+    exp = EXPERIMENTS[results["experiment"]]
+    plots = plot_curves(results, out_dir, exp.curve_metrics)
+    if hasattr(exp, "extra_plots"):
+        plots += exp.extra_plots(results, out_dir)
+    path = os.path.join(out_dir, "report.md")
+    atomic_write_text(path, render_report(results, plots))
+    return path
+
+
+def summary_table(results) -> str:
+    """Plain-text summary for the terminal."""
+    from .registry import EXPERIMENTS
+
+    metrics = list(EXPERIMENTS[results["experiment"]].metrics)
+    widths = _widths(results)
+    rows = [["activation", "C"] + metrics]
+    for act, per_metric in results["summary"].items():
+        rows.append([act, str(widths.get(act))] + [_fmt(per_metric[m]) for m in metrics])
+    cols = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, cols)) for r in rows)
+
+
+def rebuild(out_dir: str) -> dict:
+    """Re-summarize and re-render from results.json, or from runs/*.json if the run did not finish."""
+    from .registry import EXPERIMENTS
+
+    results_path = os.path.join(out_dir, "results.json")
+    if os.path.exists(results_path):
+        with open(results_path, encoding="utf-8") as f:
+            results = json.load(f)
+    else:
+        cfg_path = os.path.join(out_dir, "config.json")
+        if not os.path.exists(cfg_path):
+            raise ValueError(f"{out_dir}: no results.json or config.json here; point colu report at a run's --out")
+        with open(cfg_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        runs_dir = os.path.join(out_dir, "runs")
+        runs = []
+        for fn in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+            with open(os.path.join(runs_dir, fn), encoding="utf-8") as f:
+                runs.append(json.load(f))
+        if not runs:
+            raise ValueError(f"{out_dir}: no finished runs yet (runs/ is empty); continue it with --resume")
+        results = {"experiment": saved["experiment"], "config": saved["config"], "data": saved.get("data", {
+            "description": "(unknown: run did not finish)", "train_examples": 0, "test_examples": 0,
+            "input_dim": 0, "notes": []}), "device": "?", "world_size": 1, "runs": runs, "wall_seconds": 0.0}
+    exp = EXPERIMENTS[results["experiment"]]
+    results["summary"] = summarize(results["runs"], exp.metrics)
+    atomic_write_json(results_path, results)
+    write_report(results, out_dir)
+    return results
