@@ -6,10 +6,11 @@ their modules, ``colu.ConeSpec`` the channel layout they share and
 """
 
 from . import reference
+from .convert import convert
 from .functional import colu, rcolu
 from .modules import CoLU, RCoLU
 from .spec import ConeSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["colu", "rcolu", "CoLU", "RCoLU", "ConeSpec", "reference", "__version__"]
+__all__ = ["colu", "rcolu", "CoLU", "RCoLU", "ConeSpec", "reference", "convert", "__version__"]
