@@ -1,0 +1,207 @@
+"""Fused CPU backend: ``cpu_kernel.c`` built on first use and called through ctypes.
+
+The C file includes no torch headers, so it builds in about a second with the
+system C compiler (``$CC``, else ``cc``/``gcc``). The shared library is cached
+under ``$COLU_CACHE_DIR`` (default ``~/.cache/colu``) in a directory named
+by a hash of the source, the flags, the compiler's identity and the CPU (the
+build uses ``-march=native``), so an edit, another compiler or another
+machine gets its own build and concurrent first uses cannot see a half-written
+file (it is written under a temporary name and renamed).
+
+Where no compiler works the package still runs: :func:`load` returns ``None``
+after one warning and dispatch uses the closed-form backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernel.c")
+# -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
+# kernels rely on NaN comparisons behaving as IEEE says.
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+ABI_VERSION = 1
+
+_SCALING = {"hard": 0, "soft": 1, "firm": 2}
+_ACT = {"identity": 0, "relu": 1, "silu": 2}
+
+
+class _Config(ctypes.Structure):
+    # mirrors colu_cfg in cpu_kernel.c
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in ("G", "S", "axis_base", "axis_step", "sec_base", "sec_step", "kind", "shared", "scaling", "act")
+    ] + [("eps", ctypes.c_double)]
+
+
+class KernelUnavailable(RuntimeError):
+    """The CPU kernel could not be built or loaded (the reason is in the message)."""
+
+
+_state = {"lib": None, "error": None, "warned": False}
+
+
+def compiler() -> str | None:
+    """Path of the C compiler to use, or ``None``."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("COLU_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "colu"
+
+
+def _cpu_identity() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), cc, version, _cpu_identity(), platform.machine()]).encode()
+    ).hexdigest()[:16]
+    target_dir = cache_dir() / key
+    target = target_dir / "colu_cpu.so"
+    if target.exists():
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise KernelUnavailable(f"{cc} failed to build {SOURCE.name} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _open(path: Path):
+    lib = ctypes.CDLL(str(path))
+    if lib.colu_abi_version() != ABI_VERSION:
+        raise KernelUnavailable(f"{path} has ABI {lib.colu_abi_version()}, expected {ABI_VERSION}")
+    ptr, i64, cfg, nt = ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"colu_forward_{suffix}")
+        fwd.argtypes = [ptr, ptr, i64, i64, i64, cfg, nt]
+        fwd.restype = None
+        bwd = getattr(lib, f"colu_backward_{suffix}")
+        bwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, cfg, nt]
+        bwd.restype = None
+    return {
+        torch.float32: (lib.colu_forward_f32, lib.colu_backward_f32),
+        torch.float64: (lib.colu_forward_f64, lib.colu_backward_f64),
+    }
+
+
+def load():
+    """The kernel table ``{dtype: (forward, backward)}``, building it on first use; ``None`` if unavailable.
+
+    A failure is reported by one ``RuntimeWarning`` per process and remembered,
+    so later calls return ``None`` at once.
+    """
+    if _state["lib"] is not None or _state["error"] is not None:
+        return _state["lib"]
+    try:
+        cc = compiler()
+        if cc is None:
+            raise KernelUnavailable(
+                f"no C compiler found (CC={os.environ.get('CC')!r}; tried cc and gcc on PATH)"
+            )
+        _state["lib"] = _open(_build(cc))
+    except (KernelUnavailable, OSError, subprocess.SubprocessError, AttributeError) as err:
+        _state["error"] = err
+        if not _state["warned"]:
+            _state["warned"] = True
+            warnings.warn(
+                f"colu: the fused CPU kernel is unavailable, using the closed-form torch backend instead "
+                f"(slower, same results). Reason: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _state["lib"]
+
+
+def failed() -> bool:
+    """True once building or loading the kernel has failed in this process."""
+    return _state["error"] is not None
+
+
+def reset() -> None:
+    """Forget the loaded library and any failure (the next call to :func:`load` tries again)."""
+    _state.update(lib=None, error=None, warned=False)
+
+
+@functools.lru_cache(maxsize=256)
+def config(spec, scaling: str, eps: float, axis_activation: str) -> _Config:
+    """The C-side description of a cone configuration (cached: built once per configuration)."""
+    G, S = spec.num_cones, spec.cone_dim
+    if spec.kind == "rcolu":
+        maps = (0, 0, 0, 0)
+    elif spec.share_axis:
+        maps = (0, 0, 1, S - 1)
+    elif spec.layout == "grouped":
+        maps = (0, S, 1, S)
+    else:
+        maps = (0, 1, G, S - 1)
+    return _Config(G, S, *maps, int(spec.kind == "rcolu"), int(spec.share_axis), _SCALING[scaling], _ACT[axis_activation], float(eps))
+
+
+def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:
+    return ctypes.addressof(config(spec, scaling, eps, axis_activation))
+
+
+def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+    """Forward on a contiguous ``(outer, C, inner)`` float32/float64 CPU tensor."""
+    lib = _state["lib"] or load()
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    outer, C, inner = x.shape
+    lib[x.dtype][0](
+        x.data_ptr(), y.data_ptr(), outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation), torch.get_num_threads()
+    )
+    return y
+
+
+def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+    """Gradient w.r.t. the input, from the saved input and the upstream gradient."""
+    lib = _state["lib"] or load()
+    x = x.contiguous()
+    grad = grad.contiguous()
+    out = torch.empty_like(x)
+    outer, C, inner = x.shape
+    lib[x.dtype][1](
+        x.data_ptr(),
+        grad.data_ptr(),
+        out.data_ptr(),
+        outer,
+        C,
+        inner,
+        _cfg_ptr(spec, scaling, eps, axis_activation),
+        torch.get_num_threads(),
+    )
+    return out
