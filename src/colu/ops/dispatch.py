@@ -1,36 +1,140 @@
 """The one place that chooses how a cone activation is computed.
 
-``forward``/``backward`` take ``(outer, C, inner)`` tensors in float32 or
-float64 and return a tensor of the same shape. Backends:
+``forward``/``backward`` take contiguous ``(outer, C, inner)`` tensors in
+float32 or float64 and return a tensor of the same shape. Backends:
 
-* ``"closed_form"``: torch ops (:mod:`colu.ops.closed_form`), any device.
+* ``"closed_form"``: torch ops (:mod:`colu.ops.closed_form`), any device and
+  dtype, differentiable (used for double backward).
+* ``"cpu"``: the fused C kernel (:mod:`colu.ops.cpu`), CPU tensors.
+* ``"triton"``: the fused Triton kernel (:mod:`colu.ops.triton_kernels`),
+  CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, for testing).
 
-Set ``COLU_BACKEND=closed_form`` (or pass ``backend=`` to
-:func:`colu.colu`) to force a backend; ``"auto"`` picks the fastest one
-available for the tensor.
+``"auto"`` (the default) picks ``"cpu"`` for CPU tensors when the C kernel
+builds, ``"triton"`` for CUDA tensors when triton is installed, and
+``"closed_form"`` otherwise, and always while ``torch.export`` (and so
+``torch.onnx.export(dynamo=True)``) traces, so exported graphs contain only
+aten ops. Under ``torch.compile`` the kernels run as the custom ops
+``colu::cone_forward``/``colu::cone_backward`` (:mod:`colu.ops.custom`).
+
+Set ``COLU_BACKEND`` (or pass ``backend=`` to :func:`colu.colu`) to force a
+backend; a forced kernel that cannot run raises ``RuntimeError`` naming why.
+:data:`calls` counts, per backend, the eager forward/backward calls that ran.
 """
 
 from __future__ import annotations
 
+import collections
+import importlib.util
 import os
 
-from . import closed_form
+import torch
 
-BACKENDS = ("auto", "closed_form")
+from . import closed_form, cpu
+
+BACKENDS = ("auto", "closed_form", "cpu", "triton")
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # half types are upcast first
+
+calls: collections.Counter = collections.Counter()
+"""``calls["cpu"]`` etc.: how many eager forward/backward calls each backend ran (for tests and debugging)."""
+
+_triton = {"checked": False, "ok": False}
 
 
-def select(x, backend: str = "auto") -> str:
-    """Name of the backend that will run ``x``."""
+def _triton_installed() -> bool:
+    if not _triton["checked"]:
+        _triton.update(checked=True, ok=importlib.util.find_spec("triton") is not None)
+    return _triton["ok"]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _exporting() -> bool:
+    return torch.compiler.is_exporting()
+
+
+def select(x: torch.Tensor, backend: str = "auto") -> str:
+    """Name of the backend that will run ``x``, after ``COLU_BACKEND`` and the checks above."""
     if backend == "auto":
-        backend = os.environ.get("COLU_BACKEND", "auto")
+        backend = os.environ.get("COLU_BACKEND") or "auto"
+        where = "COLU_BACKEND"
+    else:
+        where = "backend"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend={backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
-    return "closed_form"
+        raise ValueError(f"unknown {where}={backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
+    if backend == "closed_form" or _exporting():
+        return "closed_form"
+    compiling = torch.compiler.is_compiling()
+    device = x.device.type
+    if backend == "auto":
+        if x.dtype not in KERNEL_DTYPES:
+            return "closed_form"
+        if device == "cpu":
+            usable = not cpu.failed() if compiling else cpu.load() is not None
+            return "cpu" if usable else "closed_form"
+        if device == "cuda" and _triton_installed():
+            return "triton"
+        return "closed_form"
+    # a forced kernel
+    if x.dtype not in KERNEL_DTYPES:
+        raise RuntimeError(f"{where}={backend!r} supports float16/bfloat16/float32/float64, got dtype={x.dtype}")
+    if backend == "cpu":
+        if device != "cpu":
+            raise RuntimeError(f"{where}='cpu' needs a CPU tensor, got device={x.device}; use 'auto' or 'triton'")
+        if not compiling and cpu.load() is None:
+            raise RuntimeError(f"{where}='cpu' was requested but the CPU kernel is unavailable: {cpu._state['error']}")
+        return "cpu"
+    if not _triton_installed():
+        raise RuntimeError(f"{where}='triton' was requested but triton is not installed (pip install triton)")
+    if device != "cuda" and not (device == "cpu" and _interpreting()):
+        raise RuntimeError(
+            f"{where}='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got device={x.device}"
+        )
+    return "triton"
+
+
+def _kernel_forward(x, spec, scaling, eps, axis_activation, backend):
+    if backend == "cpu":
+        return cpu.forward(x, spec, scaling, eps, axis_activation)
+    from . import triton_kernels
+
+    return triton_kernels.forward(x, spec, scaling, eps, axis_activation)
+
+
+def _kernel_backward(x, grad, spec, scaling, eps, axis_activation, backend):
+    if backend == "cpu":
+        return cpu.backward(x, grad, spec, scaling, eps, axis_activation)
+    from . import triton_kernels
+
+    return triton_kernels.backward(x, grad, spec, scaling, eps, axis_activation)
 
 
 def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
-    return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
+    if backend == "closed_form":
+        if not torch.compiler.is_compiling():
+            calls["closed_form"] += 1
+        return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
+    if torch.compiler.is_compiling():
+        return torch.ops.colu.cone_forward(x, *_op_args(spec, scaling, eps, axis_activation))
+    calls[backend] += 1
+    return _kernel_forward(x, spec, scaling, eps, axis_activation, backend)
 
 
 def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"):
-    return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
+    if backend == "closed_form":
+        if not torch.compiler.is_compiling():
+            calls["closed_form"] += 1
+        return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
+    if torch.compiler.is_compiling():
+        return torch.ops.colu.cone_backward(x, grad, *_op_args(spec, scaling, eps, axis_activation))
+    calls[backend] += 1
+    return _kernel_backward(x, grad.contiguous(), spec, scaling, eps, axis_activation, backend)
+
+
+def _op_args(spec, scaling, eps, axis_activation):
+    return (spec.channels, spec.num_cones, spec.cone_dim, spec.share_axis, spec.layout, spec.kind, scaling, eps, axis_activation)
+
+
+# registers colu::cone_forward / colu::cone_backward (kept last: it imports this module's helpers)
+from . import custom  # noqa: E402,F401

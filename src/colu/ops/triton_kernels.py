@@ -1,0 +1,269 @@
+"""Fused Triton kernels (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
+
+Imported only when a CUDA tensor (or a forced ``backend="triton"``) needs it,
+so ``import colu`` never imports triton.
+
+Launch design. The input is a contiguous ``(outer, C, inner)`` tensor; a
+*lane* is one ``(outer, inner)`` position, so element ``(lane, channel)``
+lives at ``o*C*inner + channel*inner + i``. Each program owns a tile of
+``BLOCK_L`` lanes x ``BLOCK_G`` cones x ``SP`` channels (``SP`` = S rounded
+up to a power of two, masked), loads it once, reduces each cone's section
+in registers (sum over the last tile axis), computes the per-cone scalars
+and writes the tile once: one read and one write per element in forward,
+two reads (x, grad) and one write in backward, which is the minimum for a
+memory-bound op. The grid is ``(cdiv(lanes, BLOCK_L), cdiv(G, BLOCK_G))``.
+With channels last (``inner == 1``) the ``(cone, channel)`` axes of a tile
+are one contiguous run of memory, so loads coalesce along them; for NCHW
+(``inner > 1``) neighbouring lanes are adjacent in memory, so tiles are made
+tall in lanes instead. Tiles hold about 2048 elements: enough in flight per
+program to saturate memory, few enough registers for good occupancy.
+
+A shared axis is read by every cone and its gradient sums over all of them,
+so there the grid has one program column and each program walks all cone
+blocks of its lanes, keeping the running sum in registers (no atomics, so
+the result is deterministic), and writes the axis at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_SCALING = {"hard": 0, "soft": 1, "firm": 2}
+_ACT = {"identity": 0, "relu": 1, "silu": 2}
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _act(a, ACT: tl.constexpr):
+    if ACT == 1:
+        # a < 0 is false for NaN, so NaN passes (as torch.relu)
+        return tl.where(a < 0, 0.0, a)
+    elif ACT == 2:
+        return a * _sigmoid(a)
+    else:
+        return a
+
+
+@triton.jit
+def _act_grad(a, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(a > 0, 1.0, 0.0)
+    else:
+        sg = _sigmoid(a)
+        return sg * (1.0 + a * (1.0 - sg))
+
+
+@triton.jit
+def _weight(r, SCALING: tl.constexpr):
+    if SCALING == 0:
+        # comparisons, not minimum/maximum: NaN r must give NaN
+        return tl.where(r < 0, 0.0, tl.where(r > 1, 1.0, r))
+    elif SCALING == 1:
+        return _sigmoid(r - 0.5)
+    else:
+        return _sigmoid(4.0 * r - 2.0)
+
+
+@triton.jit
+def _slope(r, w, SCALING: tl.constexpr):
+    if SCALING == 0:
+        return tl.where((r >= 0) & (r <= 1), 1.0, 0.0)
+    elif SCALING == 1:
+        return w * (1.0 - w)
+    else:
+        return 4.0 * w * (1.0 - w)
+
+
+@triton.jit
+def _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step,
+          BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr):
+    """Offsets, mask and axis flag of a (BLOCK_L, BLOCK_G, SP) tile."""
+    l = lane0 + tl.arange(0, BLOCK_L)[:, None, None]
+    g = g0 + tl.arange(0, BLOCK_G)[None, :, None]
+    k = tl.arange(0, SP)[None, None, :]
+    if RCOLU:
+        ch = g * S + k
+        is_axis = k < 0
+    else:
+        ch = tl.where(k == 0, axis_base + g * axis_step, sec_base + g * sec_step + k - 1)
+        is_axis = k == 0
+    o = l // inner
+    i = l - o * inner
+    offs = o.to(tl.int64) * C * inner + ch.to(tl.int64) * inner + i
+    mask = (l < lanes) & (g < G) & (k < S)
+    return offs, mask, is_axis, g
+
+
+@triton.jit
+def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step, iters, eps,
+                    inv_s, rs,
+                    BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
+                    SHARED: tl.constexpr, SCALING: tl.constexpr, ACT: tl.constexpr):
+    pid_l = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    lane0 = pid_l * BLOCK_L
+    for it in range(iters):
+        g0 = (pid_g * iters + it) * BLOCK_G
+        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base,
+                                       sec_step, BLOCK_L, BLOCK_G, SP, RCOLU)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        if RCOLU:
+            mean = tl.sum(x, axis=2) * inv_s
+            p = tl.where(mask, x - mean[:, :, None], 0.0)
+            n = tl.sqrt(tl.sum(p * p, axis=2))
+            tp = _act(mean * rs, ACT)
+            w = _weight(tp / (n + eps), SCALING)
+            y = (tp / rs)[:, :, None] + w[:, :, None] * p
+            tl.store(y_ptr + offs, y, mask=mask)
+        else:
+            sec = tl.where(is_axis, 0.0, x)
+            n = tl.sqrt(tl.sum(sec * sec, axis=2))
+            ap = _act(tl.sum(tl.where(is_axis, x, 0.0), axis=2), ACT)
+            w = _weight(ap / (n + eps), SCALING)
+            y = tl.where(is_axis, ap[:, :, None], w[:, :, None] * x)
+            if SHARED:
+                # channel 0 is written once, by cone 0
+                tl.store(y_ptr + offs, y, mask=mask & ((~is_axis) | (g == 0)))
+            else:
+                tl.store(y_ptr + offs, y, mask=mask)
+
+
+@triton.jit
+def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step, iters,
+                     eps, inv_s, rs,
+                     BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
+                     SHARED: tl.constexpr, SCALING: tl.constexpr, ACT: tl.constexpr):
+    pid_l = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    lane0 = pid_l * BLOCK_L
+    ksum = tl.zeros((BLOCK_L, BLOCK_G), dtype=x_ptr.dtype.element_ty)
+    for it in range(iters):
+        g0 = (pid_g * iters + it) * BLOCK_G
+        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base,
+                                       sec_step, BLOCK_L, BLOCK_G, SP, RCOLU)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        gr = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        if RCOLU:
+            mean = tl.sum(x, axis=2) * inv_s
+            gmean = tl.sum(gr, axis=2) * inv_s
+            p = tl.where(mask, x - mean[:, :, None], 0.0)
+            n = tl.sqrt(tl.sum(p * p, axis=2))
+            q = tl.sum(gr * p, axis=2)
+            den = n + eps
+            t = mean * rs
+            r = _act(t, ACT) / den
+            w = _weight(r, SCALING)
+            kk = q * _slope(r, w, SCALING) / den
+            coef = kk * r / tl.where(n > 0, n, 1.0)
+            gt = gmean + kk / rs
+            if ACT != 0:
+                gt = gt * _act_grad(t, ACT)
+            out = w[:, :, None] * (gr - gmean[:, :, None]) - coef[:, :, None] * p + gt[:, :, None]
+            tl.store(out_ptr + offs, out, mask=mask)
+        else:
+            sec = tl.where(is_axis, 0.0, x)
+            n = tl.sqrt(tl.sum(sec * sec, axis=2))
+            q = tl.sum(tl.where(is_axis, 0.0, gr * x), axis=2)
+            a = tl.sum(tl.where(is_axis, x, 0.0), axis=2)
+            den = n + eps
+            r = _act(a, ACT) / den
+            w = _weight(r, SCALING)
+            kk = q * _slope(r, w, SCALING) / den
+            coef = kk * r / tl.where(n > 0, n, 1.0)
+            out_sec = w[:, :, None] * gr - coef[:, :, None] * x
+            if SHARED:
+                ksum += tl.where((g0 + tl.arange(0, BLOCK_G))[None, :] < G, kk, 0.0)
+                tl.store(out_ptr + offs, out_sec, mask=mask & (~is_axis))
+            else:
+                ga = tl.sum(tl.where(is_axis, gr, 0.0), axis=2) + kk
+                if ACT != 0:
+                    ga = ga * _act_grad(a, ACT)
+                out = tl.where(is_axis, ga[:, :, None], out_sec)
+                tl.store(out_ptr + offs, out, mask=mask)
+    if SHARED:
+        l = lane0 + tl.arange(0, BLOCK_L)
+        o = l // inner
+        i = l - o * inner
+        a_offs = o.to(tl.int64) * C * inner + axis_base * inner + i
+        lm = l < lanes
+        a = tl.load(x_ptr + a_offs, mask=lm, other=0.0)
+        ga = tl.load(g_ptr + a_offs, mask=lm, other=0.0) + tl.sum(ksum, axis=1)
+        if ACT != 0:
+            ga = ga * _act_grad(a, ACT)
+        tl.store(out_ptr + a_offs, ga, mask=lm)
+
+
+def _maps(spec):
+    G, S = spec.num_cones, spec.cone_dim
+    if spec.kind == "rcolu":
+        return (0, 0, 0, 0)
+    if spec.share_axis:
+        return (0, 0, 1, S - 1)
+    if spec.layout == "grouped":
+        return (0, S, 1, S)
+    return (0, 1, G, S - 1)
+
+
+_TILE = 2048
+
+
+def _launch(spec, shape):
+    """Block sizes, grid and cone-loop count for a tensor of ``shape`` (see the module docstring)."""
+    outer, C, inner = shape
+    lanes = outer * inner
+    G, S = spec.num_cones, spec.cone_dim
+    SP = triton.next_power_of_2(S)
+    if inner == 1:
+        BLOCK_G = max(1, min(triton.next_power_of_2(G), _TILE // SP))
+        BLOCK_L = max(1, min(triton.next_power_of_2(lanes), _TILE // (SP * BLOCK_G)))
+    else:
+        BLOCK_L = max(1, min(triton.next_power_of_2(lanes), max(1, _TILE // SP), 256))
+        BLOCK_G = max(1, min(triton.next_power_of_2(G), _TILE // (SP * BLOCK_L)))
+    g_blocks = triton.cdiv(G, BLOCK_G)
+    if spec.share_axis:
+        grid, iters = (triton.cdiv(lanes, BLOCK_L), 1), g_blocks
+    else:
+        grid, iters = (triton.cdiv(lanes, BLOCK_L), g_blocks), 1
+    return lanes, BLOCK_L, BLOCK_G, SP, grid, iters
+
+
+def _common(spec, scaling, eps, axis_activation, shape):
+    lanes, BLOCK_L, BLOCK_G, SP, grid, iters = _launch(spec, shape)
+    _, C, inner = shape
+    S = spec.cone_dim
+    args = (lanes, C, inner, spec.num_cones, S, *_maps(spec), iters, float(eps), 1.0 / S, math.sqrt(S))
+    meta = dict(
+        BLOCK_L=BLOCK_L,
+        BLOCK_G=BLOCK_G,
+        SP=SP,
+        RCOLU=spec.kind == "rcolu",
+        SHARED=bool(spec.share_axis),
+        SCALING=_SCALING[scaling],
+        ACT=_ACT[axis_activation],
+    )
+    return grid, args, meta
+
+
+def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape)
+    _forward_kernel[grid](x, y, *args, **meta)
+    return y
+
+
+def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+    x = x.contiguous()
+    grad = grad.contiguous()
+    out = torch.empty_like(x)
+    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape)
+    _backward_kernel[grid](x, grad, out, *args, **meta)
+    return out
