@@ -1,0 +1,238 @@
+"""Fused CPU kernel and dispatch: exact to the reference, NaN confinement, overrides, compile, fallback."""
+
+import itertools
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import colu
+from colu import reference
+from colu.ops import cpu, dispatch
+
+pytestmark = pytest.mark.skipif(cpu.load() is None, reason="no C compiler: the CPU kernel cannot be built")
+
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+def _inputs(shape, dim, dtype, channels_last=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=dtype) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(True), torch.randn(shape, generator=gen, dtype=dtype)
+
+
+def _check(fn, ref, x, g, dtype):
+    before = dispatch.calls["cpu"]
+    y = fn(x)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert dispatch.calls["cpu"] == before + 2, "forward and backward must both run the CPU kernel"
+    xr = x.detach().clone().requires_grad_(True)
+    yr = ref(xr)
+    (gr,) = torch.autograd.grad(yr, xr, g)
+    torch.testing.assert_close(y, yr, **TOL[dtype])
+    torch.testing.assert_close(gx, gr, **TOL[dtype])
+    assert y.stride() == x.stride()
+
+
+COLU_GRID = list(
+    itertools.product(
+        ["grouped", "axes_first"], [False, True], [3, 4, 8], ["hard", "soft", "firm"], ["identity", "relu", "silu"]
+    )
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout,share,S,scaling,act", COLU_GRID)
+def test_colu_rows_matches_reference(dtype, layout, share, S, scaling, act):
+    G = 5
+    C = 1 + G * (S - 1) if share else G * S
+    x, g = _inputs((6, C), -1, dtype, seed=S)
+    kw = dict(cone_dim=S, share_axis=share, scaling=scaling, layout=layout, axis_activation=act)
+    _check(lambda t: colu.colu(t, **kw), lambda t: reference.colu(t, **kw), x, g, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("S,scaling,act", list(itertools.product([3, 4, 8], ["hard", "soft", "firm"], ["identity", "relu", "silu"])))
+def test_rcolu_rows_matches_reference(dtype, S, scaling, act):
+    x, g = _inputs((6, 7 * S), -1, dtype, seed=S)
+    kw = dict(cone_dim=S, scaling=scaling, axis_activation=act)
+    _check(lambda t: colu.rcolu(t, **kw), lambda t: reference.rcolu(t, **kw), x, g, dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kind,layout,share", [("colu", "grouped", False), ("colu", "axes_first", False), ("colu", "grouped", True), ("rcolu", "grouped", False)])
+@pytest.mark.parametrize("scaling,act", [("hard", "identity"), ("soft", "silu"), ("firm", "relu")])
+def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
+    S, G = 4, 3
+    C = 1 + G * (S - 1) if share else G * S
+    x, g = _inputs((2, C, 5, 7), 1, torch.float64, channels_last=channels_last)
+    if kind == "colu":
+        kw = dict(num_cones=G, share_axis=share, scaling=scaling, layout=layout, axis_activation=act, dim=1)
+        fn, ref = (lambda t: colu.colu(t, **kw)), (lambda t: reference.colu(t, **kw))
+    else:
+        kw = dict(num_cones=G, scaling=scaling, axis_activation=act, dim=1)
+        fn, ref = (lambda t: colu.rcolu(t, **kw)), (lambda t: reference.rcolu(t, **kw))
+    _check(fn, ref, x, g, torch.float64)
+
+
+def test_large_rows_many_threads_and_constant_s_paths():
+    # big enough to run multithreaded, S in the specialised set, G not a multiple of the block
+    for S in (4, 8, 16):
+        x, g = _inputs((300, S * 70), -1, torch.float32, seed=S)
+        _check(lambda t: colu.colu(t, S), lambda t: reference.colu(t, S), x, g, torch.float32)
+        _check(lambda t: colu.rcolu(t, S, scaling="soft"), lambda t: reference.rcolu(t, S, scaling="soft"), x, g, torch.float32)
+
+
+def test_half_inputs_use_kernel():
+    x = torch.randn(8, 16).to(torch.bfloat16).requires_grad_(True)
+    before = dispatch.calls["cpu"]
+    y = colu.colu(x, 4)
+    y.float().sum().backward()
+    assert dispatch.calls["cpu"] == before + 2
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference.colu(x.detach(), 4).float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("fn", ["colu", "rcolu", "shared"])
+@pytest.mark.parametrize("scaling", ["hard", "soft"])
+def test_nan_stays_in_its_cone(fn, scaling):
+    S, G = 4, 4
+    C = 1 + G * (S - 1) if fn == "shared" else G * S
+    x = torch.randn(3, C, dtype=torch.float32)
+    bad = 1 + 1 * (S - 1) if fn == "shared" else S + 1  # a section channel of cone 1
+    x[1, bad] = float("nan")
+    x.requires_grad_(True)
+    if fn == "rcolu":
+        y = colu.rcolu(x, S, scaling=scaling, backend="cpu")
+        cone = torch.arange(S, 2 * S)
+    else:
+        y = colu.colu(x, S, share_axis=fn == "shared", scaling=scaling, backend="cpu")
+        cone = torch.arange(1 + (S - 1), 1 + 2 * (S - 1)) if fn == "shared" else torch.arange(S, 2 * S)
+    y.backward(torch.ones_like(y))
+    nan_y = torch.isnan(y)
+    assert nan_y[1, cone[1:] if fn != "rcolu" else cone].all()
+    others = torch.ones(C, dtype=torch.bool)
+    others[cone] = False
+    if fn == "shared":
+        others[0] = False  # the shared axis' gradient sums over all cones
+    assert not nan_y[0].any() and not nan_y[2].any() and not nan_y[1, others].any()
+    assert not torch.isnan(x.grad[0]).any() and not torch.isnan(x.grad[1, others]).any()
+
+
+def test_select_and_overrides(monkeypatch):
+    x = torch.randn(4, 8)
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    assert dispatch.select(x) == "cpu"
+    assert dispatch.select(x, "closed_form") == "closed_form"
+    monkeypatch.setenv("COLU_BACKEND", "closed_form")
+    assert dispatch.select(x) == "closed_form"
+    before = dict(dispatch.calls)
+    y = colu.colu(x.requires_grad_(True), 4)
+    y.sum().backward()
+    assert dispatch.calls["closed_form"] == before.get("closed_form", 0) + 2
+    assert dispatch.calls["cpu"] == before.get("cpu", 0)
+    # the argument wins over the environment
+    y2 = colu.colu(x, 4, backend="cpu")
+    assert dispatch.calls["cpu"] == before.get("cpu", 0) + 1
+    torch.testing.assert_close(y, y2)
+    monkeypatch.setenv("COLU_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="COLU_BACKEND='fastest'"):
+        colu.colu(x, 4)
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        colu.colu(x, 4, backend="gpu")
+    monkeypatch.delenv("COLU_BACKEND")
+    with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
+        colu.colu(x, 4, backend="triton")
+
+
+def test_double_backward_uses_closed_form():
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    y = colu.colu(x, 4, scaling="soft")
+    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    xr = x.detach().clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(reference.colu(xr, 4, scaling="soft").pow(2).sum(), xr, create_graph=True)
+    (ggr,) = torch.autograd.grad(gr.sum(), xr)
+    torch.testing.assert_close(gg, ggr)
+
+
+def test_torch_compile_fullgraph_uses_kernel():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(12, 24), colu.CoLU(cone_dim=4, scaling="soft"), torch.nn.Linear(24, 3))
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(16, 12)
+    before = dispatch.calls["cpu"]
+    out = compiled(x)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert dispatch.calls["cpu"] == before + 2, "the compiled graph must call the kernel custom ops"
+    model.zero_grad()
+    with torch.no_grad():
+        ref_out = model(x)
+    torch.testing.assert_close(out, ref_out)
+    ref = model(x)
+    ref.sum().backward()
+    for a, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_export_decomposes_to_aten():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return colu.colu(x, 4) + colu.rcolu(x, 4)
+
+    x = torch.randn(3, 8)
+    ep = torch.export.export(M(), (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not any("colu" in t for t in targets), targets
+    torch.testing.assert_close(ep.module()(x), M()(x))
+
+
+def test_onnx_export(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return colu.colu(x, 4, scaling="soft")
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(M(), (torch.randn(3, 8),), str(path), dynamo=True)
+    assert onnx.load(str(path)).graph.node
+
+
+def test_no_compiler_falls_back_once(tmp_path):
+    script = textwrap.dedent(
+        """
+        import warnings, torch, colu
+        from colu import reference
+        from colu.ops import dispatch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x = torch.randn(4, 8, requires_grad=True)
+            for _ in range(3):
+                y = colu.colu(x, 4)
+                y.sum().backward()
+        msgs = [str(w.message) for w in caught if "CPU kernel is unavailable" in str(w.message)]
+        assert len(msgs) == 1, msgs
+        assert dispatch.calls["cpu"] == 0 and dispatch.calls["closed_form"] == 6, dispatch.calls
+        torch.testing.assert_close(y, reference.colu(x.detach(), 4))
+        print("FALLBACK-OK")
+        """
+    )
+    env = dict(__import__("os").environ, CC=str(tmp_path / "no-such-cc"), COLU_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("COLU_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FALLBACK-OK" in proc.stdout
+
+
+def test_cache_dir_holds_the_build():
+    assert cpu._state["lib"] is not None
+    built = list(cpu.cache_dir().glob("*/colu_cpu.so"))
+    assert built, f"no cached build under {cpu.cache_dir()}"
