@@ -422,3 +422,20 @@ def test_mismatched_widths_are_reported():
 def test_importing_align_does_not_import_scipy():
     code = "import sys, colu, colu.align; assert 'scipy' not in sys.modules, 'scipy imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_models_with_different_activation_configs_are_rejected():
+    a = mlp(lambda: colu.CoLU(cone_dim=4), 12, 0)
+    b = mlp(lambda: colu.CoLU(cone_dim=3), 12, 1)
+    with pytest.raises(ValueError, match="same activation configuration"):
+        align.match_weights(a, b)
+
+
+def test_matching_leaves_the_global_rng_alone(data):
+    a, b = mlp(nn.ReLU, 12, 0), mlp(nn.ReLU, 12, 1)
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    align.match_states(a, b, data)
+    align.loss_barrier(a, b, mse_loss, data, num_points=3)
+    assert torch.equal(torch.rand(3), expected)

@@ -506,6 +506,25 @@ def _owner(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 
 
+def _resolve_pair(model_a: nn.Module, model_b: nn.Module, spec) -> list:
+    """Resolve ``spec`` on both models; their activations must have the same groups."""
+    _check_pair(model_a, model_b)
+    states = resolve_spec(model_a, spec)
+    for sa, sb in zip(states, resolve_spec(model_b, spec)):
+        if sa.group != sb.group:
+            raise ValueError(
+                f"hidden state {sa.name!r} has {sa.group} in model_a but {sb.group} in model_b; "
+                f"alignment needs the same activation configuration in both models"
+            )
+    return states
+
+
+def _rng_scope(*models):
+    """Fork the RNGs of every device the models live on, so reseeding leaves the caller's state alone."""
+    devices = sorted({t.device.index or 0 for m in models for t in m.state_dict().values() if t.is_cuda})
+    return torch.random.fork_rng(devices=devices)
+
+
 def _check_pair(model_a: nn.Module, model_b: nn.Module) -> None:
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys():
@@ -605,8 +624,7 @@ def match_weights(
     """
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    _check_pair(model_a, model_b)
-    states = resolve_spec(model_a, spec)
+    states = _resolve_pair(model_a, model_b, spec)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     touching = {}  # key -> [(axis, state index)]
     for h, s in enumerate(states):
@@ -715,7 +733,10 @@ def match_states(
     3.3); it keeps the sign and section information that ReLU and hard CoLU
     zero out, so the correlations are better conditioned. ``where="post"``
     reads the activation's output. Both transform exactly by ``P``, so
-    either recovers a model moved by a group element.
+    either recovers a model moved by a group element, except that after the
+    activation channels that are zero on all of ``data`` (dead ReLU units,
+    sections of cones whose axis is never positive) carry no correlation and
+    are matched arbitrarily.
 
     Because the aligned model computes the same function, aligning one state
     does not change the later states of B: one forward pass of each model is
@@ -727,8 +748,7 @@ def match_states(
     """
     if where not in ("pre", "post"):
         raise ValueError(f"where={where!r}; use 'pre' (after the linear map) or 'post' (after the activation)")
-    _check_pair(model_a, model_b)
-    states = resolve_spec(model_a, spec)
+    states = _resolve_pair(model_a, model_b, spec)
     forward = forward or _default_forward
     targets = []
     for s in states:
@@ -785,7 +805,7 @@ def _capture(model, states, targets, forward, batch, seed):
             outputs[h].append(x.reshape(-1, x.shape[-1]).double())
         handles.append(modules[name].register_forward_hook(hook))
     try:
-        with torch.random.fork_rng(devices=[]):
+        with _rng_scope(model):
             torch.manual_seed(seed)
             forward(model, batch)
     finally:
@@ -832,7 +852,7 @@ def loss_curve(model_a, model_b, loss_fn, data, num_points: int = 11, *, seed: i
         model = interpolate(model_a, model_b, s)
         model.eval()
         values = []
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), _rng_scope(model):
             torch.manual_seed(seed)
             for batch in batches:
                 value = loss_fn(model, batch)
