@@ -37,7 +37,7 @@ class Config(TrainConfig):
     eval_every: int = 0
 
 
-quick_settings = {"epochs": 6, "seeds": 2, "n_lat": 60, "n_lon": 60, "batch_size": 256}
+quick_settings = {"epochs": 10, "seeds": 2, "n_lat": 100, "n_lon": 100, "batch_size": 256}
 
 
 def default_activations(cfg):

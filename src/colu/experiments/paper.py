@@ -25,7 +25,8 @@ class Cited:
     def text(self) -> str:
         if self.mean is None:
             return f"unstable ({self.source})"
-        return f"{self.mean:.4g} ± {self.std:.2g} ({self.source})"
+        digits = 4 if abs(self.mean) < 10 else 2
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.source})"
 
 
 def _vae(table, train, train_sd, test, test_sd):
