@@ -292,3 +292,15 @@ def test_transformers_gpt2_new_gelu_becomes_colu():
     assert report.replaced == [] and len(report.skipped) == 2 and "C=128" in report.skipped[0].reason
     with pytest.raises(ValueError, match="transformer.h.0.mlp.act"):
         colu.convert(other, cone_dim=5, replace=("NewGELUActivation",), example_input=ids, on_mismatch="raise")
+
+
+def test_convert_check_shows_the_jump_and_the_recovery(capsys):
+    from colu import convert_check
+
+    assert convert_check.main(["--steps", "300", "--finetune-steps", "120", "--width", "32"]) == 0
+    out = capsys.readouterr().out
+    trained = float(out.split("test loss ")[1].split()[0])
+    converted = float(out.split("after conversion (no training): test loss ")[1].split()[0])
+    final = float(out.split("after fine-tuning: test loss ")[1].split()[0])
+    assert converted > 5 * trained and final < converted / 5
+    assert "different function" in out

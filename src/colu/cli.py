@@ -13,6 +13,8 @@ import sys
 
 COMMANDS = {
     "demo": ("colu.experiments.demo:main", "train small networks with ReLU vs CoLU on built-in data"),
+    "bench": ("colu.bench:main", "time CoLU/RCoLU against ReLU/SiLU/GELU"),
+    "plot": ("colu.plots:main", "draw the explanatory figures (conic projection, weightings, symmetry) as PNGs"),
     "convert-check": ("colu.convert_check:main", "convert a trained ReLU/SiLU model to CoLU and fine-tune the loss back"),
     "run": ("colu.experiments.commands:run_main", "run a paper experiment (hemisphere, mnist-mlp, mnist-vae)"),
     "sweep": ("colu.experiments.commands:sweep_main", "run an experiment over its grid of activations x seeds"),
