@@ -1,0 +1,31 @@
+"""`colu bench --quick --json` runs and writes the documented columns (no timing assertions)."""
+
+import json
+
+from colu import bench, cli
+
+COLUMNS = {"shape", "activation", "fwd_ms", "fwdbwd_ms", "fwd_vs_relu", "fwdbwd_vs_relu", "fwd_vs_silu",
+           "fwdbwd_vs_silu", "fwd_gbs", "fwdbwd_gbs", "saved_bytes"}
+
+
+def test_bench_quick_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = [r["activation"] for r in data["rows"]]
+    assert {"relu", "silu", "gelu", "colu S=4 hard", "rcolu S=4 soft"} <= set(names)
+    for row in data["rows"]:
+        assert COLUMNS <= set(row), set(row) ^ COLUMNS
+        assert row["fwd_ms"] > 0 and row["fwdbwd_ms"] > 0
+        # every activation here keeps exactly its input for backward
+        assert row["saved_bytes"] == 64 * 48 * 4
+    relu = next(r for r in data["rows"] if r["activation"] == "relu")
+    assert relu["fwd_vs_relu"] == 1.0
+    assert {r["activation"] for r in data["model_rows"]} == {"relu", "colu S=4 hard"}
+    assert "colu S=4 hard" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".colu-bench-*")), "temporary file left behind"
+
+
+def test_bench_rejects_bad_shape(capsys):
+    assert bench.main(["--shapes", "12by4"]) == 2
+    assert "12by4" in capsys.readouterr().out
