@@ -132,7 +132,8 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     p.add_argument("--seed-offset", type=int, help="first seed (default 0)")
     p.add_argument("--out", help="output directory (default runs/EXPERIMENT)")
     p.add_argument("--data", help="directory with dataset files (MNIST IDX or CIFAR-10 batches); never downloaded")
-    p.add_argument("--dataset", help="digits (built in, default) or mnist (needs --data) for the MNIST experiments")
+    p.add_argument("--dataset", help="mnist-mlp/mnist-vae: digits (built in, default) or mnist (needs --data); "
+                                        "hemisphere generates its own points")
     p.add_argument("--split-from-test", type=int, metavar="K",
                    help="MNIST only: carve K test examples (rest train) out of the t10k files alone")
     p.add_argument("--epochs", type=int, help="training epochs")

@@ -185,6 +185,8 @@ def render_report(results, plots) -> str:
         lines += [f"Settings differ from the paper's: {'; '.join(reasons)}. Numbers are therefore **not comparable** "
                   "to the paper's; the direction of each effect is shown for information.", ""]
     lines += claim_verdicts(results) or ["- (no claims listed for this experiment)"]
+    if getattr(exp, "REPORT_NOTE", None):
+        lines += ["", exp.REPORT_NOTE]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
               f"Regenerate this report with `colu report {{DIR}}`; raw numbers are in results.json and "

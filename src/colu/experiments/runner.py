@@ -229,6 +229,7 @@ def run_all(exp, cfg, out_dir: str, *, resume: bool = False, quiet: bool = False
     if cfg.bf16 and device.type != "cuda":
         raise ValueError("--bf16 is an autocast option for CUDA; this run is on CPU. Drop --bf16 or use a GPU")
     acts = parse_activations(cfg.activations or exp.default_activations(cfg))
+    cfg.activations = [a.label() for a in acts]  # the saved config names what actually ran
     data = exp.load_data(cfg)
     os.makedirs(out_dir, exist_ok=True)
     cfg_dict = config_to_dict(cfg)
