@@ -93,7 +93,8 @@ def claim_verdicts(results) -> list[str]:
         seen = "; ".join(observed)
         if reasons:
             direction = "same direction" if holds else "opposite direction or tie"
-            lines.append(head + f"not comparable ({'; '.join(reasons)}). Observed here ({direction}): {seen}.")
+            lines.append(head + f"not comparable (settings differ from the paper's, see above). "
+                                f"Observed here ({direction}): {seen}.")
         elif holds and clear:
             note = " Paper shows this as a figure; no numbers to match." if qualitative else ""
             lines.append(head + f"reproduced: {seen}.{note}")
