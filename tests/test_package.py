@@ -62,3 +62,15 @@ def test_readme_quick_start_and_ci_agree():
     assert commands == ["make demo", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def _readme_python_blocks():
+    readme = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", readme, re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
+def test_readme_python_examples_run(index, capsys):
+    pytest.importorskip("scipy")
+    block = _readme_python_blocks()[index]
+    exec(compile(block, f"README.md python block {index}", "exec"), {"__name__": "readme_example"})
