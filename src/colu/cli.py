@@ -19,6 +19,7 @@ COMMANDS = {
     "run": ("colu.experiments.commands:run_main", "run a paper experiment (hemisphere, mnist-mlp, mnist-vae)"),
     "sweep": ("colu.experiments.commands:sweep_main", "run an experiment over its grid of activations x seeds"),
     "report": ("colu.experiments.commands:report_main", "rebuild report.md and plots of a run directory"),
+    "align": ("colu.experiments.align_cmd:main", "align two trained seeds and measure loss barriers"),
 }
 
 

@@ -122,3 +122,15 @@ SETTINGS = {
                   "lr": 1e-3, "weight_decay": 1e-2, "hidden": 2400, "latent": 20, "alpha": 1.0},
 }
 SEEDS = {"mnist-mlp": 7, "mnist-vae": 10}
+
+# Linear mode connectivity (Section 5.7, Appendix C, D.5): the paper shows barriers only as figures
+# (Figures 13 and 14, toy VAE), so there is no number to quote. ``colu align`` prints these claims with
+# its own measurements beside them.
+ALIGN_CLAIMS = {
+    "lowers": ("aligning the second model by the activation's symmetry group (weight or state matching) "
+               "lowers the loss barrier on the straight line between two seeds, for CoLU as for permutation "
+               "(ReLU) models", "Section 5.7, Appendix D.5, Figure 13"),
+    "weights_flatter": ("weight matching produces a flatter barrier than state matching (toy VAE)",
+                        "Appendix D.5"),
+}
+ALIGN_NO_NUMBER = "no number in the paper (Figures 13-14 only)"
