@@ -159,3 +159,12 @@ def test_vae_kl_is_the_experiments_kl():
             n += j - i
         assert kl_fn(model, (x, None)) == pytest.approx(expected / n, rel=1e-4)
     assert align_cmd._vae_chunks(49, 16)[-1] == (34, 49)  # no batch of one
+
+
+def test_unfinished_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoints" / "relu-seed0.pt"
+    path.parent.mkdir()
+    torch.save({"model": {}, "step": 3, "total": 10, "curve": []}, path)
+    cfg = mnist_mlp.Config()
+    with pytest.raises(ValueError, match="step 3 of 10"):
+        align_cmd.load_final(mnist_mlp, cfg, parse_activation("relu"), None, str(path))

@@ -252,13 +252,17 @@ def run_align(exp, cfg, options) -> dict:
     os.makedirs(out, exist_ok=True)
     cfg_dict = config_to_dict(cfg)
     source = options["from"]
+    train_device = None
     if source is None:
         # a config.json like the runner's makes this directory usable as --from later
         atomic_write_json(os.path.join(out, "config.json"),
                           {"experiment": exp.name, "config": cfg_dict, "data": data.summary()})
         info = DistInfo()
         device = resolve_device(cfg.device, info)
+        train_device = str(device)
         log_path = os.path.join(out, "metrics.jsonl")
+        if os.path.exists(log_path):
+            os.unlink(log_path)  # every model is retrained from scratch, so an older log would only mislead
         show = not quiet and sys.stderr.isatty()
         for act in acts:
             for seed in (seed_a, seed_b):
@@ -289,7 +293,7 @@ def run_align(exp, cfg, options) -> dict:
               "max_iter": options["max_iter"], "state_matching": "pre-activation states on the training set",
               "from": source}
     results = {"experiment": "align-" + exp.name, "base_experiment": exp.name, "config": config,
-               "data": data.summary(), "device": "cpu", "world_size": 1, "runs": runs,
+               "data": data.summary(), "device": "cpu", "train_device": train_device, "world_size": 1, "runs": runs,
                "summary": report.summarize(runs, metric_names(exp)), "wall_seconds": round(time.time() - started, 3)}
     atomic_write_json(os.path.join(out, "results.json"), results)
     plots = [plot_barriers(results, out)]
@@ -361,8 +365,10 @@ def _verdicts(results) -> list:
             flatter.append((run["activation"], w <= s, w, s))
     seen = "; ".join(f"`{a}`: weights {_num(w)} vs states {_num(s)} ({'flatter' if ok else 'not flatter'})"
                      for a, ok, w, s in flatter)
-    scope = "" if results["base_experiment"] == "mnist-vae" else " The paper states this for the VAE; shown for information."
-    state = "holds here" if flatter and all(ok for _, ok, _, _ in flatter) else "does not hold for every activation here"
+    scope = ("" if results["base_experiment"] == "mnist-vae"
+             else " The paper states this for the VAE; shown for information.")
+    holds = flatter and all(ok for _, ok, _, _ in flatter)
+    state = "holds here" if holds else "does not hold for every activation here"
     lines.append(f"- **{text}** ({source}; {paper.ALIGN_NO_NUMBER}): {state}. {seen}.{scope}")
     lines.append("- One pair of seeds per activation, so there is no spread to judge these differences against; "
                  "rerun with other `--seed-pair`s before reading much into small gaps.")
