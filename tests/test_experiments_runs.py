@@ -148,3 +148,10 @@ def test_mnist_split_from_test_run_says_so(tmp_path):
     report = (out / "report.md").read_text()
     assert "split into 8000 train / 2000 test" in report and "MNIST TEST set" in report
     assert "not comparable" in report and "--split-from-test" in report
+
+
+def test_report_names_an_experiment_it_cannot_rebuild(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "align-mnist-mlp", "runs": []}))
+    assert report_main([str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "'align-mnist-mlp' is not one colu report rebuilds" in err and "--from" in err

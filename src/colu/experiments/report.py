@@ -244,7 +244,13 @@ def rebuild(out_dir: str) -> dict:
         results = {"experiment": saved["experiment"], "config": saved["config"], "data": saved.get("data", {
             "description": "(unknown: run did not finish)", "train_examples": 0, "test_examples": 0,
             "input_dim": 0, "notes": []}), "device": "?", "world_size": 1, "runs": runs, "wall_seconds": 0.0}
-    exp = EXPERIMENTS[results["experiment"]]
+    name = results.get("experiment")
+    if name not in EXPERIMENTS:
+        hint = (" (colu align writes its own report.md; regenerate it with colu align ... --from DIR_OF_THE_RUN)"
+                if str(name).startswith("align-") else "")
+        raise ValueError(f"{results_path}: experiment {name!r} is not one colu report rebuilds; "
+                         f"expected one of {', '.join(sorted(EXPERIMENTS))}{hint}")
+    exp = EXPERIMENTS[name]
     results["summary"] = summarize(results["runs"], exp.metrics)
     atomic_write_json(results_path, results)
     write_report(results, out_dir)
