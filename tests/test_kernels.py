@@ -236,3 +236,40 @@ def test_cache_dir_holds_the_build():
     assert cpu._state["lib"] is not None
     built = list(cpu.cache_dir().glob("*/colu_cpu.so"))
     assert built, f"no cached build under {cpu.cache_dir()}"
+
+
+def test_cached_call_plan_matches_checked_path(monkeypatch):
+    """Repeated calls replay a cached plan; results, gradients, backend choice and errors stay the same."""
+    from colu import functional
+
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    torch.manual_seed(0)
+    x = torch.randn(6, 24, dtype=torch.float64)
+    g = torch.randn_like(x)
+    for fn, kw in ((colu.colu, dict(cone_dim=4, scaling="soft")), (colu.rcolu, dict(cone_dim=3))):
+        expected = fn(x, backend="closed_form", **kw)
+        for _ in range(3):  # first call checks and caches, the others replay
+            xg = x.clone().requires_grad_(True)
+            before = dispatch.calls["cpu"]
+            y = fn(xg, **kw)
+            y.backward(g)
+            assert dispatch.calls["cpu"] == before + 2
+            torch.testing.assert_close(y, expected)
+            xr = x.clone().requires_grad_(True)
+            fn(xr, backend="closed_form", **kw).backward(g)
+            torch.testing.assert_close(xg.grad, xr.grad)
+    assert functional._plans, "a plan should have been cached"
+    # an environment override is honoured on the next call
+    monkeypatch.setenv("COLU_BACKEND", "closed_form")
+    before = dispatch.calls["cpu"]
+    colu.colu(x, cone_dim=4, scaling="soft")
+    assert dispatch.calls["cpu"] == before
+    monkeypatch.delenv("COLU_BACKEND")
+    # equal-but-different-type arguments still go through the checks
+    with pytest.raises(ValueError):
+        colu.colu(x, cone_dim=4, scaling="soft", eps=float("nan"))
+    with pytest.raises(TypeError):
+        colu.colu(x, cone_dim=4, scaling="soft", dim=True)
+    # non-contiguous input of a cached shape takes the checked path
+    xt = torch.randn(24, 6, dtype=torch.float64).t()
+    torch.testing.assert_close(colu.colu(xt, cone_dim=4, scaling="soft"), colu.colu(xt.contiguous(), cone_dim=4, scaling="soft"))

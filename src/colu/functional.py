@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
+import os
 
 import torch
 
 from . import reference
-from .ops import dispatch
+from .ops import cpu, dispatch
 from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice
 
 __all__ = ["colu", "rcolu"]
@@ -47,6 +49,106 @@ class _ConeFunction(torch.autograd.Function):
         work_g = grad.to(work_x.dtype)
         grad_in = dispatch.backward(work_x, work_g, spec, scaling, eps, axis_activation, backend)
         return grad_in.to(x.dtype), None, None, None, None, None
+
+
+class _Plan:
+    """What a checked call on a contiguous CPU float32/float64 tensor resolved to, for replaying it.
+
+    :func:`colu`/:func:`rcolu` cache one per argument combination (key built
+    by :func:`_plan_key`) after the checked path has accepted it and chosen
+    the CPU kernel, so that a repeated call (every call of a layer in a
+    training loop) skips validation, spec resolution, backend selection and
+    the reshapes: a small tensor's call costs a few microseconds, as ReLU's
+    does. Anything the checks or the backend choice depend on is in the key
+    or re-checked per call (the kernel library, ``COLU_BACKEND``,
+    compiling/exporting, contiguity), and a miss takes the checked path, so
+    errors and results are the same either way.
+    """
+
+    __slots__ = ("lib", "outer", "C", "inner", "cfg_struct", "cfg", "spec", "scaling", "eps", "axis_activation")
+
+    def __init__(self, lib, x, dim, spec, scaling, eps, axis_activation):
+        self.lib = lib
+        self.outer = math.prod(x.shape[:dim])
+        self.C = x.shape[dim]
+        self.inner = math.prod(x.shape[dim + 1 :])
+        self.cfg_struct = cpu.config(spec, scaling, eps, axis_activation)  # held here: the kernel gets its address
+        self.cfg = ctypes.addressof(self.cfg_struct)
+        self.spec, self.scaling, self.eps, self.axis_activation = spec, scaling, eps, axis_activation
+
+    def forward(self, x):
+        y = torch.empty_like(x)
+        cpu.run(self.lib, 0, x, None, y, self.outer, self.C, self.inner, self.cfg)
+        return y
+
+
+class _PlannedFunction(torch.autograd.Function):
+    """:class:`_ConeFunction` for a cached :class:`_Plan`: same saved tensor, same backward."""
+
+    @staticmethod
+    def forward(x, plan):
+        dispatch.calls["cpu"] += 1
+        return plan.forward(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.plan = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        p = ctx.plan
+        shape3 = (p.outer, p.C, p.inner)
+        # create_graph=True: stay differentiable; a reset library: the checked route
+        backend = "closed_form" if torch.is_grad_enabled() else "cpu"
+        if backend == "cpu" and cpu._state["lib"] is not p.lib:
+            backend = dispatch.select(x)
+        g = dispatch.backward(
+            x.view(shape3), grad.reshape(shape3), p.spec, p.scaling, p.eps, p.axis_activation, backend
+        )
+        return g.reshape(x.shape), None
+
+
+_plans: dict = {}
+_MAX_PLANS = 4096  # a bound, in case of a stream of distinct shapes
+
+
+def _plan_key(kind, x, backend, args):
+    """Cache key for a call, or ``None`` where the fast path must not be used.
+
+    Types go into the key next to values because ``True == 1`` and
+    ``4.0 == 4`` hash alike while the checks treat them differently.
+    """
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return None
+    env = os.environ.get("COLU_BACKEND") if backend == "auto" else None
+    key = (kind, x.dtype, x.device, x.shape, backend, env, *args, *map(type, args))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable argument: let the checks report it
+        return None
+    return key
+
+
+def _run_planned(plan, x):
+    if not x.is_contiguous() or cpu._state["lib"] is not plan.lib:
+        return None
+    if x.requires_grad and torch.is_grad_enabled():
+        return _PlannedFunction.apply(x, plan)
+    dispatch.calls["cpu"] += 1
+    return plan.forward(x)
+
+
+def _remember(key, x, dim, spec, scaling, eps, axis_activation, backend):
+    """Cache a plan for ``key`` if this call runs the CPU kernel on a contiguous float32/float64 tensor."""
+    if key is None or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
+        return
+    if dispatch.select(x, backend) != "cpu" or cpu._state["lib"] is None:
+        return
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = _Plan(cpu._state["lib"], x, dim, spec, scaling, float(eps), axis_activation)
 
 
 def _check_input(x, eps, name):
@@ -168,6 +270,12 @@ def colu(
         >>> img = torch.randn(2, 16, 5, 5)
         >>> y = colu.colu(img, num_cones=4, scaling="soft", dim=1)
     """
+    key = _plan_key("colu", x, backend, (cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation))
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        y = _run_planned(plan, x)
+        if y is not None:
+            return y
     _check_input(x, eps, "colu")
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
@@ -177,6 +285,7 @@ def colu(
         return x
     if spec.cone_dim == 2:
         return reference.componentwise(x, scaling)
+    _remember(key, x, dim, spec, scaling, eps, axis_activation, backend)
     return _apply_cones(x, dim, spec, scaling, eps, axis_activation, backend)
 
 
@@ -238,6 +347,12 @@ def rcolu(
         >>> x = torch.randn(8, 12)
         >>> y = colu.rcolu(x, cone_dim=3)
     """
+    key = _plan_key("rcolu", x, backend, (cone_dim, num_cones, scaling, dim, eps, axis_activation))
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        y = _run_planned(plan, x)
+        if y is not None:
+            return y
     _check_input(x, eps, "rcolu")
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
@@ -245,4 +360,5 @@ def rcolu(
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, kind="rcolu")
     if spec.is_identity:
         return x
+    _remember(key, x, dim, spec, scaling, eps, axis_activation, backend)
     return _apply_cones(x, dim, spec, scaling, eps, axis_activation, backend)

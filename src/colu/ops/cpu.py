@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,7 @@ SOURCE = Path(__file__).with_name("cpu_kernel.c")
 # -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
 # kernels rely on NaN comparisons behaving as IEEE says.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _SCALING = {"hard": 0, "soft": 1, "firm": 2}
 _ACT = {"identity": 0, "relu": 1, "silu": 2}
@@ -112,10 +113,47 @@ def _open(path: Path):
         bwd = getattr(lib, f"colu_backward_{suffix}")
         bwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, cfg, nt]
         bwd.restype = None
+    lib.colu_run.argtypes = [ptr]
+    lib.colu_run.restype = None
     return {
         torch.float32: (lib.colu_forward_f32, lib.colu_backward_f32),
         torch.float64: (lib.colu_forward_f64, lib.colu_backward_f64),
+        "run": lib.colu_run,
     }
+
+
+# colu_run's argument buffer, one per thread: ctypes releases the GIL during
+# the call, so a buffer shared between threads could be overwritten under it.
+_tls = threading.local()
+
+
+def _args_buffer():
+    buf = getattr(_tls, "buf", None)
+    if buf is None:
+        buf = _tls.buf = (ctypes.c_int64 * 10)()
+        _tls.addr = ctypes.addressof(buf)
+    return buf
+
+
+def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> None:
+    """Call the kernel on contiguous tensors through colu_run (one ctypes argument instead of eight).
+
+    ``grad`` is ``None`` for the forward; ``cfg`` is the address of a :func:`config`.
+    """
+    buf = _args_buffer()
+    buf[:] = (
+        backward,
+        x.dtype is torch.float64,
+        x.data_ptr(),
+        0 if grad is None else grad.data_ptr(),
+        out.data_ptr(),
+        outer,
+        C,
+        inner,
+        cfg,
+        torch.get_num_threads(),
+    )
+    lib["run"](_tls.addr)
 
 
 def load():
@@ -181,9 +219,7 @@ def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: st
     x = x.contiguous()
     y = torch.empty_like(x)
     outer, C, inner = x.shape
-    lib[x.dtype][0](
-        x.data_ptr(), y.data_ptr(), outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation), torch.get_num_threads()
-    )
+    run(lib, 0, x, None, y, outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation))
     return y
 
 
@@ -194,14 +230,5 @@ def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float
     grad = grad.contiguous()
     out = torch.empty_like(x)
     outer, C, inner = x.shape
-    lib[x.dtype][1](
-        x.data_ptr(),
-        grad.data_ptr(),
-        out.data_ptr(),
-        outer,
-        C,
-        inner,
-        _cfg_ptr(spec, scaling, eps, axis_activation),
-        torch.get_num_threads(),
-    )
+    run(lib, 1, x, grad, out, outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation))
     return out

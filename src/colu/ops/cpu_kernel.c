@@ -45,15 +45,18 @@ typedef struct {
 } colu_cfg;
 
 #define LANES 128
-/* Below this many elements a second thread costs more than it saves
- * (the same grain size ATen uses for element-wise ops). */
+/* Work is split into chunks of at least GRAIN elements, one per thread, as
+ * ATen splits element-wise ops (threads = min(nthreads, ceil(numel/GRAIN))):
+ * a second thread only pays off once each has that much to do, and waking it
+ * costs tens of microseconds on a busy machine. */
 #define GRAIN 32768
 
-int colu_abi_version(void) { return 1; }
+int colu_abi_version(void) { return 2; }
 
 static int pick_threads(i64 numel, int nthreads) {
+    const i64 chunks = (numel + GRAIN - 1) / GRAIN;
     if (nthreads < 1) nthreads = 1;
-    return numel < GRAIN ? 1 : nthreads;
+    return chunks < nthreads ? (chunks < 1 ? 1 : (int)chunks) : nthreads;
 }
 
 /* expf in a form the compiler vectorises (libm's expf is a call per element
@@ -91,6 +94,24 @@ static inline float colu_expf(float x) {
 #define EXP exp
 #define SPECIALISE_S 0
 #include __FILE__
+
+
+/* One entry point that takes its arguments packed in an int64 array:
+ * {backward, float64, x, grad, out, outer, C, inner, cfg, nthreads}.
+ * ctypes converts each argument of a call separately, which for the
+ * per-argument entry points above costs a microsecond or two per call; a
+ * single pointer to a reused buffer costs a fraction of that. */
+void colu_run(const i64* a) {
+    const colu_cfg* c = (const colu_cfg*)(intptr_t)a[8];
+    const int nt = (int)a[9];
+    if (a[1]) {
+        if (a[0]) colu_backward_f64((const double*)(intptr_t)a[2], (const double*)(intptr_t)a[3], (double*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
+        else colu_forward_f64((const double*)(intptr_t)a[2], (double*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
+    } else {
+        if (a[0]) colu_backward_f32((const float*)(intptr_t)a[2], (const float*)(intptr_t)a[3], (float*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
+        else colu_forward_f32((const float*)(intptr_t)a[2], (float*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
+    }
+}
 
 #else /* ------------------------------------------------ body, per dtype T */
 
@@ -134,13 +155,16 @@ static inline T SFX(slope)(T r, T w, int scaling) {
 #ifndef INLINE
 #define INLINE static inline __attribute__((always_inline))
 
-/* the per-cone loop instantiated for each scaling, so that the clamp or the
- * sigmoid is straight-line code the vectoriser accepts (float32 only) */
+/* the per-cone loop instantiated for each scaling with the identity axis
+ * activation (the default), so that the clamp or the sigmoid is straight-line
+ * code the vectoriser accepts (float32 only); relu/silu axes take the
+ * generic loop */
 #define DISPATCH9(F, ...)                                      \
     if (!SPECIALISE_S) F(__VA_ARGS__, sc, act);                \
-    else if (sc == 0) F(__VA_ARGS__, 0, act);                  \
-    else if (sc == 1) F(__VA_ARGS__, 1, act);                  \
-    else F(__VA_ARGS__, 2, act);
+    else if (act != 0) F(__VA_ARGS__, sc, act);                \
+    else if (sc == 0) F(__VA_ARGS__, 0, 0);                    \
+    else if (sc == 1) F(__VA_ARGS__, 1, 0);                    \
+    else F(__VA_ARGS__, 2, 0);
 #endif
 
 INLINE void SFX(fwd_mid)(const i64 nb, const T* restrict nn, T* restrict ap, T* restrict w, const T eps,
@@ -305,18 +329,121 @@ INLINE void SFX(rbwd_blk)(const T* restrict x, const T* restrict gr, T* restrict
     }
 }
 
+/* Grouped layouts (colu grouped and unshared, and rcolu: cone j is the S
+ * contiguous values j*S ... j*S+S-1). With S a compile-time constant the
+ * block of NB cones is first transposed into xt[k][j] (channel k of cone j):
+ * then every per-cone sum is a loop over j with unit stride for each k, which
+ * vectorises without horizontal adds, and the transposes themselves compile
+ * to shuffles over whole vectors. The block (S * NB values per array) stays in
+ * L1 between the passes. */
+
+#define TRANSPOSE_IN(dst, src)                     \
+    for (i64 j = 0; j < nb; ++j)                   \
+        for (i64 k = 0; k < S; ++k) dst[k][j] = src[j * S + k];
+#define TRANSPOSE_OUT(dst, src)                    \
+    for (i64 j = 0; j < nb; ++j)                   \
+        for (i64 k = 0; k < S; ++k) dst[j * S + k] = src[k][j];
+
+INLINE void SFX(gfwd_blk)(const T* restrict x, T* restrict y, const i64 G, const i64 S, const int sc, const int act,
+                          const T eps) {
+    T xt[S][NB], nn[NB], ap[NB], w[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        TRANSPOSE_IN(xt, (x + g0 * S))
+        for (i64 j = 0; j < nb; ++j) { nn[j] = 0; ap[j] = xt[0][j]; }
+        for (i64 k = 1; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) nn[j] += xt[k][j] * xt[k][j];
+        DISPATCH9(SFX(fwd_mid), nb, nn, ap, w, eps);
+        for (i64 j = 0; j < nb; ++j) xt[0][j] = ap[j];
+        for (i64 k = 1; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) xt[k][j] *= w[j];
+        TRANSPOSE_OUT((y + g0 * S), xt)
+    }
+}
+
+INLINE void SFX(gbwd_blk)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 G, const i64 S,
+                          const int sc, const int act, const T eps) {
+    T xt[S][NB], gt[S][NB], nn[NB], q[NB], av[NB], w[NB], coef[NB], kk[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        TRANSPOSE_IN(xt, (x + g0 * S))
+        TRANSPOSE_IN(gt, (gr + g0 * S))
+        for (i64 j = 0; j < nb; ++j) { nn[j] = 0; q[j] = 0; av[j] = xt[0][j]; }
+        for (i64 k = 1; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) { nn[j] += xt[k][j] * xt[k][j]; q[j] += gt[k][j] * xt[k][j]; }
+        DISPATCH9(SFX(bwd_mid), nb, nn, q, av, w, coef, kk, eps);
+        for (i64 j = 0; j < nb; ++j) {
+            const T v = gt[0][j] + kk[j];
+            gt[0][j] = act ? v * SFX(act_grad)(av[j], act) : v;
+        }
+        for (i64 k = 1; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) gt[k][j] = w[j] * gt[k][j] - coef[j] * xt[k][j];
+        TRANSPOSE_OUT((gi + g0 * S), gt)
+    }
+}
+
+INLINE void SFX(rgfwd_blk)(const T* restrict x, T* restrict y, const i64 G, const i64 S, const int sc, const int act,
+                           const T eps) {
+    const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+    T xt[S][NB], nn[NB], mean[NB], w[NB], base[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        TRANSPOSE_IN(xt, (x + g0 * S))
+        for (i64 j = 0; j < nb; ++j) { mean[j] = 0; nn[j] = 0; }
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) mean[j] += xt[k][j];
+        for (i64 j = 0; j < nb; ++j) mean[j] *= inv_s;
+        /* centred values are kept: the output is base + w * (x - mean) */
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) { const T p = xt[k][j] - mean[j]; xt[k][j] = p; nn[j] += p * p; }
+        DISPATCH9(SFX(rfwd_mid), nb, nn, mean, w, base, rs, inv_rs, eps);
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) xt[k][j] = base[j] + w[j] * xt[k][j];
+        TRANSPOSE_OUT((y + g0 * S), xt)
+    }
+}
+
+INLINE void SFX(rgbwd_blk)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 G, const i64 S,
+                           const int sc, const int act, const T eps) {
+    const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+    T xt[S][NB], gt[S][NB], nn[NB], q[NB], mean[NB], gmean[NB], w[NB], coef[NB], add[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        TRANSPOSE_IN(xt, (x + g0 * S))
+        TRANSPOSE_IN(gt, (gr + g0 * S))
+        for (i64 j = 0; j < nb; ++j) { mean[j] = 0; gmean[j] = 0; nn[j] = 0; q[j] = 0; }
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) { mean[j] += xt[k][j]; gmean[j] += gt[k][j]; }
+        for (i64 j = 0; j < nb; ++j) { mean[j] *= inv_s; gmean[j] *= inv_s; }
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) {
+                const T p = xt[k][j] - mean[j];
+                nn[j] += p * p;
+                q[j] += gt[k][j] * p;
+            }
+        DISPATCH9(SFX(rbwd_mid), nb, nn, q, mean, gmean, w, coef, add, rs, inv_rs, eps);
+        for (i64 k = 0; k < S; ++k)
+            for (i64 j = 0; j < nb; ++j) gt[k][j] = w[j] * gt[k][j] - coef[j] * xt[k][j] + add[j];
+        TRANSPOSE_OUT((gi + g0 * S), gt)
+    }
+}
+
 /* grouped, unshared colu with a constant S, else the generic instance */
 #ifndef GROUPED_CASES
 /* float32 (the dtype the speed targets are about) gets constant-S copies of
- * the grouped loops; float64 only the generic one, which keeps the build short */
-#define GROUPED_CASES(CALL)                  \
+ * the grouped loops, S = 4 as FIX4 and S = 8, 16 as FIX; other S and float64
+ * the generic instance ANY, which keeps the build short. The transposed
+ * blocks win where the per-cone work is spread thin (S = 4, and the colu
+ * backward with its two sums); for wider rcolu cones and the colu forward at
+ * S = 8, 16 the direct loops measured as fast or faster. */
+#define GROUPED_CASES(FIX4, FIX, ANY)        \
     if (SPECIALISE_S) switch (S) {           \
-            case 4: CALL(4); return;         \
-            case 8: CALL(8); return;         \
-            case 16: CALL(16); return;       \
+            case 4: FIX4(4); return;         \
+            case 8: FIX(8); return;          \
+            case 16: FIX(16); return;        \
             default: break;                  \
         }                                    \
-    CALL(S);                                 \
+    ANY(S);                                  \
     return;
 #endif
 
@@ -326,12 +453,16 @@ static void SFX(fwd_row)(const T* restrict x, T* restrict y, const colu_cfg* c) 
     const T eps = (T)c->eps;
     if (c->kind == 1) {
 #define RCALL(SS) SFX(rfwd_blk)(x, y, G, SS, sc, act, eps)
-        GROUPED_CASES(RCALL)
+#define RGCALL(SS) SFX(rgfwd_blk)(x, y, G, SS, sc, act, eps)
+        GROUPED_CASES(RGCALL, RCALL, RCALL)
+#undef RGCALL
 #undef RCALL
     }
     if (!c->shared && c->axis_step == S) {
 #define GCALL(SS) SFX(fwd_blk)(x, y, G, SS, 0, SS, 1, SS, 0, sc, act, eps)
-        GROUPED_CASES(GCALL)
+#define GGCALL(SS) SFX(gfwd_blk)(x, y, G, SS, sc, act, eps)
+        GROUPED_CASES(GGCALL, GCALL, GCALL)
+#undef GGCALL
 #undef GCALL
     }
     SFX(fwd_blk)(x, y, G, S, c->axis_base, c->axis_step, c->sec_base, c->sec_step, (int)c->shared, sc, act, eps);
@@ -343,12 +474,16 @@ static void SFX(bwd_row)(const T* restrict x, const T* restrict gr, T* restrict 
     const T eps = (T)c->eps;
     if (c->kind == 1) {
 #define RCALL(SS) SFX(rbwd_blk)(x, gr, gi, G, SS, sc, act, eps)
-        GROUPED_CASES(RCALL)
+#define RGCALL(SS) SFX(rgbwd_blk)(x, gr, gi, G, SS, sc, act, eps)
+        GROUPED_CASES(RGCALL, RCALL, RCALL)
+#undef RGCALL
 #undef RCALL
     }
     if (!c->shared && c->axis_step == S) {
 #define GCALL(SS) SFX(bwd_blk)(x, gr, gi, G, SS, 0, SS, 1, SS, 0, sc, act, eps)
-        GROUPED_CASES(GCALL)
+#define GGCALL(SS) SFX(gbwd_blk)(x, gr, gi, G, SS, sc, act, eps)
+        GROUPED_CASES(GGCALL, GGCALL, GCALL)
+#undef GGCALL
 #undef GCALL
     }
     SFX(bwd_blk)(x, gr, gi, G, S, c->axis_base, c->axis_step, c->sec_base, c->sec_step, (int)c->shared, sc, act,
@@ -494,12 +629,12 @@ static void SFX(bwd_lanes)(const T* restrict x, const T* restrict gr, T* restric
 void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu_cfg* c, int nthreads) {
     const int nt = pick_threads(outer * C * inner, nthreads);
     if (inner == 1) {
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (i64 o = 0; o < outer; ++o) SFX(fwd_row)(x + o * C, y + o * C, c);
         return;
     }
     const i64 nblk = (inner + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 b = 0; b < outer * nblk; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;
         const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
@@ -512,12 +647,12 @@ void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inn
                         int nthreads) {
     const int nt = pick_threads(outer * C * inner, nthreads);
     if (inner == 1) {
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (i64 o = 0; o < outer; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c);
         return;
     }
     const i64 nblk = (inner + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 b = 0; b < outer * nblk; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;
         const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
