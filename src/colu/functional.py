@@ -99,11 +99,14 @@ class _PlannedFunction(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         p = ctx.plan
-        shape3 = (p.outer, p.C, p.inner)
+        if not torch.is_grad_enabled() and cpu._state["lib"] is p.lib:
+            dispatch.calls["cpu"] += 1
+            out = torch.empty_like(x)
+            cpu.run(p.lib, 1, x, grad.contiguous(), out, p.outer, p.C, p.inner, p.cfg)
+            return out, None
         # create_graph=True: stay differentiable; a reset library: the checked route
-        backend = "closed_form" if torch.is_grad_enabled() else "cpu"
-        if backend == "cpu" and cpu._state["lib"] is not p.lib:
-            backend = dispatch.select(x)
+        backend = "closed_form" if torch.is_grad_enabled() else dispatch.select(x)
+        shape3 = (p.outer, p.C, p.inner)
         g = dispatch.backward(
             x.view(shape3), grad.reshape(shape3), p.spec, p.scaling, p.eps, p.axis_activation, backend
         )
