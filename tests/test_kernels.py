@@ -80,12 +80,13 @@ def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
     _check(fn, ref, x, g, torch.float64)
 
 
-def test_large_rows_many_threads_and_constant_s_paths():
-    # big enough to run multithreaded, S in the specialised set, G not a multiple of the block
-    for S in (4, 8, 16):
-        x, g = _inputs((300, S * 70), -1, torch.float32, seed=S)
-        _check(lambda t: colu.colu(t, S), lambda t: reference.colu(t, S), x, g, torch.float32)
-        _check(lambda t: colu.rcolu(t, S, scaling="soft"), lambda t: reference.rcolu(t, S, scaling="soft"), x, g, torch.float32)
+@pytest.mark.parametrize("scaling", ["hard", "soft", "firm"])
+@pytest.mark.parametrize("S", [3, 4, 8, 16])
+def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
+    # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling)
+    x, g = _inputs((300, S * 70), -1, torch.float32, seed=S)
+    _check(lambda t: colu.colu(t, S, scaling=scaling), lambda t: reference.colu(t, S, scaling=scaling), x, g, torch.float32)
+    _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
 
 
 def test_half_inputs_use_kernel():
