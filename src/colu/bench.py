@@ -9,6 +9,7 @@ clocks and background load hit every row alike. CPU times use
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -177,6 +178,8 @@ def _print_table(result):
           f"{result['machine']['threads']} threads, {result['dtype']}, torch {result['machine']['torch']}")
     if result.get("copy_gbs"):
         print(f"# device copy bandwidth {result['copy_gbs']:.0f} GB/s")
+    if result.get("malloc_keeps_freed_buffers"):
+        print("# glibc malloc keeps freed buffers (mallopt), so no row pays for fresh page faults")
     hdr = f"{'shape':>10} {'activation':<20} {'fwd ms':>8} {'f/ReLU':>6} {'f/SiLU':>6} {'f+b ms':>8} {'fb/ReLU':>7} {'fb/SiLU':>7} {'fwd GB/s':>8} {'f+b GB/s':>8} {'saved B':>10}"
     if result.get("copy_gbs"):
         hdr += f" {'f/copy':>6}"
@@ -204,6 +207,26 @@ def _write_json(path, result):
             os.unlink(tmp)
 
 
+def _keep_freed_buffers() -> bool:
+    """Ask glibc to keep freed buffers in the heap instead of handing them back to the OS.
+
+    By default glibc returns large freed blocks to the kernel at moments that
+    depend on the order of earlier allocations, so from one row to the next
+    an output tensor either reuses memory or page-faults all of it afresh:
+    that alone moved single rows by 2x. Keeping the memory makes every
+    activation run in the same steady state, as in a training loop.
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # 32 MiB is glibc's largest mmap threshold on 64-bit; larger blocks are mmapped anyway
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     try:
@@ -221,7 +244,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     timer = _Timer(device)
+    kept = _keep_freed_buffers() if device.type == "cpu" else False
     result = dict(
+        malloc_keeps_freed_buffers=kept,
         command="colu bench " + " ".join(argv or []),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         dtype=args.dtype,
