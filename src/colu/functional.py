@@ -249,6 +249,8 @@ def colu(
         dim: the channel axis: ``-1`` for ``(N, C)``/``(N, L, C)``, ``1`` for
             ``NCHW``.
         eps: the :math:`\varepsilon` of eq. (1), :math:`10^{-7}` in the paper.
+            It also keeps an all-zero cone exact; with ``eps=0`` such a cone
+            gives :math:`r = 0/0` and NaN sections.
         layout: ``"grouped"``: cone ``g`` is channels ``g*S ... g*S+S-1``, axis
             first. ``"axes_first"``: the ``G`` axes first, then ``G`` blocks of
             ``S-1`` section channels (the JAX package's layout). With a shared
