@@ -123,27 +123,32 @@ class ConeSpec:
             return 0
         return 1 if self.share_axis else self.num_cones
 
+    def channel_map(self):
+        """``(axis_base, axis_step, section_base, section_step)``: every layout is affine in the cone index.
+
+        Cone ``g``'s axis is channel ``axis_base + g * axis_step`` and its
+        section channels are ``section_base + g * section_step + k`` for
+        ``k < S - 1``. The kernels take these four numbers; the index helpers
+        below are built from them.
+        """
+        self._require_axes()
+        G, S = self.num_cones, self.cone_dim
+        if self.share_axis:
+            return 0, 0, 1, S - 1
+        if self.layout == "grouped":
+            return 0, S, 1, S
+        return 0, 1, G, S - 1
+
     def axis_channels(self) -> torch.Tensor:
         """Channel index of each cone's axis, shape ``(G,)`` (all 0 with a shared axis)."""
-        self._require_axes()
-        g = torch.arange(self.num_cones)
-        if self.share_axis:
-            return torch.zeros_like(g)
-        if self.layout == "grouped":
-            return g * self.cone_dim
-        return g
+        axis_base, axis_step, _, _ = self.channel_map()
+        return axis_base + torch.arange(self.num_cones) * axis_step
 
     def section_channels(self) -> torch.Tensor:
         """Channel indices of each cone's section, shape ``(G, S-1)``."""
-        self._require_axes()
-        G, S = self.num_cones, self.cone_dim
-        k = torch.arange(S - 1)
-        g = torch.arange(G)[:, None]
-        if self.share_axis:
-            return 1 + g * (S - 1) + k
-        if self.layout == "grouped":
-            return g * S + 1 + k
-        return G + g * (S - 1) + k
+        _, _, section_base, section_step = self.channel_map()
+        g = torch.arange(self.num_cones)[:, None]
+        return section_base + g * section_step + torch.arange(self.cone_dim - 1)
 
     def cone_channels(self) -> torch.Tensor:
         """All channels of each cone, axis first, shape ``(G, S)``."""

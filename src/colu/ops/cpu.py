@@ -198,14 +198,7 @@ def reset() -> None:
 def config(spec, scaling: str, eps: float, axis_activation: str) -> _Config:
     """The C-side description of a cone configuration (cached: built once per configuration)."""
     G, S = spec.num_cones, spec.cone_dim
-    if spec.kind == "rcolu":
-        maps = (0, 0, 0, 0)
-    elif spec.share_axis:
-        maps = (0, 0, 1, S - 1)
-    elif spec.layout == "grouped":
-        maps = (0, S, 1, S)
-    else:
-        maps = (0, 1, G, S - 1)
+    maps = (0, 0, 0, 0) if spec.kind == "rcolu" else spec.channel_map()  # RCoLU cones are g*S ... g*S+S-1
     return _Config(G, S, *maps, int(spec.kind == "rcolu"), int(spec.share_axis), _SCALING[scaling], _ACT[axis_activation], float(eps))
 
 

@@ -202,14 +202,8 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, S, axis_base, ax
 
 
 def _maps(spec):
-    G, S = spec.num_cones, spec.cone_dim
-    if spec.kind == "rcolu":
-        return (0, 0, 0, 0)
-    if spec.share_axis:
-        return (0, 0, 1, S - 1)
-    if spec.layout == "grouped":
-        return (0, S, 1, S)
-    return (0, 1, G, S - 1)
+    # RCoLU cones are g*S ... g*S+S-1 and need no map
+    return (0, 0, 0, 0) if spec.kind == "rcolu" else spec.channel_map()
 
 
 _TILE = 2048
