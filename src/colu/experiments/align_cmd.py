@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .. import align
 from . import paper, report
 from .activations import parse_activations
-from .config import _fail, build_config, config_to_dict, load_yaml
+from .config import _fail, build_config, config_to_dict, load_yaml, parse_set_items
 from .runner import DistInfo, _slug, atomic_write_json, atomic_write_text, clean, resolve_device, train_run
 
 ALIGNABLE = ("mnist-mlp", "mnist-vae")
@@ -93,11 +93,7 @@ def parse_args(argv):
     args = _parser().parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
     cli = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        cli[key.strip().replace("-", "_")] = value
+    cli.update(parse_set_items(args.set))
     for key in ("seeds", "seed_offset", "activations"):
         if key in cli:
             raise ValueError(f"--set {key}=...: use --seed-pair / --activations; colu align always takes two seeds")

@@ -164,6 +164,17 @@ _CLI_KEYS = ["seeds", "seed_offset", "data", "dataset", "split_from_test", "epoc
              "weight_decay", "eval_every", "ckpt_every", "activations", "quick", "device", "bf16", "halt_after"]
 
 
+def parse_set_items(items) -> dict:
+    """``--set KEY=VALUE`` options as a dict (dashes in keys read as underscores)."""
+    values = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip().replace("-", "_")] = value
+    return values
+
+
 def parse_cli(argv, prog: str, description: str, sweep: bool = False):
     """Parse ``colu run``/``colu sweep`` arguments into (experiment, config, out_dir, resume, quiet)."""
     from .registry import EXPERIMENTS
@@ -171,11 +182,7 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False):
     args = _parser(prog, description, EXPERIMENTS).parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
     cli = {k: getattr(args, k) for k in _CLI_KEYS if getattr(args, k) is not None}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        cli[key.strip().replace("-", "_")] = value
+    cli.update(parse_set_items(args.set))
     out = args.out or os.path.join("runs", exp.name + ("-sweep" if sweep else ""))
     yaml_values = load_yaml(args.config) if args.config else {}
     saved_path = os.path.join(out, "config.json")
