@@ -17,6 +17,7 @@ exact:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -57,17 +58,9 @@ def atomic_write_json(path: str, obj) -> None:
 
 
 def atomic_torch_save(path: str, obj) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def append_jsonl(path: str, record: dict) -> None:
