@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import math
-import numbers
 import os
 
 import torch
 
 from . import reference
 from .ops import cpu, dispatch
-from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice
+from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
 
 __all__ = ["colu", "rcolu"]
 
@@ -163,8 +162,7 @@ def _check_input(x, eps, name):
         )
     if x.dim() == 0:
         raise ValueError(f"{name} needs a channel axis, got a 0-dim tensor; reshape it to (1,) or (N, C)")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 <= eps < math.inf):
-        raise ValueError(f"eps must be a finite number >= 0, got eps={eps!r}")
+    check_eps(eps)
 
 
 def _channel_dim(x, dim):

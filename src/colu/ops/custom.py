@@ -21,8 +21,13 @@ from ..spec import ConeSpec
 from . import closed_form, cpu
 
 
-def _spec(channels, num_cones, cone_dim, share_axis, layout, kind) -> ConeSpec:
-    return ConeSpec(channels, num_cones, cone_dim, share_axis, layout, kind)
+def _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind):
+    """The spec from its fields and the kernel to run (``None``: closed form), counted in dispatch.calls."""
+    from . import dispatch
+
+    backend = _kernel(x)
+    dispatch.calls[backend or "closed_form"] += 1
+    return ConeSpec(channels, num_cones, cone_dim, share_axis, layout, kind), backend
 
 
 def _kernel(x):
@@ -50,9 +55,7 @@ def cone_forward(
 ) -> torch.Tensor:
     from . import dispatch
 
-    spec = _spec(channels, num_cones, cone_dim, share_axis, layout, kind)
-    backend = _kernel(x)
-    dispatch.calls[backend or "closed_form"] += 1
+    spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
     if backend is None:
         return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
     return dispatch._kernel_forward(x.contiguous(), spec, scaling, eps, axis_activation, backend)
@@ -79,9 +82,7 @@ def cone_backward(
 ) -> torch.Tensor:
     from . import dispatch
 
-    spec = _spec(channels, num_cones, cone_dim, share_axis, layout, kind)
-    backend = _kernel(x)
-    dispatch.calls[backend or "closed_form"] += 1
+    spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
     if backend is None:
         return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
     return dispatch._kernel_backward(x.contiguous(), grad.contiguous(), spec, scaling, eps, axis_activation, backend)
