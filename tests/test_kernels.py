@@ -81,10 +81,11 @@ def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
 
 
 @pytest.mark.parametrize("scaling", ["hard", "soft", "firm"])
-@pytest.mark.parametrize("S", [3, 4, 8, 16])
+@pytest.mark.parametrize("S", [3, 4, 8, 16, 24])
 def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
-    # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling)
-    x, g = _inputs((300, S * 70), -1, torch.float32, seed=S)
+    # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling), and the
+    # blocks of 8 cones for S = 16, 24 (603 * 71 cones: a remainder of 5 after the last block)
+    x, g = _inputs((603, S * 71), -1, torch.float32, seed=S)
     _check(lambda t: colu.colu(t, S, scaling=scaling), lambda t: reference.colu(t, S, scaling=scaling), x, g, torch.float32)
     _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
 
@@ -99,10 +100,11 @@ def test_half_inputs_use_kernel():
     torch.testing.assert_close(y.float(), reference.colu(x.detach(), 4).float(), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("S", [4, 16])
 @pytest.mark.parametrize("fn", ["colu", "rcolu", "shared"])
 @pytest.mark.parametrize("scaling", ["hard", "soft"])
-def test_nan_stays_in_its_cone(fn, scaling):
-    S, G = 4, 4
+def test_nan_stays_in_its_cone(fn, scaling, S):
+    G = 4
     C = 1 + G * (S - 1) if fn == "shared" else G * S
     x = torch.randn(3, C, dtype=torch.float32)
     bad = 1 + 1 * (S - 1) if fn == "shared" else S + 1  # a section channel of cone 1
