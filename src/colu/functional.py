@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 
 import torch
 
@@ -124,7 +123,7 @@ def _plan_key(kind, x, backend, args):
     """
     if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return None
-    env = os.environ.get("COLU_BACKEND") if backend == "auto" else None
+    env = dispatch.env_token() if backend == "auto" else None
     key = (kind, x.dtype, x.device, x.shape, backend, env, *args, *map(type, args))
     try:
         hash(key)
