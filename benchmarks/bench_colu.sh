@@ -3,4 +3,4 @@
 set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results.json}
-exec colu bench --shapes 4096x1024,64x512 --cone-dims 4,8,16 --scalings hard,soft --repeats 20 --json "$OUT"
+exec colu bench --shapes 4096x1024,64x512 --cone-dims 4,8,16 --scalings hard,soft --repeats 40 --json "$OUT"
