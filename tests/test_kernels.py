@@ -1,6 +1,8 @@
 """Fused CPU kernel and dispatch: exact to the reference, NaN confinement, overrides, compile, fallback."""
 
+import ctypes
 import itertools
+import platform
 import subprocess
 import sys
 import textwrap
@@ -276,3 +278,32 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
     # non-contiguous input of a cached shape takes the checked path
     xt = torch.randn(24, 6, dtype=torch.float64).t()
     torch.testing.assert_close(colu.colu(xt, cone_dim=4, scaling="soft"), colu.colu(xt.contiguous(), cone_dim=4, scaling="soft"))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="builds the kernel for baseline x86-64")
+def test_portable_build_without_avx2_matches_reference(tmp_path):
+    """Machines without AVX2 get the plain C loops for S = 16 instead of the AVX2 blocks; build that variant."""
+    so = tmp_path / "colu_cpu_portable.so"
+    flags = [f for f in cpu.FLAGS if not f.startswith(("-march", "-O"))]
+    proc = subprocess.run(
+        [cpu.compiler(), "-O2", "-march=x86-64", *flags, str(cpu.SOURCE), "-o", str(so), "-lm"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "avx_fwd_16" not in so.read_bytes().decode("latin-1")  # the AVX2 blocks are compiled out
+    lib = cpu._open(so)
+    gen = torch.Generator().manual_seed(3)
+    for S, kind, scaling in [(16, "colu", "hard"), (16, "rcolu", "soft"), (24, "colu", "firm"), (4, "colu", "soft")]:
+        x = torch.randn(37, 5 * S, generator=gen) * 2
+        g = torch.randn(x.shape, generator=gen)
+        spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)
+        cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "identity"))
+        y, gi = torch.empty_like(x), torch.empty_like(x)
+        cpu.run(lib, 0, x, None, y, x.shape[0], x.shape[1], 1, cfg)
+        cpu.run(lib, 1, x, g, gi, x.shape[0], x.shape[1], 1, cfg)
+        ref = getattr(reference, kind)
+        xr = x.clone().requires_grad_(True)
+        yr = ref(xr, S, scaling=scaling)
+        (gr,) = torch.autograd.grad(yr, xr, g)
+        torch.testing.assert_close(y, yr.detach(), **TOL[torch.float32])
+        torch.testing.assert_close(gi, gr, **TOL[torch.float32])
