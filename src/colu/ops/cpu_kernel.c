@@ -162,6 +162,19 @@ ALWAYS_INLINE T SFX(slope)(T r, T w, int scaling) {
     return (T)4 * w * ((T)1 - w);
 }
 
+/* The backward's per-cone scalars, shared by every loop below: from the
+ * section's squared norm nn, q = <section of grad, section> and the activated
+ * axis value ap (r = ap / den, den = |s| + eps): the weight w, the term
+ * k = q w'(r) / den that the axis' gradient gains, and coef = k r / |s|, the
+ * section's coefficient on x. */
+ALWAYS_INLINE void SFX(bwd_scalars)(const T nn, const T q, const T ap, const T eps, const int sc, T* w, T* k,
+                                    T* coef) {
+    const T n = SQRT(nn), den = n + eps, r = ap / den;
+    *w = SFX(weight)(r, sc);
+    *k = q * SFX(slope)(r, *w, sc) / den;
+    *coef = *k * r / (n > 0 ? n : (T)1);
+}
+
 /* ------------------------------------------------------------ rows path */
 /* A row is processed NB cones at a time in three loops: gather per-cone sums
  * into small arrays, compute the per-cone scalars (norm, weight, slope) over
@@ -195,14 +208,7 @@ INLINE void SFX(fwd_mid)(const i64 nb, const T* restrict nn, T* restrict ap, T* 
 
 INLINE void SFX(bwd_mid)(const i64 nb, const T* restrict nn, const T* restrict q, const T* restrict av,
                          T* restrict w, T* restrict coef, T* restrict kk, const T eps, const int sc, const int act) {
-    for (i64 j = 0; j < nb; ++j) {
-        const T n = SQRT(nn[j]), den = n + eps;
-        const T r = SFX(act)(av[j], act) / den, wj = SFX(weight)(r, sc);
-        const T k = q[j] * SFX(slope)(r, wj, sc) / den;
-        w[j] = wj;
-        coef[j] = k * r / (n > 0 ? n : (T)1);
-        kk[j] = k;
-    }
+    for (i64 j = 0; j < nb; ++j) SFX(bwd_scalars)(nn[j], q[j], SFX(act)(av[j], act), eps, sc, w + j, kk + j, coef + j);
 }
 
 INLINE void SFX(fwd_blk)(const T* restrict x, T* restrict y, const i64 G, const i64 S, const i64 ab, const i64 as,
@@ -319,9 +325,8 @@ INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const in
     if (kind == 0) {
         T ss = 0, q = 0;
         for (i64 k = 1; k < S; ++k) { ss += xc[k] * xc[k]; q += gc[k] * xc[k]; }
-        const T n = SQRT(ss), den = n + eps, r = SFX(act)(xc[0], act) / den;
-        const T w = SFX(weight)(r, sc), kk = q * SFX(slope)(r, w, sc) / den;
-        const T coef = kk * r / (n > 0 ? n : (T)1);
+        T w, kk, coef;
+        SFX(bwd_scalars)(ss, q, SFX(act)(xc[0], act), eps, sc, &w, &kk, &coef);
         const T ga = gc[0] + kk;
         oc[0] = act ? ga * SFX(act_grad)(xc[0], act) : ga;
         for (i64 k = 1; k < S; ++k) oc[k] = w * gc[k] - coef * xc[k];
@@ -332,9 +337,9 @@ INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const in
     for (i64 k = 0; k < S; ++k) { sx += xc[k]; sg += gc[k]; }
     const T mu = sx * inv_s, gm = sg * inv_s;
     for (i64 k = 0; k < S; ++k) { const T p = xc[k] - mu; ss += p * p; q += gc[k] * p; }
-    const T n = SQRT(ss), den = n + eps, t = mu * rs, r = SFX(act)(t, act) / den;
-    const T w = SFX(weight)(r, sc), kk = q * SFX(slope)(r, w, sc) / den;
-    const T coef = kk * r / (n > 0 ? n : (T)1);
+    const T t = mu * rs;
+    T w, kk, coef;
+    SFX(bwd_scalars)(ss, q, SFX(act)(t, act), eps, sc, &w, &kk, &coef);
     T gt = gm + kk * inv_rs;
     if (act) gt *= SFX(act_grad)(t, act);
     /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded */
@@ -487,13 +492,7 @@ ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i6
         }
         _mm256_storeu_ps(ss, avx_hsum8(acc_s));
         _mm256_storeu_ps(q, avx_hsum8(acc_q));
-        _Pragma("omp simd") for (int j = 0; j < 8; ++j) {
-            const float n = sqrtf(ss[j]), den = n + eps, r = a[j] / den;
-            const float wj = weight_f32(r, sc), k = q[j] * slope_f32(r, wj, sc) / den;
-            w[j] = wj;
-            kk[j] = k;
-            coef[j] = k * r / (n > 0 ? n : 1.0f);
-        }
+        _Pragma("omp simd") for (int j = 0; j < 8; ++j) bwd_scalars_f32(ss[j], q[j], a[j], eps, sc, w + j, kk + j, coef + j);
         for (int i = 0; i < 8; ++i) {
             const float *xc = x + i * S, *gc = gr + i * S;
             float* oc = gi + i * S;
@@ -538,12 +537,9 @@ ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i6
     _mm256_storeu_ps(ss, avx_hsum8(acc_s));
     _mm256_storeu_ps(q, avx_hsum8(acc_q));
     _Pragma("omp simd") for (int j = 0; j < 8; ++j) {
-        const float n = sqrtf(ss[j]), den = n + eps, r = mu[j] * rs / den;
-        const float wj = weight_f32(r, sc), k = q[j] * slope_f32(r, wj, sc) / den;
-        const float cj = k * r / (n > 0 ? n : 1.0f);
-        w[j] = wj;
-        coef[j] = cj;
-        add[j] = gm[j] + k * inv_rs - wj * gm[j] + cj * mu[j];
+        float k;
+        bwd_scalars_f32(ss[j], q[j], mu[j] * rs, eps, sc, w + j, &k, coef + j);
+        add[j] = gm[j] + k * inv_rs - w[j] * gm[j] + coef[j] * mu[j];
     }
     for (int i = 0; i < 8; ++i) {
         const float *xc = x + i * S, *gc = gr + i * S;
@@ -729,14 +725,12 @@ static void SFX(bwd_lanes)(const T* restrict x, const T* restrict gr, T* restric
                     q[i] += gg[k * cs + i] * p;
                 }
             for (i64 i = 0; i < nb; ++i) {
-                const T n = SQRT(nn[i]), den = n + eps, t = mean[i] * rs;
-                const T r = SFX(act)(t, act) / den, wi = SFX(weight)(r, sc);
-                const T kk = q[i] * SFX(slope)(r, wi, sc) / den;
+                const T t = mean[i] * rs;
+                T kk;
+                SFX(bwd_scalars)(nn[i], q[i], SFX(act)(t, act), eps, sc, w + i, &kk, coef + i);
                 T gt = gmean[i] + kk * inv_rs;
                 if (act) gt *= SFX(act_grad)(t, act);
-                w[i] = wi;
-                coef[i] = kk * r / (n > 0 ? n : (T)1);
-                ga[i] = gt - wi * gmean[i];
+                ga[i] = gt - w[i] * gmean[i];
             }
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i)
@@ -757,14 +751,8 @@ static void SFX(bwd_lanes)(const T* restrict x, const T* restrict gr, T* restric
                 nn[i] += s[k * cs + i] * s[k * cs + i];
                 q[i] += gs[k * cs + i] * s[k * cs + i];
             }
-        for (i64 i = 0; i < nb; ++i) {
-            const T n = SQRT(nn[i]), den = n + eps;
-            const T r = SFX(act)(x[ao + i], act) / den, wi = SFX(weight)(r, sc);
-            const T kk = q[i] * SFX(slope)(r, wi, sc) / den;
-            w[i] = wi;
-            coef[i] = kk * r / (n > 0 ? n : (T)1);
-            ga[i] = kk;
-        }
+        for (i64 i = 0; i < nb; ++i)
+            SFX(bwd_scalars)(nn[i], q[i], SFX(act)(x[ao + i], act), eps, sc, w + i, ga + i, coef + i);
         for (i64 k = 0; k < m; ++k)
             for (i64 i = 0; i < nb; ++i) os[k * cs + i] = w[i] * gs[k * cs + i] - coef[i] * s[k * cs + i];
         if (c->shared) {
