@@ -56,11 +56,12 @@ class _Plan:
     by :func:`_plan_key`) after the checked path has accepted it and chosen
     the CPU kernel, so that a repeated call (every call of a layer in a
     training loop) skips validation, spec resolution, backend selection and
-    the reshapes: a small tensor's call costs a few microseconds, as ReLU's
-    does. Anything the checks or the backend choice depend on is in the key
-    or re-checked per call (the kernel library, ``COLU_BACKEND``,
-    compiling/exporting, contiguity), and a miss takes the checked path, so
-    errors and results are the same either way.
+    the reshapes: a (64, 512) forward then costs about 6-7 us on a 2-core
+    CPU, about half of it in the kernel, against ReLU's 3 us. Anything the
+    checks or the backend choice depend on is in the key or re-checked per
+    call (the kernel library, ``COLU_BACKEND``, compiling/exporting,
+    contiguity), and a miss takes the checked path, so errors and results
+    are the same either way.
     """
 
     __slots__ = ("lib", "outer", "C", "inner", "cfg_struct", "cfg", "spec", "scaling", "eps", "axis_activation")
