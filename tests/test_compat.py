@@ -1,4 +1,4 @@
-"""torch.compile (no graph breaks), torch.export and ONNX export of models using CoLU."""
+"""torch.compile (no graph breaks), torch.export, ONNX export and torch.func transforms of models using CoLU."""
 
 import pytest
 import torch
@@ -61,3 +61,36 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
         session = ort.InferenceSession(str(path))
         (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         torch.testing.assert_close(torch.from_numpy(out), model(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vmap_and_per_sample_grads_match_the_batched_call(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 12, generator=gen, dtype=dtype)
+    colu.colu(x[0], 4)  # a cached plan for the per-sample shape must not be taken inside vmap
+    torch.testing.assert_close(torch.vmap(lambda t: colu.colu(t, 4))(x), colu.colu(x, 4))
+    # batch dimension last, channels first inside the vmapped function
+    xt = torch.randn(12, 5, 6, generator=gen, dtype=dtype)
+    y = torch.vmap(lambda t: colu.colu(t, 4, dim=0, scaling="soft"), in_dims=2)(xt)
+    torch.testing.assert_close(y, colu.colu(xt, 4, dim=0, scaling="soft").movedim(2, 0))
+    torch.testing.assert_close(torch.vmap(lambda t: colu.rcolu(t, 3))(x), colu.rcolu(x, 3))
+    # per-sample gradients: vmap(grad) against autograd on the closed form
+    per_sample = torch.vmap(torch.func.grad(lambda t: colu.colu(t, 4, scaling="firm").pow(2).sum()))(x)
+    xr = x.clone().requires_grad_(True)
+    colu.colu(xr, 4, scaling="firm", backend="closed_form").pow(2).sum().backward()
+    torch.testing.assert_close(per_sample, xr.grad)
+
+
+def test_func_grad_of_a_model_matches_autograd():
+    model = _model()
+    params = dict(model.named_parameters())
+    x = torch.randn(4, 8)
+
+    def loss(p):
+        return torch.func.functional_call(model, p, (x,)).pow(2).sum()
+
+    grads = torch.func.grad(loss)(params)
+    model.zero_grad()
+    model(x).pow(2).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)

@@ -23,7 +23,9 @@ class _ConeFunction(torch.autograd.Function):
     backward recomputes the per-cone norms from it. Half-precision inputs are
     saved as they are and upcast to float32 inside forward and backward.
     Double backward works: under ``create_graph=True`` the backward runs in
-    differentiable torch ops.
+    differentiable torch ops. ``torch.func`` transforms work: ``vmap`` folds
+    the batch dimension into ``outer`` (the op acts on each ``(C,)`` fibre
+    alone, so the batched call is the same call on a bigger tensor).
     """
 
     @staticmethod
@@ -47,6 +49,15 @@ class _ConeFunction(torch.autograd.Function):
         work_g = grad.to(work_x.dtype)
         grad_in = dispatch.backward(work_x, work_g, spec, scaling, eps, axis_activation, backend)
         return grad_in.to(x.dtype), None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, spec, scaling, eps, axis_activation, backend):
+        if in_dims[0] is None:
+            return _ConeFunction.apply(x, spec, scaling, eps, axis_activation, backend), None
+        xb = x.movedim(in_dims[0], 0)
+        B, outer, C, inner = xb.shape
+        y = _ConeFunction.apply(xb.reshape(B * outer, C, inner), spec, scaling, eps, axis_activation, backend)
+        return y.reshape(xb.shape), 0
 
 
 class _Plan:
@@ -82,17 +93,22 @@ class _Plan:
 
 
 class _PlannedFunction(torch.autograd.Function):
-    """:class:`_ConeFunction` for a cached :class:`_Plan`: same saved tensor, same backward."""
+    """:class:`_ConeFunction` for a cached :class:`_Plan`: same saved tensor, same backward.
+
+    Written with ``forward(ctx, ...)`` rather than ``setup_context``: with
+    ``setup_context`` every ``apply`` binds its arguments through
+    ``inspect.signature``, which cost about 10 us a call, more than the
+    kernel's own time on a small tensor. That form cannot run under
+    ``torch.func`` transforms, so :func:`_plan_key` keeps plans out of them
+    (:class:`_ConeFunction` handles those).
+    """
 
     @staticmethod
-    def forward(x, plan):
+    def forward(ctx, x, plan):
         dispatch.calls["cpu"] += 1
+        ctx.save_for_backward(x)
+        ctx.plan = plan
         return plan.forward(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.plan = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
@@ -122,7 +138,12 @@ def _plan_key(kind, x, backend, args):
     Types go into the key next to values because ``True == 1`` and
     ``4.0 == 4`` hash alike while the checks treat them differently.
     """
-    if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if (
+        type(x) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch._C._are_functorch_transforms_active()
+    ):
         return None
     env = dispatch.env_token() if backend == "auto" else None
     key = (kind, x.dtype, x.device, x.shape, backend, env, *args, *map(type, args))
