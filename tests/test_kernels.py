@@ -85,8 +85,9 @@ def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
 @pytest.mark.parametrize("scaling", ["hard", "soft", "firm"])
 @pytest.mark.parametrize("S", [3, 4, 8, 16, 24])
 def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
-    # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling), and the
-    # blocks of 8 cones for S = 16, 24 (603 * 71 cones: a remainder of 5 after the last block)
+    # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling), the
+    # AVX-512 blocks of 16 cones for S = 4 and the AVX2 blocks of 8 for S = 16, 24 (603 * 71 cones:
+    # remainders of 13 and 5 after the last block)
     x, g = _inputs((603, S * 71), -1, torch.float32, seed=S)
     _check(lambda t: colu.colu(t, S, scaling=scaling), lambda t: reference.colu(t, S, scaling=scaling), x, g, torch.float32)
     _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
@@ -280,20 +281,32 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
     torch.testing.assert_close(colu.colu(xt, cone_dim=4, scaling="soft"), colu.colu(xt.contiguous(), cone_dim=4, scaling="soft"))
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="builds the kernel for baseline x86-64")
-def test_portable_build_without_avx2_matches_reference(tmp_path):
-    """Machines without AVX2 get the plain C loops for S = 16 instead of the AVX2 blocks; build that variant."""
-    so = tmp_path / "colu_cpu_portable.so"
+# (-march level, symbols the build must have, symbols it must not have)
+_ISA_BUILDS = {
+    # no AVX2: the plain C loops everywhere
+    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_")),
+    # AVX2 without AVX-512: the AVX2 blocks for S = 16, gcc's flat loop for S = 4
+    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_",)),
+}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="builds the kernel for other x86-64 levels")
+@pytest.mark.parametrize("march", sorted(_ISA_BUILDS))
+def test_builds_for_other_cpus_match_reference(tmp_path, march):
+    """The kernel as built for machines with fewer vector extensions than this one still matches the reference."""
+    so = tmp_path / f"colu_cpu_{march}.so"
     flags = [f for f in cpu.FLAGS if not f.startswith(("-march", "-O"))]
     proc = subprocess.run(
-        [cpu.compiler(), "-O2", "-march=x86-64", *flags, str(cpu.SOURCE), "-o", str(so), "-lm"],
+        [cpu.compiler(), "-O2", f"-march={march}", *flags, str(cpu.SOURCE), "-o", str(so), "-lm"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "avx_fwd_16" not in so.read_bytes().decode("latin-1")  # the AVX2 blocks are compiled out
+    symbols = so.read_bytes().decode("latin-1")
+    has, lacks = _ISA_BUILDS[march]
+    assert all(name in symbols for name in has) and not any(name in symbols for name in lacks)
     lib = cpu._open(so)
     gen = torch.Generator().manual_seed(3)
-    for S, kind, scaling in [(16, "colu", "hard"), (16, "rcolu", "soft"), (24, "colu", "firm"), (4, "colu", "soft")]:
+    for S, kind, scaling in [(16, "colu", "hard"), (16, "rcolu", "soft"), (24, "colu", "firm"), (4, "colu", "soft"), (4, "rcolu", "hard")]:
         x = torch.randn(37, 5 * S, generator=gen) * 2
         g = torch.randn(x.shape, generator=gen)
         spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)

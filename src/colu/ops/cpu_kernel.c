@@ -104,7 +104,8 @@ static inline float colu_expf(float x) {
 #undef SQRT
 #undef EXP
 #undef SPECIALISE_S
-#undef COLU_AVX2 /* the AVX2 blocks are float32 only */
+#undef COLU_AVX2 /* the AVX2 and AVX-512 blocks are float32 only */
+#undef COLU_AVX512
 
 #define T double
 #define SFX(name) name##_f64
@@ -372,15 +373,20 @@ FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 
 #if SPECIALISE_S && defined(__AVX2__) && defined(__FMA__)
 #define COLU_AVX2 1
+#ifdef __AVX512F__
+#define COLU_AVX512 1
+#endif
 #endif
 
 #ifndef FLAT_KEYS
 /* float32 with the identity axis activation (the default) gets its own loop
- * for each S in {3, 4, 8, 16}, kind and scaling (S = 16 only where the AVX2
- * blocks below do not take it); everything else runs the run-time loop,
- * which keeps the build short. */
+ * for each S in {3, 4, 8, 16}, kind and scaling (S = 4 and 16 only where the
+ * AVX-512/AVX2 blocks below do not take them); everything else runs the
+ * run-time loop, which keeps the build short. */
 #define FLAT_KEYS(M, SS) M(SS, 0, 0) M(SS, 0, 1) M(SS, 0, 2) M(SS, 1, 0) M(SS, 1, 1) M(SS, 1, 2)
-#ifdef COLU_AVX2
+#ifdef COLU_AVX512
+#define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 8)
+#elif defined(COLU_AVX2)
 #define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8)
 #else
 #define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8) FLAT_KEYS(M, 16)
@@ -552,40 +558,169 @@ ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i6
     }
 }
 
-/* n cones: whole blocks of 8 in parallel, the last n % 8 through cone_fwd/cone_bwd */
-#define AVX_LOOPS(NAME, SS, KIND, SC)                                                                     \
+#ifdef COLU_AVX512
+/* --------------------------------------------- AVX-512 blocks for S = 4 */
+/* 16 cones of 4 floats are 4 vectors of 4 cones each (one per 128-bit
+ * lane). A 4x4 transpose inside each lane (8 in-lane shuffles) gives 4
+ * vectors that hold channel k of all 16 cones, so the per-cone sums are
+ * lane-wise adds and the square root, division and exponential run once per
+ * cone, 16 at a time; the same transpose (it is its own inverse) puts the
+ * results back. About 35 instructions per 16 cones, against about 90 for
+ * gcc's vectorisation of the flat loop, which de-interleaves with cross-lane
+ * permutes and redoes them for the writes: measured 0.075 against 0.12 ns
+ * per element for the hard forward in L2 on one core. (The same scheme in
+ * 256-bit vectors measured slower than gcc's loop, so AVX2-only machines
+ * keep the flat loop for S = 4.) No lane ever mixes two cones, so a NaN
+ * stays in its own cone. */
+ALWAYS_INLINE void avz_transpose4(__m512* v) {
+    const __m512 t0 = _mm512_unpacklo_ps(v[0], v[1]), t1 = _mm512_unpackhi_ps(v[0], v[1]);
+    const __m512 t2 = _mm512_unpacklo_ps(v[2], v[3]), t3 = _mm512_unpackhi_ps(v[2], v[3]);
+    v[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+    v[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+    v[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+    v[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+}
+
+ALWAYS_INLINE void avz_load4(__m512* v, const float* p) {
+    for (int i = 0; i < 4; ++i) v[i] = _mm512_loadu_ps(p + 16 * i);
+    avz_transpose4(v);
+}
+
+ALWAYS_INLINE void avz_store4(float* p, __m512* v) {
+    avz_transpose4(v);
+    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(p + 16 * i, v[i]);
+}
+
+ALWAYS_INLINE __m512 avz_sum4(const __m512* v) {
+    return _mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3]));
+}
+
+/* 16 cones of S = 4 floats at x. The per-cone scalars go through the shared
+ * helpers in a fixed 16-step loop that the compiler turns into one vector
+ * pass (the arrays stay in registers). */
+ALWAYS_INLINE void avz_fwd4(const float* x, float* y, const i64 S, const int kind, const int sc, const float eps) {
+    (void)S;
+    __m512 v[4];
+    float ss[16], t[16], w[16];
+    avz_load4(v, x);
+    if (kind == 0) {
+        _mm512_storeu_ps(ss, _mm512_fmadd_ps(v[3], v[3], _mm512_fmadd_ps(v[2], v[2], _mm512_mul_ps(v[1], v[1]))));
+        _mm512_storeu_ps(t, v[0]);
+        _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+        const __m512 bw = _mm512_loadu_ps(w);
+        for (int k = 1; k < 4; ++k) v[k] = _mm512_mul_ps(v[k], bw);
+        avz_store4(y, v);
+        return;
+    }
+    /* RCoLU as cone_fwd: the mean, the centred channels, t = 2 mu (sqrt(4) = 2) */
+    const __m512 mu = _mm512_mul_ps(avz_sum4(v), _mm512_set1_ps(0.25f));
+    __m512 acc = _mm512_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+        v[k] = _mm512_sub_ps(v[k], mu);
+        acc = _mm512_fmadd_ps(v[k], v[k], acc);
+    }
+    _mm512_storeu_ps(ss, acc);
+    _mm512_storeu_ps(t, _mm512_add_ps(mu, mu));
+    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+    const __m512 bw = _mm512_loadu_ps(w);
+    for (int k = 0; k < 4; ++k) v[k] = _mm512_fmadd_ps(bw, v[k], mu);
+    avz_store4(y, v);
+}
+
+ALWAYS_INLINE void avz_bwd4(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
+                            const float eps) {
+    (void)S;
+    __m512 v[4], g[4];
+    float ss[16], q[16], t[16], w[16], kk[16], coef[16];
+    avz_load4(v, x);
+    avz_load4(g, gr);
+    if (kind == 0) {
+        __m512 as = _mm512_mul_ps(v[1], v[1]), aq = _mm512_mul_ps(g[1], v[1]);
+        for (int k = 2; k < 4; ++k) {
+            as = _mm512_fmadd_ps(v[k], v[k], as);
+            aq = _mm512_fmadd_ps(g[k], v[k], aq);
+        }
+        _mm512_storeu_ps(ss, as);
+        _mm512_storeu_ps(q, aq);
+        _mm512_storeu_ps(t, v[0]);
+        _Pragma("omp simd") for (int j = 0; j < 16; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, kk + j, coef + j);
+        const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef);
+        /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
+        g[0] = _mm512_add_ps(g[0], _mm512_loadu_ps(kk));
+        for (int k = 1; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_mul_ps(bw, g[k]));
+        avz_store4(gi, g);
+        return;
+    }
+    const __m512 quarter = _mm512_set1_ps(0.25f);
+    const __m512 mu = _mm512_mul_ps(avz_sum4(v), quarter), gm = _mm512_mul_ps(avz_sum4(g), quarter);
+    __m512 as = _mm512_setzero_ps(), aq = _mm512_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+        const __m512 p = _mm512_sub_ps(v[k], mu);
+        as = _mm512_fmadd_ps(p, p, as);
+        aq = _mm512_fmadd_ps(g[k], p, aq);
+    }
+    float mus[16], gms[16], add[16];
+    _mm512_storeu_ps(ss, as);
+    _mm512_storeu_ps(q, aq);
+    _mm512_storeu_ps(t, _mm512_add_ps(mu, mu));
+    _mm512_storeu_ps(mus, mu);
+    _mm512_storeu_ps(gms, gm);
+    /* as cone_bwd, with 1 / sqrt(4) = 0.5 */
+    _Pragma("omp simd") for (int j = 0; j < 16; ++j) {
+        float k;
+        bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
+        add[j] = gms[j] + k * 0.5f - w[j] * gms[j] + coef[j] * mus[j];
+    }
+    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), ba = _mm512_loadu_ps(add);
+    for (int k = 0; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_fmadd_ps(bw, g[k], ba));
+    avz_store4(gi, g);
+}
+#endif /* COLU_AVX512 */
+
+/* n cones: whole blocks of BN cones in parallel (BLK_FWD/BLK_BWD: avz_fwd4 or
+ * avx_fwd8 and their backward), the last n % BN through cone_fwd/cone_bwd */
+#define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                                     \
     static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,       \
                                                          const i64 n, const colu_cfg* c, const int nt) {   \
         const float eps = (float)c->eps;                                                                 \
-        const i64 nblk = n / 8;                                                                          \
+        const i64 nblk = n / (BN);                                                                          \
         _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                         \
-        for (i64 b = 0; b < nblk; ++b) avx_fwd8(x + b * 8 * (SS), y + b * 8 * (SS), SS, KIND, SC, eps);  \
-        for (i64 i = nblk * 8; i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
+        for (i64 b = 0; b < nblk; ++b) BLK_FWD(x + b * (BN) * (SS), y + b * (BN) * (SS), SS, KIND, SC, eps);  \
+        for (i64 i = nblk * (BN); i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
     }                                                                                                    \
     static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr, \
                                                          float* restrict gi, const i64 n, const colu_cfg* c, \
                                                          const int nt) {                                 \
         const float eps = (float)c->eps;                                                                 \
-        const i64 nblk = n / 8;                                                                          \
+        const i64 nblk = n / (BN);                                                                          \
         _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                         \
         for (i64 b = 0; b < nblk; ++b)                                                                   \
-            avx_bwd8(x + b * 8 * (SS), gr + b * 8 * (SS), gi + b * 8 * (SS), SS, KIND, SC, eps);          \
-        for (i64 i = nblk * 8; i < n; ++i)                                                               \
+            BLK_BWD(x + b * (BN) * (SS), gr + b * (BN) * (SS), gi + b * (BN) * (SS), SS, KIND, SC, eps);          \
+        for (i64 i = nblk * (BN); i < n; ++i)                                                               \
             cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, 0, eps);              \
     }
 
-/* S = 16 with S a constant; larger multiples of 8 with S read at run time */
-#define AVX_KEYS(M, SN, SS, HIT) \
-    M(SN, SS, HIT, 0, 0) M(SN, SS, HIT, 0, 1) M(SN, SS, HIT, 0, 2) M(SN, SS, HIT, 1, 0) M(SN, SS, HIT, 1, 1) M(SN, SS, HIT, 1, 2)
-#define AVX_ALL(M) AVX_KEYS(M, 16, 16, c->S == 16) AVX_KEYS(M, any, c->S, 1)
-#define DEF_AVX(SN, SS, HIT, KIND, SC) AVX_LOOPS(SN##_##KIND##_##SC, SS, KIND, SC)
+/* S = 4 (AVX-512 only) and 16 with S a constant; larger multiples of 8 with S read at run time */
+#define AVX_KEYS(M, SN, SS, HIT, F, B, BN)                                                                     \
+    M(SN, SS, HIT, 0, 0, F, B, BN) M(SN, SS, HIT, 0, 1, F, B, BN) M(SN, SS, HIT, 0, 2, F, B, BN)                 \
+    M(SN, SS, HIT, 1, 0, F, B, BN) M(SN, SS, HIT, 1, 1, F, B, BN) M(SN, SS, HIT, 1, 2, F, B, BN)
+#ifdef COLU_AVX512
+#define AVX_KEYS_S4(M) AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd4, avz_bwd4, 16)
+#else
+#define AVX_KEYS_S4(M)
+#endif
+#define AVX_ALL(M)                                                      \
+    AVX_KEYS_S4(M)                                                      \
+    AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd8, avx_bwd8, 8)              \
+    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd8, avx_bwd8, 8)
+#define DEF_AVX(SN, SS, HIT, KIND, SC, F, B, BN) AVX_LOOPS(SN##_##KIND##_##SC, SS, KIND, SC, F, B, BN)
 AVX_ALL(DEF_AVX)
 #undef DEF_AVX
 
 /* 1 where the AVX2 blocks took the call */
 static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* c, const int nt) {
-    if (c->act != 0 || c->S % 8 != 0 || c->S < 16) return 0;
-#define CASE(SN, SS, HIT, KIND, SC)                                                                \
+    if (c->act != 0) return 0;
+#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                                               \
     if ((HIT) && c->kind == KIND && c->scaling == SC) {                                               \
         avx_fwd_##SN##_##KIND##_##SC(x, y, n, c, nt);                                               \
         return 1;                                                                                   \
@@ -596,8 +731,8 @@ static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* 
 }
 
 static int avx_bwd_range(const float* x, const float* gr, float* gi, const i64 n, const colu_cfg* c, const int nt) {
-    if (c->act != 0 || c->S % 8 != 0 || c->S < 16) return 0;
-#define CASE(SN, SS, HIT, KIND, SC)                                                                \
+    if (c->act != 0) return 0;
+#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                                               \
     if ((HIT) && c->kind == KIND && c->scaling == SC) {                                               \
         avx_bwd_##SN##_##KIND##_##SC(x, gr, gi, n, c, nt);                                          \
         return 1;                                                                                   \
