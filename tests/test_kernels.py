@@ -86,7 +86,7 @@ def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
 @pytest.mark.parametrize("S", [3, 4, 8, 16, 24])
 def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
     # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling), the
-    # AVX-512 blocks of 16 cones for S = 4 and the AVX2 blocks of 8 for S = 16, 24 (603 * 71 cones:
+    # AVX-512 blocks of 16 cones for S = 4, 8 and the AVX2 blocks of 8 for S = 16, 24 (603 * 71 cones:
     # remainders of 13 and 5 after the last block)
     x, g = _inputs((603, S * 71), -1, torch.float32, seed=S)
     _check(lambda t: colu.colu(t, S, scaling=scaling), lambda t: reference.colu(t, S, scaling=scaling), x, g, torch.float32)
@@ -103,11 +103,11 @@ def test_half_inputs_use_kernel():
     torch.testing.assert_close(y.float(), reference.colu(x.detach(), 4).float(), atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("S", [4, 16])
+@pytest.mark.parametrize("S", [4, 8, 16])
 @pytest.mark.parametrize("fn", ["colu", "rcolu", "shared"])
 @pytest.mark.parametrize("scaling", ["hard", "soft"])
 def test_nan_stays_in_its_cone(fn, scaling, S):
-    G = 4
+    G = 16  # 48 cones: whole blocks of the AVX-512/AVX2 paths, not only their remainder loop
     C = 1 + G * (S - 1) if fn == "shared" else G * S
     x = torch.randn(3, C, dtype=torch.float32)
     bad = 1 + 1 * (S - 1) if fn == "shared" else S + 1  # a section channel of cone 1
@@ -284,9 +284,9 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
 # (-march level, symbols the build must have, symbols it must not have)
 _ISA_BUILDS = {
     # no AVX2: the plain C loops everywhere
-    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_")),
-    # AVX2 without AVX-512: the AVX2 blocks for S = 16, gcc's flat loop for S = 4
-    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_",)),
+    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_")),
+    # AVX2 without AVX-512: the AVX2 blocks for S = 16, gcc's flat loops for S = 4 and 8
+    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_", "avx_fwd_8_")),
 }
 
 
@@ -306,7 +306,7 @@ def test_builds_for_other_cpus_match_reference(tmp_path, march):
     assert all(name in symbols for name in has) and not any(name in symbols for name in lacks)
     lib = cpu._open(so)
     gen = torch.Generator().manual_seed(3)
-    for S, kind, scaling in [(16, "colu", "hard"), (16, "rcolu", "soft"), (24, "colu", "firm"), (4, "colu", "soft"), (4, "rcolu", "hard")]:
+    for S, kind, scaling in [(16, "colu", "hard"), (16, "rcolu", "soft"), (24, "colu", "firm"), (4, "colu", "soft"), (4, "rcolu", "hard"), (8, "rcolu", "soft")]:
         x = torch.randn(37, 5 * S, generator=gen) * 2
         g = torch.randn(x.shape, generator=gen)
         spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)

@@ -385,7 +385,7 @@ FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
  * run-time loop, which keeps the build short. */
 #define FLAT_KEYS(M, SS) M(SS, 0, 0) M(SS, 0, 1) M(SS, 0, 2) M(SS, 1, 0) M(SS, 1, 1) M(SS, 1, 2)
 #ifdef COLU_AVX512
-#define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 8)
+#define FLAT_ALL(M) FLAT_KEYS(M, 3)
 #elif defined(COLU_AVX2)
 #define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8)
 #else
@@ -675,6 +675,125 @@ ALWAYS_INLINE void avz_bwd4(const float* x, const float* gr, float* gi, const i6
     for (int k = 0; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_fmadd_ps(bw, g[k], ba));
     avz_store4(gi, g);
 }
+
+/* --------------------------------------------- AVX-512 blocks for S = 8 */
+/* 16 cones of 8 floats are 8 vectors u[0..7], u[i] holding cone 2i in its
+ * low half and cone 2i+1 in its high half. avz_reduce8 sums each cone's 8
+ * lanes with a transpose-and-add tree (21 instructions for 16 cones) into one
+ * vector whose lane 4L + p holds cone 2p + (L & 1) + 8 (L >> 1); the
+ * per-cone scalars are computed on that vector, 16 cones at a time, and
+ * avz_spread8 sends them back along each cone with one permute per vector.
+ * Each sum only adds lanes of one cone, so a NaN stays in its cone. */
+#define AVZ_AXES8 ((__mmask16)0x0101) /* the axis lanes of a vector of two cones */
+#define AVZ_SECS8 ((__mmask16)0xFEFE)
+
+ALWAYS_INLINE __m512 avz_reduce8(const __m512* u) {
+    __m512 a[4], b[2];
+    /* per 128-bit lane: a = {u_2i e0+e2, u_2i+1 e0+e2, u_2i e1+e3, u_2i+1 e1+e3} */
+    for (int i = 0; i < 4; ++i)
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(u[2 * i], u[2 * i + 1]), _mm512_unpackhi_ps(u[2 * i], u[2 * i + 1]));
+    /* per 128-bit lane L: b[h] = {sum of lane L of u_4h, u_4h+1, u_4h+2, u_4h+3} */
+    for (int h = 0; h < 2; ++h)
+        b[h] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * h], a[2 * h + 1], 0x44), _mm512_shuffle_ps(a[2 * h], a[2 * h + 1], 0xEE));
+    /* a cone is two 128-bit lanes: add lanes 0+1 and 2+3 of b[0] and b[1] */
+    return _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+}
+
+/* the vector for u[i]: lanes 0-7 the value of cone 2i, lanes 8-15 that of cone 2i+1 */
+ALWAYS_INLINE __m512 avz_spread8(const __m512 r, const int i) {
+    const int lo = i < 4 ? i : i + 4;
+    return _mm512_permutexvar_ps(_mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(lo), _mm512_set1_epi32(lo + 4)), r);
+}
+
+/* the 16 axis values (lanes 0 and 8 of each u[i]) in avz_reduce8's order */
+ALWAYS_INLINE __m512 avz_axes8(const __m512* u) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
+    __m512 a = _mm512_permutex2var_ps(u[0], idx, u[4]);
+    for (int p = 1; p < 4; ++p)
+        a = _mm512_mask_blend_ps((__mmask16)(0x1111 << p), a, _mm512_permutex2var_ps(u[p], idx, u[4 + p]));
+    return a;
+}
+
+ALWAYS_INLINE void avz_fwd8(const float* x, float* y, const i64 S, const int kind, const int sc, const float eps) {
+    (void)S;
+    __m512 u[8], sq[8];
+    float ss[16], t[16], w[16];
+    for (int i = 0; i < 8; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
+    if (kind == 0) {
+        for (int i = 0; i < 8; ++i) sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
+        _mm512_storeu_ps(ss, avz_reduce8(sq));
+        _mm512_storeu_ps(t, avz_axes8(u));
+        _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+        const __m512 bw = _mm512_loadu_ps(w);
+        for (int i = 0; i < 8; ++i)
+            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u[i], AVZ_SECS8, u[i], avz_spread8(bw, i)));
+        return;
+    }
+    /* RCoLU as cone_fwd: the mean, the centred channels, t = sqrt(8) mu */
+    const __m512 mu = _mm512_mul_ps(avz_reduce8(u), _mm512_set1_ps(0.125f));
+    for (int i = 0; i < 8; ++i) {
+        u[i] = _mm512_sub_ps(u[i], avz_spread8(mu, i));
+        sq[i] = _mm512_mul_ps(u[i], u[i]);
+    }
+    _mm512_storeu_ps(ss, avz_reduce8(sq));
+    _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(sqrtf(8.0f))));
+    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+    const __m512 bw = _mm512_loadu_ps(w);
+    for (int i = 0; i < 8; ++i)
+        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), u[i], avz_spread8(mu, i)));
+}
+
+ALWAYS_INLINE void avz_bwd8(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
+                            const float eps) {
+    (void)S;
+    __m512 u[8], e[8], sq[8], gx[8];
+    float ss[16], q[16], t[16], w[16], kk[16], coef[16];
+    for (int i = 0; i < 8; ++i) {
+        u[i] = _mm512_loadu_ps(x + 16 * i);
+        e[i] = _mm512_loadu_ps(gr + 16 * i);
+    }
+    if (kind == 0) {
+        for (int i = 0; i < 8; ++i) {
+            sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
+            gx[i] = _mm512_maskz_mul_ps(AVZ_SECS8, e[i], u[i]);
+        }
+        _mm512_storeu_ps(ss, avz_reduce8(sq));
+        _mm512_storeu_ps(q, avz_reduce8(gx));
+        _mm512_storeu_ps(t, avz_axes8(u));
+        _Pragma("omp simd") for (int j = 0; j < 16; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, kk + j, coef + j);
+        const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), bk = _mm512_loadu_ps(kk);
+        /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
+        for (int i = 0; i < 8; ++i) {
+            const __m512 sec = _mm512_fnmadd_ps(avz_spread8(bc, i), u[i], _mm512_mul_ps(avz_spread8(bw, i), e[i]));
+            _mm512_storeu_ps(gi + 16 * i, _mm512_mask_add_ps(sec, AVZ_AXES8, e[i], avz_spread8(bk, i)));
+        }
+        return;
+    }
+    const __m512 eighth = _mm512_set1_ps(0.125f);
+    const __m512 mu = _mm512_mul_ps(avz_reduce8(u), eighth), gm = _mm512_mul_ps(avz_reduce8(e), eighth);
+    for (int i = 0; i < 8; ++i) {
+        const __m512 p = _mm512_sub_ps(u[i], avz_spread8(mu, i));
+        sq[i] = _mm512_mul_ps(p, p);
+        gx[i] = _mm512_mul_ps(e[i], p);
+    }
+    float mus[16], gms[16], add[16];
+    const float rs = sqrtf(8.0f), inv_rs = 1.0f / rs;
+    _mm512_storeu_ps(ss, avz_reduce8(sq));
+    _mm512_storeu_ps(q, avz_reduce8(gx));
+    _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(rs)));
+    _mm512_storeu_ps(mus, mu);
+    _mm512_storeu_ps(gms, gm);
+    /* as cone_bwd */
+    _Pragma("omp simd") for (int j = 0; j < 16; ++j) {
+        float k;
+        bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
+        add[j] = gms[j] + k * inv_rs - w[j] * gms[j] + coef[j] * mus[j];
+    }
+    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), ba = _mm512_loadu_ps(add);
+    for (int i = 0; i < 8; ++i)
+        _mm512_storeu_ps(gi + 16 * i, _mm512_fnmadd_ps(avz_spread8(bc, i), u[i],
+                                                       _mm512_fmadd_ps(avz_spread8(bw, i), e[i], avz_spread8(ba, i))));
+}
 #endif /* COLU_AVX512 */
 
 /* n cones: whole blocks of BN cones in parallel (BLK_FWD/BLK_BWD: avz_fwd4 or
@@ -705,7 +824,7 @@ ALWAYS_INLINE void avz_bwd4(const float* x, const float* gr, float* gi, const i6
     M(SN, SS, HIT, 0, 0, F, B, BN) M(SN, SS, HIT, 0, 1, F, B, BN) M(SN, SS, HIT, 0, 2, F, B, BN)                 \
     M(SN, SS, HIT, 1, 0, F, B, BN) M(SN, SS, HIT, 1, 1, F, B, BN) M(SN, SS, HIT, 1, 2, F, B, BN)
 #ifdef COLU_AVX512
-#define AVX_KEYS_S4(M) AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd4, avz_bwd4, 16)
+#define AVX_KEYS_S4(M) AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd4, avz_bwd4, 16) AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd8, avz_bwd8, 16)
 #else
 #define AVX_KEYS_S4(M)
 #endif
