@@ -1,6 +1,9 @@
 """`colu bench --quick --json` runs and writes the documented columns (no timing assertions)."""
 
 import json
+import os
+
+import torch
 
 from colu import bench, cli
 
@@ -29,3 +32,16 @@ def test_bench_quick_json(tmp_path, capsys):
 def test_bench_rejects_bad_shape(capsys):
     assert bench.main(["--shapes", "12by4"]) == 2
     assert "12by4" in capsys.readouterr().out
+
+
+def test_bench_backend_reaches_the_model_rows(monkeypatch, capsys):
+    from colu.ops import dispatch
+
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    before = dispatch.calls["closed_form"]
+    args = bench._parse(["--quick", "--backend", "closed_form"])
+    args.cone_dims = [4]  # main() parses the list; here the rows are built directly
+    rows = bench._model_rows(args, torch.device("cpu"), torch.float32, bench._Timer(torch.device("cpu")))
+    assert {r["activation"] for r in rows} == {"relu", "colu S=4 hard"}
+    assert dispatch.calls["closed_form"] > before  # the MLP's CoLU ran the forced backend
+    assert "COLU_BACKEND" not in os.environ  # and the environment is as it was

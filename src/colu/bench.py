@@ -152,18 +152,22 @@ def _model_rows(args, device, dtype, timer):
         return step
 
     S = args.cone_dims[0]
-    cases = {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S, backend=args.backend) if _has_backend_arg() else colu.CoLU(cone_dim=S))}
-    t = _interleaved(cases, timer, max(3, args.repeats // 3), max(1, args.warmup))
+    cases = {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S))}
+    # the module has no backend argument; --backend reaches it through COLU_BACKEND
+    saved = os.environ.get("COLU_BACKEND")
+    if args.backend != "auto":
+        os.environ["COLU_BACKEND"] = args.backend
+    try:
+        t = _interleaved(cases, timer, max(3, args.repeats // 3), max(1, args.warmup))
+    finally:
+        if saved is None:
+            os.environ.pop("COLU_BACKEND", None)
+        else:
+            os.environ["COLU_BACKEND"] = saved
     return [
         dict(model=f"MLP 784-{width}-{width}-10 batch {batch} train step", activation=n, step_ms=v, vs_relu=v / t["relu"])
         for n, v in t.items()
     ]
-
-
-def _has_backend_arg():
-    import inspect
-
-    return "backend" in inspect.signature(colu.CoLU.__init__).parameters
 
 
 def _copy_gbs(device, dtype, timer):
