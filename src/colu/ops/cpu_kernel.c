@@ -596,6 +596,11 @@ ALWAYS_INLINE void avz_store4(float* p, __m512* v) {
     for (int i = 0; i < 4; ++i) _mm512_storeu_ps(p + 16 * i, v[i]);
 }
 
+/* w = weight(t / (|s| + eps)) for 16 cones, in one vector pass of the shared helper */
+ALWAYS_INLINE void avz_weights(float* w, const float* t, const float* ss, const float eps, const int sc) {
+    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+}
+
 ALWAYS_INLINE __m512 avz_sum4(const __m512* v) {
     return _mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3]));
 }
@@ -611,7 +616,7 @@ ALWAYS_INLINE void avz_fwd4(const float* x, float* y, const i64 S, const int kin
     if (kind == 0) {
         _mm512_storeu_ps(ss, _mm512_fmadd_ps(v[3], v[3], _mm512_fmadd_ps(v[2], v[2], _mm512_mul_ps(v[1], v[1]))));
         _mm512_storeu_ps(t, v[0]);
-        _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+        avz_weights(w, t, ss, eps, sc);
         const __m512 bw = _mm512_loadu_ps(w);
         for (int k = 1; k < 4; ++k) v[k] = _mm512_mul_ps(v[k], bw);
         avz_store4(y, v);
@@ -626,7 +631,7 @@ ALWAYS_INLINE void avz_fwd4(const float* x, float* y, const i64 S, const int kin
     }
     _mm512_storeu_ps(ss, acc);
     _mm512_storeu_ps(t, _mm512_add_ps(mu, mu));
-    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+    avz_weights(w, t, ss, eps, sc);
     const __m512 bw = _mm512_loadu_ps(w);
     for (int k = 0; k < 4; ++k) v[k] = _mm512_fmadd_ps(bw, v[k], mu);
     avz_store4(y, v);
@@ -728,7 +733,7 @@ ALWAYS_INLINE void avz_fwd8(const float* x, float* y, const i64 S, const int kin
         for (int i = 0; i < 8; ++i) sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
         _mm512_storeu_ps(ss, avz_reduce8(sq));
         _mm512_storeu_ps(t, avz_axes8(u));
-        _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+        avz_weights(w, t, ss, eps, sc);
         const __m512 bw = _mm512_loadu_ps(w);
         for (int i = 0; i < 8; ++i)
             _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u[i], AVZ_SECS8, u[i], avz_spread8(bw, i)));
@@ -742,7 +747,7 @@ ALWAYS_INLINE void avz_fwd8(const float* x, float* y, const i64 S, const int kin
     }
     _mm512_storeu_ps(ss, avz_reduce8(sq));
     _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(sqrtf(8.0f))));
-    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+    avz_weights(w, t, ss, eps, sc);
     const __m512 bw = _mm512_loadu_ps(w);
     for (int i = 0; i < 8; ++i)
         _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), u[i], avz_spread8(mu, i)));
@@ -840,7 +845,7 @@ ALWAYS_INLINE void avz_fwd16(const float* x, float* y, const i64 S, const int ki
         for (int i = 0; i < 16; ++i) sq[i] = _mm512_maskz_mul_ps((__mmask16)0xFFFE, u[i], u[i]);
         _mm512_storeu_ps(ss, avz_reduce16(sq));
         _mm512_storeu_ps(t, avz_axes16(u));
-        _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+        avz_weights(w, t, ss, eps, sc);
         const __m512 bw = _mm512_loadu_ps(w);
         for (int i = 0; i < 16; ++i)
             _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u[i], (__mmask16)0xFFFE, u[i], avz_spread16(bw, i)));
@@ -853,7 +858,7 @@ ALWAYS_INLINE void avz_fwd16(const float* x, float* y, const i64 S, const int ki
     }
     _mm512_storeu_ps(ss, avz_reduce16(sq));
     _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(4.0f))); /* sqrt(16) */
-    _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
+    avz_weights(w, t, ss, eps, sc);
     const __m512 bw = _mm512_loadu_ps(w);
     for (int i = 0; i < 16; ++i)
         _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread16(bw, i), u[i], avz_spread16(mu, i)));
