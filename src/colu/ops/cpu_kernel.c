@@ -385,9 +385,9 @@ FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 
 #ifndef FLAT_KEYS
 /* float32 with the identity axis activation (the default) gets its own loop
- * for each S in {3, 4, 8, 16}, kind and scaling (S = 4 and 16 only where the
- * AVX-512/AVX2 blocks below do not take them); everything else runs the
- * run-time loop, which keeps the build short. */
+ * for each S in {3, 4, 8, 16}, kind and scaling, except the S that the vector
+ * blocks below take (4, 8, 16 with AVX-512; 16 with AVX2); everything else
+ * runs the run-time loop, which keeps the build short. */
 #define FLAT_KEYS(M, SS) M(SS, 0, 0) M(SS, 0, 1) M(SS, 0, 2) M(SS, 1, 0) M(SS, 1, 1) M(SS, 1, 2)
 #ifdef COLU_AVX512
 #define FLAT_ALL(M) FLAT_KEYS(M, 3)
