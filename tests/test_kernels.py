@@ -93,6 +93,35 @@ def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
     _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
 
 
+@pytest.mark.parametrize(
+    "path,shape,dim,kw",
+    [
+        ("flat", (301, 8 * 13), -1, dict(cone_dim=8)),
+        ("rows", (301, 1 + 13 * 7), -1, dict(cone_dim=8, share_axis=True)),
+        ("rows", (301, 8 * 13), -1, dict(cone_dim=8, layout="axes_first")),
+        ("lanes", (7, 12, 31, 29), 1, dict(cone_dim=4)),
+    ],
+)
+def test_one_and_two_threads_agree(path, shape, dim, kw):
+    # every parallel loop runs in per-thread spans with two threads and outside OpenMP with one; both
+    # must give the reference's result (sizes give uneven spans)
+    x, g = _inputs(shape, dim, torch.float32, seed=len(shape))
+    ref = reference.colu(x.detach(), dim=dim, **kw)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = colu.colu(x, dim=dim, backend="cpu", **kw)
+            (gx,) = torch.autograd.grad(y, x, g)
+            results.append((y.detach(), gx))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(results[0][0], ref, **TOL[torch.float32])
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+
+
 def test_half_inputs_use_kernel():
     x = torch.randn(8, 16).to(torch.bfloat16).requires_grad_(True)
     before = dispatch.calls["cpu"]

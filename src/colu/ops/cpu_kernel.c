@@ -81,6 +81,27 @@ static int pick_threads(i64 numel, int nthreads) {
     return chunks < nthreads ? (chunks < 1 ? 1 : (int)chunks) : nthreads;
 }
 
+/* Runs the statements given (which read the bounds lo, hi) over [0, N) cut
+ * into one contiguous span per thread, as schedule(static) would. With one
+ * thread OpenMP is not entered at all: libgomp sets up a region even when
+ * its if() clause is false, about 0.4 us, a tenth of a (64, 512) call. The
+ * caller names its thread count nt. */
+#define PAR_SPANS(N, ...)                                                        \
+    do {                                                                         \
+        const i64 n_ = (N);                                                      \
+        if (nt > 1) {                                                            \
+            _Pragma("omp parallel num_threads(nt)")                              \
+            {                                                                    \
+                const i64 t_ = omp_get_thread_num(), k_ = omp_get_num_threads(); \
+                const i64 lo = n_ * t_ / k_, hi = n_ * (t_ + 1) / k_;             \
+                __VA_ARGS__;                                                     \
+            }                                                                    \
+        } else {                                                                 \
+            const i64 lo = 0, hi = n_;                                           \
+            __VA_ARGS__;                                                         \
+        }                                                                        \
+    } while (0)
+
 /* expf in a form the compiler vectorises (libm's expf is a call per element
  * unless -ffast-math, which the NaN rules forbid). Cody-Waite reduction to
  * |r| <= ln2/2 and a degree-6 Taylor polynomial: ~2 ulp, plenty for a
@@ -354,23 +375,22 @@ INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const in
 }
 
 /* The parallel loop over cones is written out in each function below, not
- * in a shared helper: OpenMP outlines a loop body where the pragma stands,
- * and only there do S, the kind and the scaling stay compile-time
- * constants. */
+ * in a shared helper: OpenMP outlines a region's body where it stands (here
+ * through PAR_SPANS), and only there do S, the kind and the scaling stay
+ * compile-time constants. */
 #define FLAT_LOOPS(NAME, SS, KIND, SC, ACT)                                                             \
     static __attribute__((noinline)) void SFX(flat_fwd_##NAME)(const T* restrict x, T* restrict y,      \
                                                                const i64 n, const colu_cfg* c, const int nt) { \
         const T eps = (T)c->eps;                                                                       \
-        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                       \
-        for (i64 i = 0; i < n; ++i) SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps);  \
+        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                     \
+                         SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps));           \
     }                                                                                                  \
     static __attribute__((noinline)) void SFX(flat_bwd_##NAME)(const T* restrict x, const T* restrict gr, \
                                                                T* restrict gi, const i64 n,            \
                                                                const colu_cfg* c, const int nt) {       \
         const T eps = (T)c->eps;                                                                       \
-        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                       \
-        for (i64 i = 0; i < n; ++i)                                                                    \
-            SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);         \
+        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                     \
+                         SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps)); \
     }
 
 /* run-time configuration: any S, axis activation and dtype */
@@ -892,11 +912,10 @@ ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
                                                          const i64 n, const colu_cfg* c, const int nt) {   \
         const float eps = (float)c->eps;                                                                 \
         const i64 nblk = n / (BN);                                                                          \
-        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                         \
-        for (i64 b = 0; b < nblk; ++b) {                                                                 \
+        PAR_SPANS(nblk, for (i64 b = lo; b < hi; ++b) {                                                   \
             blk_prefetch(x + b * (BN) * (SS), (BN) * (SS));                                              \
             BLK_FWD(x + b * (BN) * (SS), y + b * (BN) * (SS), SS, KIND, SC, eps);                         \
-        }                                                                                                \
+        });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
     }                                                                                                    \
     static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr, \
@@ -904,12 +923,11 @@ ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
                                                          const int nt) {                                 \
         const float eps = (float)c->eps;                                                                 \
         const i64 nblk = n / (BN);                                                                          \
-        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                         \
-        for (i64 b = 0; b < nblk; ++b) {                                                                 \
+        PAR_SPANS(nblk, for (i64 b = lo; b < hi; ++b) {                                                   \
             blk_prefetch(x + b * (BN) * (SS), (BN) * (SS));                                              \
             blk_prefetch(gr + b * (BN) * (SS), (BN) * (SS));                                             \
             BLK_BWD(x + b * (BN) * (SS), gr + b * (BN) * (SS), gi + b * (BN) * (SS), SS, KIND, SC, eps);  \
-        }                                                                                                \
+        });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i)                                                               \
             cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, 0, eps);              \
     }
@@ -1134,18 +1152,16 @@ void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu
         return;
     }
     if (inner == 1) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (i64 o = 0; o < outer; ++o) SFX(fwd_row)(x + o * C, y + o * C, c);
+        PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(fwd_row)(x + o * C, y + o * C, c));
         return;
     }
     const i64 nblk = (inner + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (i64 b = 0; b < outer * nblk; ++b) {
+    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;
         const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
         const i64 off = o * C * inner + i0;
         SFX(fwd_lanes)(x + off, y + off, inner, nb, c);
-    }
+    });
 }
 
 void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inner, const colu_cfg* c,
@@ -1156,18 +1172,16 @@ void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inn
         return;
     }
     if (inner == 1) {
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (i64 o = 0; o < outer; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c);
+        PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c));
         return;
     }
     const i64 nblk = (inner + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (i64 b = 0; b < outer * nblk; ++b) {
+    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;
         const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
         const i64 off = o * C * inner + i0;
         SFX(bwd_lanes)(x + off, g + off, gi + off, inner, nb, c);
-    }
+    });
 }
 
 #endif
