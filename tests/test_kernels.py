@@ -310,6 +310,34 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
     torch.testing.assert_close(colu.colu(xt, cone_dim=4, scaling="soft"), colu.colu(xt.contiguous(), cone_dim=4, scaling="soft"))
 
 
+def test_cached_plans_are_per_thread():
+    """A plan's kernel argument block is read after ctypes releases the GIL, so threads never share one."""
+    import threading
+
+    from colu import functional
+
+    x = torch.randn(8, 48)
+    colu.colu(x, 4)
+    colu.colu(x, 4)
+    mine = {k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape}
+    results = {}
+
+    def work(i):
+        xi = torch.randn(8, 48, generator=torch.Generator().manual_seed(i))
+        results[i] = [(xi, colu.colu(xi, 4)) for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    theirs = {k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape} - mine
+    assert len(theirs) == 2, "each thread should have cached its own plan"
+    for pairs in results.values():
+        for xi, y in pairs:
+            torch.testing.assert_close(y, reference.colu(xi, 4), **TOL[torch.float32])
+
+
 # (-march level, symbols the build must have, symbols it must not have)
 _ISA_BUILDS = {
     # no AVX2: the plain C loops everywhere

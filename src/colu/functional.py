@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from threading import get_ident
 
 import torch
 
@@ -63,19 +64,23 @@ class _ConeFunction(torch.autograd.Function):
 class _Plan:
     """What a checked call on a contiguous CPU float32/float64 tensor resolved to, for replaying it.
 
-    :func:`colu`/:func:`rcolu` cache one per argument combination (key built
-    by :func:`_plan_key`) after the checked path has accepted it and chosen
-    the CPU kernel, so that a repeated call (every call of a layer in a
-    training loop) skips validation, spec resolution, backend selection and
-    the reshapes: a (64, 512) forward then costs about 6-7 us on a 2-core
-    CPU, about half of it in the kernel, against ReLU's 3 us. Anything the
-    checks or the backend choice depend on is in the key or re-checked per
-    call (the kernel library, ``COLU_BACKEND``, compiling/exporting,
-    contiguity), and a miss takes the checked path, so errors and results
-    are the same either way.
+    :func:`colu`/:func:`rcolu` cache one per argument combination, input
+    shape, dtype and calling thread (key built by :func:`_planned`) after the
+    checked path has accepted the call and chosen the CPU kernel, so that a
+    repeated call (every call of a layer in a training loop) skips
+    validation, spec resolution, backend selection and the reshapes. Anything
+    the checks or the backend choice depend on is in the key or re-checked
+    per call (the kernel library, ``COLU_BACKEND``, compiling/exporting,
+    contiguity), and a miss takes the checked path, so errors and results are
+    the same either way.
+
+    The kernel's argument block is filled once here; a call writes only the
+    two data pointers and the thread count into it. The block belongs to one
+    thread (the thread is in the key) because the kernel reads it after
+    ctypes has released the GIL.
     """
 
-    __slots__ = ("lib", "outer", "C", "inner", "cfg_struct", "cfg", "spec", "scaling", "eps", "axis_activation")
+    __slots__ = ("lib", "outer", "C", "inner", "cfg_struct", "spec", "scaling", "eps", "axis_activation", "args", "args_addr")
 
     def __init__(self, lib, x, dim, spec, scaling, eps, axis_activation):
         self.lib = lib
@@ -83,13 +88,23 @@ class _Plan:
         self.C = x.shape[dim]
         self.inner = math.prod(x.shape[dim + 1 :])
         self.cfg_struct = cpu.config(spec, scaling, eps, axis_activation)  # held here: the kernel gets its address
-        self.cfg = ctypes.addressof(self.cfg_struct)
         self.spec, self.scaling, self.eps, self.axis_activation = spec, scaling, eps, axis_activation
+        self.args = cpu.forward_args(x, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
+        self.args_addr = ctypes.addressof(self.args)
 
     def forward(self, x):
         y = torch.empty_like(x)
-        cpu.run(self.lib, 0, x, None, y, self.outer, self.C, self.inner, self.cfg)
+        args = self.args
+        args[cpu.ARG_X] = x.data_ptr()
+        args[cpu.ARG_OUT] = y.data_ptr()
+        args[cpu.ARG_THREADS] = torch.get_num_threads()
+        self.lib["run"](self.args_addr)
         return y
+
+    def backward(self, x, grad):
+        out = torch.empty_like(x)
+        cpu.run(self.lib, 1, x, grad.contiguous(), out, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
+        return out
 
 
 class _PlannedFunction(torch.autograd.Function):
@@ -99,7 +114,7 @@ class _PlannedFunction(torch.autograd.Function):
     ``setup_context`` every ``apply`` binds its arguments through
     ``inspect.signature``, which cost about 10 us a call, more than the
     kernel's own time on a small tensor. That form cannot run under
-    ``torch.func`` transforms, so :func:`_plan_key` keeps plans out of them
+    ``torch.func`` transforms, so :func:`_planned` keeps plans out of them
     (:class:`_ConeFunction` handles those).
     """
 
@@ -116,9 +131,7 @@ class _PlannedFunction(torch.autograd.Function):
         p = ctx.plan
         if not torch.is_grad_enabled() and cpu._state["lib"] is p.lib:
             dispatch.calls["cpu"] += 1
-            out = torch.empty_like(x)
-            cpu.run(p.lib, 1, x, grad.contiguous(), out, p.outer, p.C, p.inner, p.cfg)
-            return out, None
+            return p.backward(x, grad), None
         # create_graph=True: stay differentiable; a reset library: the checked route
         backend = "closed_form" if torch.is_grad_enabled() else dispatch.select(x)
         shape3 = (p.outer, p.C, p.inner)
@@ -129,38 +142,39 @@ class _PlannedFunction(torch.autograd.Function):
 
 
 _plans: dict = {}
-_MAX_PLANS = 4096  # a bound, in case of a stream of distinct shapes
+_MAX_PLANS = 4096  # a bound, in case of a stream of distinct shapes or threads
+
+_is_compiling = torch.compiler.is_compiling
+_is_exporting = torch.compiler.is_exporting
+_transforming = torch._C._are_functorch_transforms_active
 
 
-def _plan_key(kind, x, backend, args):
-    """Cache key for a call, or ``None`` where the fast path must not be used.
+def _planned(x, backend, call):
+    """Replay a cached plan for this call: ``(result, key)``.
 
-    Types go into the key next to values because ``True == 1`` and
-    ``4.0 == 4`` hash alike while the checks treat them differently.
+    ``result`` is ``None`` where the checked path must run: no plan yet (it
+    then caches one under ``key``), a non-contiguous input, a reset kernel
+    library, or a call under ``torch.compile``/``torch.export``/``torch.func``
+    (``key`` is then ``None``: nothing is cached). ``call`` holds the call's
+    own arguments followed by the types of the numeric ones, because
+    ``True == 1 == 1.0`` hash alike while the checks treat them differently.
+    This runs on every call, so it is written for speed: a (64, 512) forward
+    costs about 4 us, against ReLU's 2.5 us.
     """
-    if (
-        type(x) is not torch.Tensor
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or torch._C._are_functorch_transforms_active()
-    ):
-        return None
+    if type(x) is not torch.Tensor or _is_compiling() or _is_exporting() or _transforming():
+        return None, None
     env = dispatch.env_token() if backend == "auto" else None
-    key = (kind, x.dtype, x.device, x.shape, backend, env, *args, *map(type, args))
+    key = (call, x.shape, x.dtype, x.device, backend, env, get_ident())
     try:
-        hash(key)
+        plan = _plans.get(key)
     except TypeError:  # an unhashable argument: let the checks report it
-        return None
-    return key
-
-
-def _run_planned(plan, x):
-    if not x.is_contiguous() or cpu._state["lib"] is not plan.lib:
-        return None
+        return None, None
+    if plan is None or not x.is_contiguous() or cpu._state["lib"] is not plan.lib:
+        return None, key
     if x.requires_grad and torch.is_grad_enabled():
-        return _PlannedFunction.apply(x, plan)
+        return _PlannedFunction.apply(x, plan), key
     dispatch.calls["cpu"] += 1
-    return plan.forward(x)
+    return plan.forward(x), key
 
 
 def _remember(key, x, dim, spec, scaling, eps, axis_activation, backend):
@@ -294,12 +308,13 @@ def colu(
         >>> img = torch.randn(2, 16, 5, 5)
         >>> y = colu.colu(img, num_cones=4, scaling="soft", dim=1)
     """
-    key = _plan_key("colu", x, backend, (cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation))
-    plan = _plans.get(key) if key is not None else None
-    if plan is not None:
-        y = _run_planned(plan, x)
-        if y is not None:
-            return y
+    call = (
+        "colu", cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation,
+        type(cone_dim), type(num_cones), type(share_axis), type(dim), type(eps),
+    )  # fmt: skip
+    y, key = _planned(x, backend, call)
+    if y is not None:
+        return y
     _check_input(x, eps, "colu")
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
@@ -371,12 +386,10 @@ def rcolu(
         >>> x = torch.randn(8, 12)
         >>> y = colu.rcolu(x, cone_dim=3)
     """
-    key = _plan_key("rcolu", x, backend, (cone_dim, num_cones, scaling, dim, eps, axis_activation))
-    plan = _plans.get(key) if key is not None else None
-    if plan is not None:
-        y = _run_planned(plan, x)
-        if y is not None:
-            return y
+    call = ("rcolu", cone_dim, num_cones, scaling, dim, eps, axis_activation, type(cone_dim), type(num_cones), type(dim), type(eps))
+    y, key = _planned(x, backend, call)
+    if y is not None:
+        return y
     _check_input(x, eps, "rcolu")
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)

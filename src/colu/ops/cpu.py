@@ -135,6 +135,15 @@ def _args_buffer():
     return buf
 
 
+# positions in colu_run's argument block
+ARG_X, ARG_OUT, ARG_THREADS = 2, 4, 9
+
+
+def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
+    """A forward argument block for colu_run with the per-call slots (ARG_X, ARG_OUT, ARG_THREADS) left to fill."""
+    return (ctypes.c_int64 * 10)(0, x.dtype is torch.float64, 0, 0, 0, outer, C, inner, cfg, 1)
+
+
 def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> None:
     """Call the kernel on contiguous tensors through colu_run (one ctypes argument instead of eight).
 
