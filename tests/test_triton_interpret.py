@@ -74,3 +74,26 @@ def test_core_import_does_not_import_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "kind,S,shape",
+    [("colu", 4, (4096, 1024, 1)), ("colu", 16, (4096, 1024, 1)), ("rcolu", 8, (4096, 1024, 1)), ("colu", 8, (32, 256, 4096))],
+)
+def test_triton_tiles_compile_to_128_bit_accesses(kind, S, shape):
+    """The bandwidth design, checked without a GPU: compiled for sm_90, the grouped layout and RCoLU move
+    every tile through 128-bit loads and stores, one load per element in forward (two in backward: x and
+    the gradient) and one store, channels last and NCHW alike."""
+    import collections
+    import re
+
+    pytest.importorskip("triton.backends.nvidia", reason="triton has no CUDA backend here")
+    from colu.ops import triton_kernels
+    from colu.spec import ConeSpec
+
+    spec = ConeSpec.resolve(shape[1], S, None, kind=kind)
+    for backward in (False, True):
+        ptx = triton_kernels.compile_ptx(spec, "hard", "identity", shape, backward=backward)
+        ops = collections.Counter(re.findall(r"\b(ld|st)\.global(\.v\d)?", ptx))
+        assert set(ops) == {("ld", ".v4"), ("st", ".v4")}, f"scalar or narrow accesses: {dict(ops)}"
+        assert ops["ld", ".v4"] == (2 if backward else 1) * ops["st", ".v4"], dict(ops)

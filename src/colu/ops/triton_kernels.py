@@ -16,7 +16,13 @@ With channels last (``inner == 1``) the ``(cone, channel)`` axes of a tile
 are one contiguous run of memory, so loads coalesce along them; for NCHW
 (``inner > 1``) neighbouring lanes are adjacent in memory, so tiles are made
 tall in lanes instead. Tiles hold about 2048 elements: enough in flight per
-program to saturate memory, few enough registers for good occupancy.
+program to saturate memory, few enough registers for good occupancy. S is a
+compile-time constant, and where cone ``g`` is channels ``g*S ... g*S+S-1``
+(the grouped layout, and RCoLU) the channel index is written as exactly
+that, so the compiler proves runs of S aligned channels and moves a tile in
+128-bit loads and stores; the tests check the PTX for it
+(:func:`compile_ptx`, no GPU needed). The axes-first and shared-axis
+layouts keep 32-bit accesses (their sections start at unaligned channels).
 
 A shared axis is read by every cone and its gradient sums over all of them,
 so there the grid has one program column and each program walks all cone
@@ -83,17 +89,22 @@ def _slope(r, w, SCALING: tl.constexpr):
 
 
 @triton.jit
-def _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step,
-          BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr):
+def _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base, sec_step,
+          BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
+          LINEAR: tl.constexpr):
     """Offsets, mask and axis flag of a (BLOCK_L, BLOCK_G, SP) tile."""
     l = lane0 + tl.arange(0, BLOCK_L)[:, None, None]
     g = g0 + tl.arange(0, BLOCK_G)[None, :, None]
     k = tl.arange(0, SP)[None, None, :]
-    if RCOLU:
+    if LINEAR:
+        # cone g is channels g*S ... g*S+S-1; with S a compile-time power of two the compiler sees
+        # aligned runs of S channels and loads and stores them as vectors
         ch = g * S + k
-        is_axis = k < 0
     else:
         ch = tl.where(k == 0, axis_base + g * axis_step, sec_base + g * sec_step + k - 1)
+    if RCOLU:
+        is_axis = k < 0
+    else:
         is_axis = k == 0
     o = l // inner
     i = l - o * inner
@@ -103,17 +114,18 @@ def _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_
 
 
 @triton.jit
-def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step, iters, eps,
+def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_base, sec_step, iters, eps,
                     inv_s, rs,
-                    BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
-                    SHARED: tl.constexpr, SCALING: tl.constexpr, ACT: tl.constexpr):
+                    BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr,
+                    RCOLU: tl.constexpr, LINEAR: tl.constexpr, SHARED: tl.constexpr, SCALING: tl.constexpr,
+                    ACT: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_g = tl.program_id(1)
     lane0 = pid_l * BLOCK_L
     for it in range(iters):
         g0 = (pid_g * iters + it) * BLOCK_G
-        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base,
-                                       sec_step, BLOCK_L, BLOCK_G, SP, RCOLU)
+        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base,
+                                       sec_step, BLOCK_L, BLOCK_G, S, SP, RCOLU, LINEAR)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         if RCOLU:
             mean = tl.sum(x, axis=2) * inv_s
@@ -137,18 +149,19 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, S, axis_base, axis_step, s
 
 
 @triton.jit
-def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, S, axis_base, axis_step, sec_base, sec_step, iters,
+def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_step, sec_base, sec_step, iters,
                      eps, inv_s, rs,
-                     BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
-                     SHARED: tl.constexpr, SCALING: tl.constexpr, ACT: tl.constexpr):
+                     BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr,
+                     RCOLU: tl.constexpr, LINEAR: tl.constexpr, SHARED: tl.constexpr, SCALING: tl.constexpr,
+                     ACT: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_g = tl.program_id(1)
     lane0 = pid_l * BLOCK_L
     ksum = tl.zeros((BLOCK_L, BLOCK_G), dtype=x_ptr.dtype.element_ty)
     for it in range(iters):
         g0 = (pid_g * iters + it) * BLOCK_G
-        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, S, axis_base, axis_step, sec_base,
-                                       sec_step, BLOCK_L, BLOCK_G, SP, RCOLU)
+        offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base,
+                                       sec_step, BLOCK_L, BLOCK_G, S, SP, RCOLU, LINEAR)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         gr = tl.load(g_ptr + offs, mask=mask, other=0.0)
         if RCOLU:
@@ -233,12 +246,14 @@ def _common(spec, scaling, eps, axis_activation, shape):
     lanes, BLOCK_L, BLOCK_G, SP, grid, iters = _launch(spec, shape)
     _, C, inner = shape
     S = spec.cone_dim
-    args = (lanes, C, inner, spec.num_cones, S, *_maps(spec), iters, float(eps), 1.0 / S, math.sqrt(S))
+    args = (lanes, C, inner, spec.num_cones, *_maps(spec), iters, float(eps), 1.0 / S, math.sqrt(S))
     meta = dict(
         BLOCK_L=BLOCK_L,
         BLOCK_G=BLOCK_G,
+        S=S,
         SP=SP,
         RCOLU=spec.kind == "rcolu",
+        LINEAR=spec.kind == "rcolu" or (spec.layout == "grouped" and not spec.share_axis),
         SHARED=bool(spec.share_axis),
         SCALING=_SCALING[scaling],
         ACT=_ACT[axis_activation],
@@ -261,3 +276,40 @@ def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float
     grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape)
     _backward_kernel[grid](x, grad, out, *args, **meta)
     return out
+
+
+def compile_ptx(spec, scaling: str, axis_activation: str, shape, backward: bool = False, arch: int = 90) -> str:
+    """PTX of the kernel a ``shape`` tensor would launch, compiled for ``sm_<arch>`` (no GPU needed).
+
+    For reading the generated code on a machine without a GPU: e.g. that a
+    tile moves through ``ld.global.v4``/``st.global.v4`` (128-bit accesses).
+    Arguments are specialised as the launcher would for float32 tensors:
+    16-byte aligned pointers, integers divisible by 16 marked so, integers
+    equal to 1 folded in.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    grid, args, meta = _common(spec, scaling, 1e-7, axis_activation, tuple(shape))
+    fn = _backward_kernel if backward else _forward_kernel
+    pointers = fn.arg_names[:3] if backward else fn.arg_names[:2]
+    values = dict(zip([n for n in fn.arg_names if n not in meta and n not in pointers], args))
+    signature, constexprs, attrs = {}, dict(meta), {}
+    for i, name in enumerate(fn.arg_names):
+        value = values.get(name)
+        if name in pointers:
+            signature[name] = "*fp32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in meta:
+            signature[name] = "constexpr"
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        elif value == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, constexprs, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32)).asm["ptx"]
+
