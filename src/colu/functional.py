@@ -61,6 +61,26 @@ class _ConeFunction(torch.autograd.Function):
         return y.reshape(xb.shape), 0
 
 
+class _EagerConeFunction(torch.autograd.Function):
+    """:class:`_ConeFunction` in the ``forward(ctx, ...)`` form, for calls outside ``torch.func`` transforms and
+    ``torch.compile``.
+
+    With ``setup_context`` every ``apply`` binds its arguments through
+    ``inspect.signature``: about 20 us, half the time of a call that no
+    cached plan covers (CUDA tensors, half types, channels-last images).
+    This form skips that but cannot run under transforms, which keep
+    :class:`_ConeFunction`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, spec, scaling, eps, axis_activation, backend):
+        ctx.save_for_backward(x)
+        ctx.config = (spec, scaling, eps, axis_activation, backend)
+        return _ConeFunction.forward(x, spec, scaling, eps, axis_activation, backend)
+
+    backward = staticmethod(_ConeFunction.backward)
+
+
 class _Plan:
     """What a checked call on a contiguous CPU float32/float64 tensor resolved to, for replaying it.
 
@@ -212,15 +232,14 @@ def _channel_dim(x, dim):
 def _apply_cones(x, dim, spec, scaling, eps, axis_activation, backend):
     """Run the autograd Function on an (outer, C, inner) view of ``x`` and map the result back."""
     backend = dispatch.select(x, backend)
+    fn = _ConeFunction if _is_compiling() or _is_exporting() or _transforming() else _EagerConeFunction
     C = x.shape[dim]
     moved = x.movedim(dim, -1)
     if moved.is_contiguous():  # (..., C) rows, including channels_last NCHW with dim=1
-        y = _ConeFunction.apply(moved.reshape(-1, C, 1), spec, scaling, float(eps), axis_activation, backend)
+        y = fn.apply(moved.reshape(-1, C, 1), spec, scaling, float(eps), axis_activation, backend)
         return y.reshape(moved.shape).movedim(-1, dim)
     outer = math.prod(x.shape[:dim])
-    y = _ConeFunction.apply(
-        x.contiguous().reshape(outer, C, -1), spec, scaling, float(eps), axis_activation, backend
-    )
+    y = fn.apply(x.contiguous().reshape(outer, C, -1), spec, scaling, float(eps), axis_activation, backend)
     return y.reshape(x.shape)
 
 
