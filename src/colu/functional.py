@@ -14,15 +14,12 @@ from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
 
 __all__ = ["colu", "rcolu"]
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
 class _ConeFunction(torch.autograd.Function):
     """Cone activation on an ``(outer, C, inner)`` tensor with a closed-form backward.
 
     Only the input is saved for backward (the same memory ReLU keeps); the
     backward recomputes the per-cone norms from it. Half-precision inputs are
-    saved as they are and upcast to float32 inside forward and backward.
+    saved as they are and computed in float32 (see :mod:`colu.ops.dispatch`).
     Double backward works: under ``create_graph=True`` the backward runs in
     differentiable torch ops. ``torch.func`` transforms work: ``vmap`` folds
     the batch dimension into ``outer`` (the op acts on each ``(C,)`` fibre
@@ -31,8 +28,7 @@ class _ConeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, spec, scaling, eps, axis_activation, backend):
-        work = x.float() if x.dtype in _HALF else x
-        return dispatch.forward(work, spec, scaling, eps, axis_activation, backend).to(x.dtype)
+        return dispatch.forward(x, spec, scaling, eps, axis_activation, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -46,10 +42,8 @@ class _ConeFunction(torch.autograd.Function):
         spec, scaling, eps, axis_activation, backend = ctx.config
         if torch.is_grad_enabled():  # create_graph=True: stay differentiable
             backend = "closed_form"
-        work_x = x.float() if x.dtype in _HALF else x
-        work_g = grad.to(work_x.dtype)
-        grad_in = dispatch.backward(work_x, work_g, spec, scaling, eps, axis_activation, backend)
-        return grad_in.to(x.dtype), None, None, None, None, None
+        grad_in = dispatch.backward(x, grad.to(x.dtype), spec, scaling, eps, axis_activation, backend)
+        return grad_in, None, None, None, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, spec, scaling, eps, axis_activation, backend):

@@ -215,8 +215,13 @@ def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:
     return ctypes.addressof(config(spec, scaling, eps, axis_activation))
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
-    """Forward on a contiguous ``(outer, C, inner)`` float32/float64 CPU tensor."""
+    """Forward on a contiguous ``(outer, C, inner)`` CPU tensor (half types computed in float32)."""
+    if x.dtype in _HALF:
+        return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     lib = _state["lib"] or load()
     x = x.contiguous()
     y = torch.empty_like(x)
@@ -227,6 +232,8 @@ def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: st
 
 def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     """Gradient w.r.t. the input, from the saved input and the upstream gradient."""
+    if x.dtype in _HALF:
+        return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     lib = _state["lib"] or load()
     x = x.contiguous()
     grad = grad.contiguous()

@@ -1,7 +1,10 @@
 """The one place that chooses how a cone activation is computed.
 
-``forward``/``backward`` take contiguous ``(outer, C, inner)`` tensors in
-float32 or float64 and return a tensor of the same shape. Backends:
+``forward``/``backward`` take contiguous ``(outer, C, inner)`` tensors and
+return a tensor of the same shape and dtype. float16/bfloat16 are computed
+in float32: the closed form and the C kernel upcast around themselves, the
+Triton kernel loads half values as they are and upcasts in registers (one
+read and one write of the half tensor). Backends:
 
 * ``"closed_form"``: torch ops (:mod:`colu.ops.closed_form`), any device and
   dtype, differentiable (used for double backward).
@@ -32,7 +35,8 @@ import torch
 from . import closed_form, cpu
 
 BACKENDS = ("auto", "closed_form", "cpu", "triton")
-KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # half types are upcast first
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+KERNEL_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 
 calls: collections.Counter = collections.Counter()
 """``calls["cpu"]`` etc.: how many eager forward/backward calls each backend ran (for tests and debugging)."""
@@ -126,6 +130,8 @@ def _kernel_backward(x, grad, spec, scaling, eps, axis_activation, backend):
 
 def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
     if backend == "closed_form":
+        if x.dtype in HALF_DTYPES:
+            return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
         if not torch.compiler.is_compiling():
             calls["closed_form"] += 1
         return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
@@ -137,6 +143,8 @@ def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
 
 def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"):
     if backend == "closed_form":
+        if x.dtype in HALF_DTYPES:
+            return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
         if not torch.compiler.is_compiling():
             calls["closed_form"] += 1
         return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)

@@ -20,9 +20,13 @@ program to saturate memory, few enough registers for good occupancy. S is a
 compile-time constant, and where cone ``g`` is channels ``g*S ... g*S+S-1``
 (the grouped layout, and RCoLU) the channel index is written as exactly
 that, so the compiler proves runs of S aligned channels and moves a tile in
-128-bit loads and stores; the tests check the PTX for it
-(:func:`compile_ptx`, no GPU needed). The axes-first and shared-axis
-layouts keep 32-bit accesses (their sections start at unaligned channels).
+128-bit loads and stores (64-bit for S = 4 in half types: a vector stays
+within one cone); the tests check the PTX for it (:func:`compile_ptx`, no
+GPU needed). The axes-first and shared-axis layouts keep element-wide
+accesses (their sections start at unaligned channels). float16/bfloat16
+tensors are loaded and stored as they are and computed in float32 in
+registers, so a half tensor costs half the traffic of a float32 one (no
+upcast copy around the kernel).
 
 A shared axis is read by every cone and its gradient sums over all of them,
 so there the grid has one program column and each program walks all cone
@@ -118,7 +122,7 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_
                     inv_s, rs,
                     BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr,
                     RCOLU: tl.constexpr, LINEAR: tl.constexpr, SHARED: tl.constexpr, SCALING: tl.constexpr,
-                    ACT: tl.constexpr):
+                    ACT: tl.constexpr, COMPUTE: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_g = tl.program_id(1)
     lane0 = pid_l * BLOCK_L
@@ -126,7 +130,7 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_
         g0 = (pid_g * iters + it) * BLOCK_G
         offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base,
                                        sec_step, BLOCK_L, BLOCK_G, S, SP, RCOLU, LINEAR)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
         if RCOLU:
             mean = tl.sum(x, axis=2) * inv_s
             p = tl.where(mask, x - mean[:, :, None], 0.0)
@@ -134,7 +138,7 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_
             tp = _act(mean * rs, ACT)
             w = _weight(tp / (n + eps), SCALING)
             y = (tp / rs)[:, :, None] + w[:, :, None] * p
-            tl.store(y_ptr + offs, y, mask=mask)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:
             sec = tl.where(is_axis, 0.0, x)
             n = tl.sqrt(tl.sum(sec * sec, axis=2))
@@ -143,9 +147,9 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_
             y = tl.where(is_axis, ap[:, :, None], w[:, :, None] * x)
             if SHARED:
                 # channel 0 is written once, by cone 0
-                tl.store(y_ptr + offs, y, mask=mask & ((~is_axis) | (g == 0)))
+                tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask & ((~is_axis) | (g == 0)))
             else:
-                tl.store(y_ptr + offs, y, mask=mask)
+                tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -153,17 +157,17 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
                      eps, inv_s, rs,
                      BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr,
                      RCOLU: tl.constexpr, LINEAR: tl.constexpr, SHARED: tl.constexpr, SCALING: tl.constexpr,
-                     ACT: tl.constexpr):
+                     ACT: tl.constexpr, COMPUTE: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_g = tl.program_id(1)
     lane0 = pid_l * BLOCK_L
-    ksum = tl.zeros((BLOCK_L, BLOCK_G), dtype=x_ptr.dtype.element_ty)
+    ksum = tl.zeros((BLOCK_L, BLOCK_G), dtype=COMPUTE)
     for it in range(iters):
         g0 = (pid_g * iters + it) * BLOCK_G
         offs, mask, is_axis, g = _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base,
                                        sec_step, BLOCK_L, BLOCK_G, S, SP, RCOLU, LINEAR)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        gr = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        gr = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
         if RCOLU:
             mean = tl.sum(x, axis=2) * inv_s
             gmean = tl.sum(gr, axis=2) * inv_s
@@ -180,7 +184,7 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
             if ACT != 0:
                 gt = gt * _act_grad(t, ACT)
             out = w[:, :, None] * (gr - gmean[:, :, None]) - coef[:, :, None] * p + gt[:, :, None]
-            tl.store(out_ptr + offs, out, mask=mask)
+            tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             sec = tl.where(is_axis, 0.0, x)
             n = tl.sqrt(tl.sum(sec * sec, axis=2))
@@ -194,24 +198,24 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
             out_sec = w[:, :, None] * gr - coef[:, :, None] * x
             if SHARED:
                 ksum += tl.where((g0 + tl.arange(0, BLOCK_G))[None, :] < G, kk, 0.0)
-                tl.store(out_ptr + offs, out_sec, mask=mask & (~is_axis))
+                tl.store(out_ptr + offs, out_sec.to(out_ptr.dtype.element_ty), mask=mask & (~is_axis))
             else:
                 ga = tl.sum(tl.where(is_axis, gr, 0.0), axis=2) + kk
                 if ACT != 0:
                     ga = ga * _act_grad(a, ACT)
                 out = tl.where(is_axis, ga[:, :, None], out_sec)
-                tl.store(out_ptr + offs, out, mask=mask)
+                tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     if SHARED:
         l = lane0 + tl.arange(0, BLOCK_L)
         o = l // inner
         i = l - o * inner
         a_offs = o.to(tl.int64) * C * inner + axis_base * inner + i
         lm = l < lanes
-        a = tl.load(x_ptr + a_offs, mask=lm, other=0.0)
-        ga = tl.load(g_ptr + a_offs, mask=lm, other=0.0) + tl.sum(ksum, axis=1)
+        a = tl.load(x_ptr + a_offs, mask=lm, other=0.0).to(COMPUTE)
+        ga = tl.load(g_ptr + a_offs, mask=lm, other=0.0).to(COMPUTE) + tl.sum(ksum, axis=1)
         if ACT != 0:
             ga = ga * _act_grad(a, ACT)
-        tl.store(out_ptr + a_offs, ga, mask=lm)
+        tl.store(out_ptr + a_offs, ga.to(out_ptr.dtype.element_ty), mask=lm)
 
 
 def _maps(spec):
@@ -242,7 +246,7 @@ def _launch(spec, shape):
     return lanes, BLOCK_L, BLOCK_G, SP, grid, iters
 
 
-def _common(spec, scaling, eps, axis_activation, shape):
+def _common(spec, scaling, eps, axis_activation, shape, dtype):
     lanes, BLOCK_L, BLOCK_G, SP, grid, iters = _launch(spec, shape)
     _, C, inner = shape
     S = spec.cone_dim
@@ -257,6 +261,8 @@ def _common(spec, scaling, eps, axis_activation, shape):
         SHARED=bool(spec.share_axis),
         SCALING=_SCALING[scaling],
         ACT=_ACT[axis_activation],
+        # half types are loaded as they are and computed in float32 in registers
+        COMPUTE=tl.float64 if dtype == torch.float64 else tl.float32,
     )
     return grid, args, meta
 
@@ -264,7 +270,7 @@ def _common(spec, scaling, eps, axis_activation, shape):
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
-    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape)
+    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape, x.dtype)
     _forward_kernel[grid](x, y, *args, **meta)
     return y
 
@@ -273,24 +279,27 @@ def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float
     x = x.contiguous()
     grad = grad.contiguous()
     out = torch.empty_like(x)
-    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape)
+    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape, x.dtype)
     _backward_kernel[grid](x, grad, out, *args, **meta)
     return out
 
 
-def compile_ptx(spec, scaling: str, axis_activation: str, shape, backward: bool = False, arch: int = 90) -> str:
+def compile_ptx(
+    spec, scaling: str, axis_activation: str, shape, dtype=torch.float32, backward: bool = False, arch: int = 90
+) -> str:
     """PTX of the kernel a ``shape`` tensor would launch, compiled for ``sm_<arch>`` (no GPU needed).
 
     For reading the generated code on a machine without a GPU: e.g. that a
     tile moves through ``ld.global.v4``/``st.global.v4`` (128-bit accesses).
-    Arguments are specialised as the launcher would for float32 tensors:
+    Arguments are specialised as the launcher would for ``dtype`` tensors:
     16-byte aligned pointers, integers divisible by 16 marked so, integers
     equal to 1 folded in.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    grid, args, meta = _common(spec, scaling, 1e-7, axis_activation, tuple(shape))
+    grid, args, meta = _common(spec, scaling, 1e-7, axis_activation, tuple(shape), dtype)
+    pointer_type = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
     fn = _backward_kernel if backward else _forward_kernel
     pointers = fn.arg_names[:3] if backward else fn.arg_names[:2]
     values = dict(zip([n for n in fn.arg_names if n not in meta and n not in pointers], args))
@@ -298,7 +307,7 @@ def compile_ptx(spec, scaling: str, axis_activation: str, shape, backward: bool 
     for i, name in enumerate(fn.arg_names):
         value = values.get(name)
         if name in pointers:
-            signature[name] = "*fp32"
+            signature[name] = pointer_type
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in meta:
             signature[name] = "constexpr"
