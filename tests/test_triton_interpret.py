@@ -72,6 +72,26 @@ SCRIPT = textwrap.dedent(
             torch.testing.assert_close(y.float(), yr, atol=3e-2, rtol=2e-2)
             torch.testing.assert_close(gx.float(), gr, atol=3e-2, rtol=2e-2)
             n += 1
+    # repeated calls replay a cached Triton plan (launch parameters worked out once), with and without grad
+    from colu import functional
+    x = torch.randn(6, 16) * 2
+    g = torch.randn(6, 16)
+    xr = x.clone().requires_grad_(True)
+    yr = reference.rcolu(xr, 4, scaling="soft")
+    (gr,) = torch.autograd.grad(yr, xr, g)
+    for _ in range(3):
+        before = dispatch.calls["triton"]
+        xg = x.clone().requires_grad_(True)
+        y = colu.rcolu(xg, 4, scaling="soft", backend="triton")
+        (gx,) = torch.autograd.grad(y, xg, g)
+        with torch.no_grad():
+            y2 = colu.rcolu(x, 4, scaling="soft", backend="triton")
+        assert dispatch.calls["triton"] == before + 3, dispatch.calls
+        torch.testing.assert_close(y, yr, **tol[torch.float32])
+        torch.testing.assert_close(y2, yr, **tol[torch.float32])
+        torch.testing.assert_close(gx, gr, **tol[torch.float32])
+    plans = [p for p in functional._plans.values() if type(p).__name__ == "_TritonPlan"]
+    assert plans, "the Triton path should have cached a plan"
     # NaN stays in its cone
     x = torch.randn(2, 12)
     x[0, 5] = float("nan")

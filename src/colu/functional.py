@@ -61,7 +61,7 @@ class _EagerConeFunction(torch.autograd.Function):
 
     With ``setup_context`` every ``apply`` binds its arguments through
     ``inspect.signature``: about 20 us, half the time of a call that no
-    cached plan covers (CUDA tensors, half types, channels-last images).
+    cached plan covers (e.g. half types on CPU, channels-last images).
     This form skips that but cannot run under transforms, which keep
     :class:`_ConeFunction`.
     """
@@ -76,17 +76,32 @@ class _EagerConeFunction(torch.autograd.Function):
 
 
 class _Plan:
-    """What a checked call on a contiguous CPU float32/float64 tensor resolved to, for replaying it.
+    """What a checked call on a contiguous tensor resolved to, for replaying it (base of the per-backend plans).
 
     :func:`colu`/:func:`rcolu` cache one per argument combination, input
-    shape, dtype and calling thread (key built by :func:`_planned`) after the
-    checked path has accepted the call and chosen the CPU kernel, so that a
-    repeated call (every call of a layer in a training loop) skips
+    shape, dtype, device and calling thread (key built by :func:`_planned`)
+    after the checked path has accepted the call and chosen a kernel, so that
+    a repeated call (every call of a layer in a training loop) skips
     validation, spec resolution, backend selection and the reshapes. Anything
     the checks or the backend choice depend on is in the key or re-checked
-    per call (the kernel library, ``COLU_BACKEND``, compiling/exporting,
+    per call (the CPU kernel library, ``COLU_BACKEND``, compiling/exporting,
     contiguity), and a miss takes the checked path, so errors and results are
     the same either way.
+    """
+
+    __slots__ = ("outer", "C", "inner", "spec", "scaling", "eps", "axis_activation")
+    backend = ""
+    lib = None  # the CPU library a plan was made with; None: nothing to re-check
+
+    def __init__(self, x, dim, spec, scaling, eps, axis_activation):
+        self.outer = math.prod(x.shape[:dim])
+        self.C = x.shape[dim]
+        self.inner = math.prod(x.shape[dim + 1 :])
+        self.spec, self.scaling, self.eps, self.axis_activation = spec, scaling, eps, axis_activation
+
+
+class _CpuPlan(_Plan):
+    """The C kernel on float32/float64.
 
     The kernel's argument block is filled once here; a call writes only the
     two data pointers and the thread count into it. The block belongs to one
@@ -94,15 +109,13 @@ class _Plan:
     ctypes has released the GIL.
     """
 
-    __slots__ = ("lib", "outer", "C", "inner", "cfg_struct", "spec", "scaling", "eps", "axis_activation", "args", "args_addr")
+    __slots__ = ("lib", "cfg_struct", "args", "args_addr")
+    backend = "cpu"
 
     def __init__(self, lib, x, dim, spec, scaling, eps, axis_activation):
+        super().__init__(x, dim, spec, scaling, eps, axis_activation)
         self.lib = lib
-        self.outer = math.prod(x.shape[:dim])
-        self.C = x.shape[dim]
-        self.inner = math.prod(x.shape[dim + 1 :])
         self.cfg_struct = cpu.config(spec, scaling, eps, axis_activation)  # held here: the kernel gets its address
-        self.spec, self.scaling, self.eps, self.axis_activation = spec, scaling, eps, axis_activation
         self.args = cpu.forward_args(x, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
         self.args_addr = ctypes.addressof(self.args)
 
@@ -121,6 +134,26 @@ class _Plan:
         return out
 
 
+class _TritonPlan(_Plan):
+    """The Triton kernels (any of their dtypes) with block sizes and grid worked out once."""
+
+    __slots__ = ("launcher",)
+    backend = "triton"
+
+    def __init__(self, x, dim, spec, scaling, eps, axis_activation):
+        from .ops import triton_kernels
+
+        super().__init__(x, dim, spec, scaling, eps, axis_activation)
+        shape3 = (self.outer, self.C, self.inner)
+        self.launcher = triton_kernels.Launcher(spec, scaling, eps, axis_activation, shape3, x.dtype)
+
+    def forward(self, x):
+        return self.launcher.forward(x)
+
+    def backward(self, x, grad):
+        return self.launcher.backward(x, grad)
+
+
 class _PlannedFunction(torch.autograd.Function):
     """:class:`_ConeFunction` for a cached :class:`_Plan`: same saved tensor, same backward.
 
@@ -134,7 +167,7 @@ class _PlannedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, plan):
-        dispatch.calls["cpu"] += 1
+        dispatch.calls[plan.backend] += 1
         ctx.save_for_backward(x)
         ctx.plan = plan
         return plan.forward(x)
@@ -143,8 +176,8 @@ class _PlannedFunction(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         p = ctx.plan
-        if not torch.is_grad_enabled() and cpu._state["lib"] is p.lib:
-            dispatch.calls["cpu"] += 1
+        if not torch.is_grad_enabled() and (p.lib is None or cpu._state["lib"] is p.lib):
+            dispatch.calls[p.backend] += 1
             return p.backward(x, grad), None
         # create_graph=True: stay differentiable; a reset library: the checked route
         backend = "closed_form" if torch.is_grad_enabled() else dispatch.select(x)
@@ -184,23 +217,28 @@ def _planned(x, backend, call):
         plan = _plans.get(key)
     except TypeError:  # an unhashable argument: let the checks report it
         return None, None
-    if plan is None or not x.is_contiguous() or cpu._state["lib"] is not plan.lib:
+    if plan is None or not x.is_contiguous() or (plan.lib is not None and cpu._state["lib"] is not plan.lib):
         return None, key
     if x.requires_grad and torch.is_grad_enabled():
         return _PlannedFunction.apply(x, plan), key
-    dispatch.calls["cpu"] += 1
+    dispatch.calls[plan.backend] += 1
     return plan.forward(x), key
 
 
 def _remember(key, x, dim, spec, scaling, eps, axis_activation, backend):
-    """Cache a plan for ``key`` if this call runs the CPU kernel on a contiguous float32/float64 tensor."""
-    if key is None or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
+    """Cache a plan for ``key`` if this call runs a kernel on a contiguous tensor (the C kernel: float32/float64)."""
+    if key is None or not x.is_contiguous():
         return
-    if dispatch.select(x, backend) != "cpu" or cpu._state["lib"] is None:
+    chosen = dispatch.select(x, backend)
+    if chosen == "cpu" and x.dtype in (torch.float32, torch.float64) and cpu._state["lib"] is not None:
+        plan = _CpuPlan(cpu._state["lib"], x, dim, spec, scaling, float(eps), axis_activation)
+    elif chosen == "triton":
+        plan = _TritonPlan(x, dim, spec, scaling, float(eps), axis_activation)
+    else:
         return
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
-    _plans[key] = _Plan(cpu._state["lib"], x, dim, spec, scaling, float(eps), axis_activation)
+    _plans[key] = plan
 
 
 def _check_input(x, eps, name):

@@ -267,21 +267,37 @@ def _common(spec, scaling, eps, axis_activation, shape, dtype):
     return grid, args, meta
 
 
+class Launcher:
+    """Forward and backward launches for one configuration and one contiguous ``(outer, C, inner)`` shape and dtype.
+
+    The block sizes, grid and scalar arguments are worked out once, so that a
+    cached plan in :mod:`colu.functional` pays only for the launch itself.
+    """
+
+    __slots__ = ("grid", "args", "meta")
+
+    def __init__(self, spec, scaling: str, eps: float, axis_activation: str, shape, dtype):
+        self.grid, self.args, self.meta = _common(spec, scaling, eps, axis_activation, tuple(shape), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        _forward_kernel[self.grid](x, y, *self.args, **self.meta)
+        return y
+
+    def backward(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        _backward_kernel[self.grid](x, grad.contiguous(), out, *self.args, **self.meta)
+        return out
+
+
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     x = x.contiguous()
-    y = torch.empty_like(x)
-    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape, x.dtype)
-    _forward_kernel[grid](x, y, *args, **meta)
-    return y
+    return Launcher(spec, scaling, eps, axis_activation, x.shape, x.dtype).forward(x)
 
 
 def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     x = x.contiguous()
-    grad = grad.contiguous()
-    out = torch.empty_like(x)
-    grid, args, meta = _common(spec, scaling, eps, axis_activation, x.shape, x.dtype)
-    _backward_kernel[grid](x, grad, out, *args, **meta)
-    return out
+    return Launcher(spec, scaling, eps, axis_activation, x.shape, x.dtype).backward(x, grad)
 
 
 def compile_ptx(
