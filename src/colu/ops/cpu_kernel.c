@@ -894,15 +894,23 @@ ALWAYS_INLINE void avz_bwd16(const float* x, const float* gr, float* gi, const i
 }
 #endif /* COLU_AVX512 */
 
-/* Software prefetch, 4 KB ahead, of the block that the loop will read then.
+/* Software prefetch, 8 KB ahead, of the block that the loop will read then.
  * A block reads all its cache lines, computes, then writes them all; with
  * that rhythm the hardware prefetcher fell behind on tensors that stream
  * from memory: the S = 16 blocks measured 1.4x slower than the AVX2 ones on
  * a (4096, 1024) forward until the prefetch, and then matched or beat them
- * (and every block size gained on small tensors, which are L2-resident). */
-#define PREFETCH_AHEAD 1024 /* floats */
+ * (and every block size gained on small tensors, which are L2-resident).
+ * The forward of the S = 4 and S = 8 blocks also prefetches its output for
+ * writing, so that the stores find their lines already owned: A/B runs on
+ * (4096, 1024) (benchmarks/kernel_ab.py) took 6-20% off against 4 KB
+ * without it; for S = 16 it cost as much, so those blocks leave the output
+ * to the hardware. */
+#define PREFETCH_AHEAD 2048 /* floats */
 ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
     for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 0, 3);
+}
+ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
+    for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 1, 3);
 }
 
 /* n cones: whole blocks of BN cones in parallel (BLK_FWD/BLK_BWD: avz_fwd4 or
@@ -914,6 +922,7 @@ ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
         const i64 nblk = n / (BN);                                                                          \
         PAR_SPANS(nblk, for (i64 b = lo; b < hi; ++b) {                                                   \
             blk_prefetch(x + b * (BN) * (SS), (BN) * (SS));                                              \
+            if ((SS) <= 8) blk_prefetch_out(y + b * (BN) * (SS), (BN) * (SS));                           \
             BLK_FWD(x + b * (BN) * (SS), y + b * (BN) * (SS), SS, KIND, SC, eps);                         \
         });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
