@@ -1,12 +1,13 @@
-"""In-process A/B of CPU kernel builds on a streamed (4096, 1024) float32 tensor.
+"""In-process A/B of CPU kernel builds on a float32 tensor, (4096, 1024) unless --shape says otherwise.
 
-Usage: python benchmarks/kernel_ab.py OLD.c NEW.c [--cone-dim 4] [--kind colu] [--backward] [--repeats 200]
+Usage: python benchmarks/kernel_ab.py OLD.c NEW.c [--shape 4096x1024] [--cone-dim 4] [--kind colu]
+       [--backward] [--repeats 200]
 
 Builds each kernel source with the package's flags, then times ATen's ReLU
 (or its backward, threshold_backward) and every build in turn, one call each
 per repetition, each call writing a freshly allocated output as a model's
-would. A shared machine switches between a state where the 16 MB tensors
-stay in the shared L3 and one where they stream from memory, so medians are
+would. A shared machine switches between a state where 16 MB tensors stay
+in the shared L3 and one where they stream from memory, so medians are
 reported separately for repetitions where ReLU took at most 1.5x its fastest
 time and for the rest; ratios are to ReLU within the same repetitions.
 """
@@ -37,15 +38,17 @@ def build(source: Path, out_dir: Path) -> ctypes.CDLL:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", type=Path)
+    p.add_argument("--shape", default="4096x1024", help="NxC (default: %(default)s)")
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
     bench._keep_freed_buffers()
-    x, g = torch.randn(4096, 1024), torch.randn(4096, 1024)
-    cfg = cpu.config(ConeSpec.resolve(1024, args.cone_dim, None, kind=args.kind), "hard", 1e-7, "identity")
-    block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, 4096, 1024, 1,
+    N, C = (int(v) for v in args.shape.lower().split("x"))
+    x, g = torch.randn(N, C), torch.randn(N, C)
+    cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), "hard", 1e-7, "identity")
+    block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, 1,
                                   ctypes.addressof(cfg), torch.get_num_threads())
 
     def kernel(lib):
@@ -77,7 +80,7 @@ def main():
             continue
         base = statistics.median(times["relu"][i] for i in idx)
         cols = "  ".join(f"{n} x{statistics.median(times[n][i] for i in idx) / base:.3f}" for n in cases if n != "relu")
-        print(f"{label} ({len(idx)} reps, ReLU {base * 1e3:.3f} ms): {cols}")
+        print(f"{label} ({len(idx)} reps, ReLU {base * 1e3:.4f} ms): {cols}")
 
 
 if __name__ == "__main__":
