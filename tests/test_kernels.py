@@ -338,13 +338,86 @@ def test_cached_plans_are_per_thread():
             torch.testing.assert_close(y, reference.colu(xi, 4), **TOL[torch.float32])
 
 
-# (-march level, symbols the build must have, symbols it must not have)
+# (-march level, symbols the build must have, symbols it must not have, float16 in the kernel)
 _ISA_BUILDS = {
-    # no AVX2: the plain C loops everywhere
-    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_")),
+    # no AVX2: the plain C loops everywhere; no F16C, so float16 is upcast in torch
+    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_"), False),
     # AVX2 without AVX-512: the AVX2 blocks for S = 16, gcc's flat loops for S = 4 and 8
-    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_", "avx_fwd_8_")),
+    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_", "avx_fwd_8_"), True),
 }
+
+
+def _half_matches_reference(lib, x, g, S, kind, scaling, dtype):
+    """Run the kernel's float16/bfloat16 entry; if it ran, compare with the float32 reference rounded once."""
+    spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)
+    cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "identity"))
+    xh, gh = x.to(dtype), g.to(dtype)
+    y, gi = torch.empty_like(xh), torch.empty_like(xh)
+    ran = cpu._run_half(lib, 0, xh.view(*x.shape, 1), None, y.view(*x.shape, 1), cfg)
+    if not ran:
+        return False
+    assert cpu._run_half(lib, 1, xh.view(*x.shape, 1), gh.view(*x.shape, 1), gi.view(*x.shape, 1), cfg)
+    xr = xh.float().requires_grad_(True)
+    yr = getattr(reference, kind)(xr, S, scaling=scaling)
+    (gr,) = torch.autograd.grad(yr, xr, gh.float())
+    # one rounding (to nearest even) of a float32 result that may differ from the reference's in its last
+    # bits: within one unit of the last place, and equal but for the rare value on a rounding boundary
+    tol = dict(atol=1e-3, rtol=torch.finfo(dtype).eps)
+    expected = yr.detach().to(dtype)
+    torch.testing.assert_close(y.float(), expected.float(), **tol)
+    assert (y != expected).float().mean() < 0.01, "outputs should round like torch's conversion"
+    torch.testing.assert_close(gi.float(), gr.to(dtype).float(), **tol)
+    return True
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("S,kind,scaling", [(4, "colu", "hard"), (8, "rcolu", "soft"), (3, "colu", "firm"), (16, "colu", "soft")])
+def test_half_types_run_in_the_kernel(dtype, S, kind, scaling):
+    """float16/bfloat16 with cones of contiguous channels convert in the kernel (chunks of cones, several
+    threads) and round once, as upcasting to float32 and back would."""
+    if dtype is torch.float16 and "f16c" not in _cpu_flags():
+        pytest.skip("no F16C on this CPU: float16 is upcast in torch")
+    gen = torch.Generator().manual_seed(S)
+    x = torch.randn(257, 48 * S, generator=gen) * 3  # about 6 chunks of 2048 floats per thread
+    g = torch.randn(x.shape, generator=gen)
+    assert _half_matches_reference(cpu.load(), x, g, S, kind, scaling, dtype)
+    # and through the public function, forward and backward
+    xh = x.to(dtype).requires_grad_(True)
+    fn = getattr(colu, kind)
+    y = fn(xh, S, scaling=scaling)
+    (gx,) = torch.autograd.grad(y, xh, g.to(dtype))
+    assert y.dtype == dtype and gx.dtype == dtype
+    torch.testing.assert_close(y.float(), getattr(reference, kind)(xh.detach().float(), S, scaling=scaling).to(dtype).float(),
+                               atol=1e-3, rtol=torch.finfo(dtype).eps)
+
+
+def test_half_types_elsewhere_are_upcast():
+    """Layouts whose cones are not contiguous channels leave half types to an upcast around the kernel."""
+    lib = cpu.load()
+    x = torch.randn(6, 1 + 5 * 3).to(torch.bfloat16)
+    spec = colu.ConeSpec.resolve(x.shape[1], 4, None, share_axis=True)
+    cfg = ctypes.addressof(cpu.config(spec, "hard", 1e-7, "identity"))
+    assert not cpu._run_half(lib, 0, x.view(6, -1, 1), None, torch.empty_like(x).view(6, -1, 1), cfg)
+    y = colu.colu(x, 4, share_axis=True)
+    torch.testing.assert_close(y.float(), reference.colu(x.float(), 4, share_axis=True).to(torch.bfloat16).float(),
+                               atol=1e-3, rtol=torch.finfo(torch.bfloat16).eps)
+
+
+def test_bfloat16_nan_stays_in_its_cone():
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    x[2, 9] = float("nan")  # a section channel of cone 2 (S = 4)
+    y = colu.colu(x, 4)
+    assert torch.isnan(y[2, 9:12]).all()  # the section; the axis passes through
+    y[2, 9:12] = 0
+    assert not torch.isnan(y).any()
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="builds the kernel for other x86-64 levels")
@@ -359,7 +432,7 @@ def test_builds_for_other_cpus_match_reference(tmp_path, march):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     symbols = so.read_bytes().decode("latin-1")
-    has, lacks = _ISA_BUILDS[march]
+    has, lacks, native_f16 = _ISA_BUILDS[march]
     assert all(name in symbols for name in has) and not any(name in symbols for name in lacks)
     lib = cpu._open(so)
     gen = torch.Generator().manual_seed(3)
@@ -377,3 +450,5 @@ def test_builds_for_other_cpus_match_reference(tmp_path, march):
         (gr,) = torch.autograd.grad(yr, xr, g)
         torch.testing.assert_close(y, yr.detach(), **TOL[torch.float32])
         torch.testing.assert_close(gi, gr, **TOL[torch.float32])
+        assert _half_matches_reference(lib, x, g, S, kind, scaling, torch.bfloat16)
+        assert _half_matches_reference(lib, x, g, S, kind, scaling, torch.float16) == native_f16

@@ -32,7 +32,7 @@ SOURCE = Path(__file__).with_name("cpu_kernel.c")
 # -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
 # kernels rely on NaN comparisons behaving as IEEE says.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _SCALING = {"hard": 0, "soft": 1, "firm": 2}
 _ACT = {"identity": 0, "relu": 1, "silu": 2}
@@ -115,10 +115,13 @@ def _open(path: Path):
         bwd.restype = None
     lib.colu_run.argtypes = [ptr]
     lib.colu_run.restype = None
+    lib.colu_run_half.argtypes = [ptr]
+    lib.colu_run_half.restype = ctypes.c_int
     return {
         torch.float32: (lib.colu_forward_f32, lib.colu_backward_f32),
         torch.float64: (lib.colu_forward_f64, lib.colu_backward_f64),
         "run": lib.colu_run,
+        "run_half": lib.colu_run_half,
     }
 
 
@@ -218,11 +221,29 @@ def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _run_half(lib, backward: int, x, grad, out, cfg: int) -> bool:
+    """colu_run_half on contiguous float16/bfloat16 tensors; False where the kernel leaves it to an upcast."""
+    outer, C, inner = x.shape
+    buf = _args_buffer()
+    buf[:] = (backward, x.dtype is torch.bfloat16, x.data_ptr(), 0 if grad is None else grad.data_ptr(),
+              out.data_ptr(), outer, C, inner, cfg, torch.get_num_threads())
+    return bool(lib["run_half"](_tls.addr))
+
+
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
-    """Forward on a contiguous ``(outer, C, inner)`` CPU tensor (half types computed in float32)."""
-    if x.dtype in _HALF:
-        return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
+    """Forward on a contiguous ``(outer, C, inner)`` CPU tensor.
+
+    float16/bfloat16 are computed in float32: inside the kernel, a chunk at a
+    time, where the cones are contiguous channels; by an upcast around it
+    otherwise.
+    """
     lib = _state["lib"] or load()
+    if x.dtype in _HALF:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        if _run_half(lib, 0, x, None, y, _cfg_ptr(spec, scaling, eps, axis_activation)):
+            return y
+        return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     x = x.contiguous()
     y = torch.empty_like(x)
     outer, C, inner = x.shape
@@ -231,10 +252,14 @@ def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: st
 
 
 def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
-    """Gradient w.r.t. the input, from the saved input and the upstream gradient."""
-    if x.dtype in _HALF:
-        return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
+    """Gradient w.r.t. the input, from the saved input and the upstream gradient (half types as in :func:`forward`)."""
     lib = _state["lib"] or load()
+    if x.dtype in _HALF:
+        x, grad = x.contiguous(), grad.to(x.dtype).contiguous()
+        out = torch.empty_like(x)
+        if _run_half(lib, 1, x, grad, out, _cfg_ptr(spec, scaling, eps, axis_activation)):
+            return out
+        return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     x = x.contiguous()
     grad = grad.contiguous()
     out = torch.empty_like(x)

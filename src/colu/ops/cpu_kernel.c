@@ -73,7 +73,7 @@ typedef struct {
  * 9.5 -> 6.3 us soft, forward, against ReLU's 3.2 us). */
 #define GRAIN 8192
 
-int colu_abi_version(void) { return 2; }
+int colu_abi_version(void) { return 3; }
 
 static int pick_threads(i64 numel, int nthreads) {
     const i64 chunks = (numel + GRAIN - 1) / GRAIN;
@@ -156,6 +156,87 @@ void colu_run(const i64* a) {
         if (a[0]) colu_backward_f32((const float*)(intptr_t)a[2], (const float*)(intptr_t)a[3], (float*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
         else colu_forward_f32((const float*)(intptr_t)a[2], (float*)(intptr_t)a[4], a[5], a[6], a[7], c, nt);
     }
+}
+
+/* ------------------------------------------------- float16 / bfloat16 */
+/* Half tensors on the flat path (cones of S contiguous channels, inner == 1)
+ * are converted a chunk of cones at a time into float32 buffers on the
+ * stack, run through the float32 loops above (vector blocks included) and
+ * rounded back to nearest even, as torch rounds: one read and one write of
+ * the half tensor, where upcasting around the kernel costs two more passes
+ * over memory and two allocations. Other layouts return 0 and Python
+ * upcasts instead. */
+#define HCHUNK 2048 /* floats per buffer: 8 KB, L1-resident */
+
+static inline float bf16_to_f32(const uint16_t h) {
+    const union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(const float f) {
+    const union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN, as torch writes it */
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+#ifdef __F16C__ /* float16 in hardware (x86 F16C): 8 values per instruction, rounding to nearest even */
+#include <immintrin.h>
+#define COLU_HAVE_F16 1
+#endif
+
+static void half_to_f32(const uint16_t* restrict h, float* restrict f, const i64 n, const int bf16) {
+    if (bf16) {
+        for (i64 i = 0; i < n; ++i) f[i] = bf16_to_f32(h[i]);
+        return;
+    }
+#ifdef COLU_HAVE_F16
+    i64 i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+    for (; i < n; ++i) f[i] = _cvtsh_ss(h[i]);
+#endif
+}
+
+static void f32_to_half(const float* restrict f, uint16_t* restrict h, const i64 n, const int bf16) {
+    if (bf16) {
+        for (i64 i = 0; i < n; ++i) h[i] = f32_to_bf16(f[i]);
+        return;
+    }
+#ifdef COLU_HAVE_F16
+    i64 i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; ++i) h[i] = _cvtss_sh(f[i], _MM_FROUND_TO_NEAREST_INT);
+#endif
+}
+
+/* {backward, bf16, x, grad, out, outer, C, inner, cfg, nthreads} as colu_run, for float16 (bf16 = 0) or
+ * bfloat16 (bf16 = 1) tensors; returns 1 where it ran, 0 where Python must upcast instead (other
+ * layouts, cones over HCHUNK channels, float16 without F16C) */
+int colu_run_half(const i64* a) {
+    const colu_cfg* c = (const colu_cfg*)(intptr_t)a[8];
+    const int backward = (int)a[0], bf16 = (int)a[1];
+    const i64 outer = a[5], C = a[6], inner = a[7];
+#ifndef COLU_HAVE_F16
+    if (!bf16) return 0;
+#endif
+    if (inner != 1 || !FLAT(c) || c->S > HCHUNK) return 0;
+    const uint16_t *x = (const uint16_t*)(intptr_t)a[2], *g = (const uint16_t*)(intptr_t)a[3];
+    uint16_t* out = (uint16_t*)(intptr_t)a[4];
+    const i64 S = c->S, per = HCHUNK / S, n = outer * c->G, nchunks = (n + per - 1) / per;
+    const int nt = pick_threads(outer * C, (int)a[9]);
+    PAR_SPANS(nchunks, for (i64 k = lo; k < hi; ++k) {
+        float xf[HCHUNK], gf[HCHUNK], of[HCHUNK];
+        const i64 c0 = k * per, m = n - c0 < per ? n - c0 : per, len = m * S;
+        half_to_f32(x + c0 * S, xf, len, bf16);
+        if (backward) {
+            half_to_f32(g + c0 * S, gf, len, bf16);
+            flat_bwd_range_f32(xf, gf, of, m, c, 1);
+        } else {
+            flat_fwd_range_f32(xf, of, m, c, 1);
+        }
+        f32_to_half(of, out + c0 * S, len, bf16);
+    });
+    return 1;
 }
 
 #else /* ------------------------------------------------ body, per dtype T */

@@ -2,9 +2,11 @@
 
 ``forward``/``backward`` take contiguous ``(outer, C, inner)`` tensors and
 return a tensor of the same shape and dtype. float16/bfloat16 are computed
-in float32: the closed form and the C kernel upcast around themselves, the
-Triton kernel loads half values as they are and upcasts in registers (one
-read and one write of the half tensor). Backends:
+in float32: the Triton kernel loads half values as they are and upcasts in
+registers, the C kernel converts a chunk of cones at a time into float32
+buffers where cones are contiguous channels (one read and one write of the
+half tensor either way), and the closed form (and the C kernel on other
+layouts) upcasts around itself. Backends:
 
 * ``"closed_form"``: torch ops (:mod:`colu.ops.closed_form`), any device and
   dtype, differentiable (used for double backward).
