@@ -391,6 +391,28 @@ def test_half_types_run_in_the_kernel(dtype, S, kind, scaling):
                                atol=1e-3, rtol=torch.finfo(dtype).eps)
 
 
+def test_half_type_calls_replay_a_plan():
+    """Repeated bfloat16 calls the kernel converts itself are cached like float32 ones, and give the same results."""
+    from colu import functional
+
+    x = (torch.randn(16, 96) * 2).to(torch.bfloat16)
+    g = torch.randn(16, 96).to(torch.bfloat16)
+    results = []
+    for _ in range(3):
+        xg = x.clone().requires_grad_(True)
+        y = colu.rcolu(xg, 8, scaling="soft")
+        (gx,) = torch.autograd.grad(y, xg, g)
+        results.append((y.detach(), gx, colu.rcolu(x, 8, scaling="soft")))
+    plans = [k for k, p in functional._plans.items() if k[2] == torch.bfloat16 and k[1] == x.shape and k[0][0] == "rcolu"]
+    assert plans, "a bfloat16 plan should have been cached"
+    for y, gx, y_nograd in results[1:]:
+        torch.testing.assert_close(y, results[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(gx, results[0][1], rtol=0, atol=0)
+        torch.testing.assert_close(y_nograd, results[0][0], rtol=0, atol=0)
+    expected = reference.rcolu(x.float(), 8, scaling="soft").to(torch.bfloat16)
+    assert (results[0][0] != expected).float().mean() < 0.01
+
+
 def test_half_types_elsewhere_are_upcast():
     """Layouts whose cones are not contiguous channels leave half types to an upcast around the kernel."""
     lib = cpu.load()

@@ -101,7 +101,7 @@ class _Plan:
 
 
 class _CpuPlan(_Plan):
-    """The C kernel on float32/float64.
+    """The C kernel on float32/float64, and on float16/bfloat16 where it converts them itself.
 
     The kernel's argument block is filled once here; a call writes only the
     two data pointers and the thread count into it. The block belongs to one
@@ -109,7 +109,7 @@ class _CpuPlan(_Plan):
     ctypes has released the GIL.
     """
 
-    __slots__ = ("lib", "cfg_struct", "args", "args_addr")
+    __slots__ = ("lib", "cfg_struct", "args", "args_addr", "run")
     backend = "cpu"
 
     def __init__(self, lib, x, dim, spec, scaling, eps, axis_activation):
@@ -118,6 +118,7 @@ class _CpuPlan(_Plan):
         self.cfg_struct = cpu.config(spec, scaling, eps, axis_activation)  # held here: the kernel gets its address
         self.args = cpu.forward_args(x, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
         self.args_addr = ctypes.addressof(self.args)
+        self.run = lib["run_half"] if x.dtype in dispatch.HALF_DTYPES else lib["run"]
 
     def forward(self, x):
         y = torch.empty_like(x)
@@ -125,10 +126,14 @@ class _CpuPlan(_Plan):
         args[cpu.ARG_X] = x.data_ptr()
         args[cpu.ARG_OUT] = y.data_ptr()
         args[cpu.ARG_THREADS] = torch.get_num_threads()
-        self.lib["run"](self.args_addr)
+        self.run(self.args_addr)
         return y
 
     def backward(self, x, grad):
+        if x.dtype in dispatch.HALF_DTYPES:
+            shape3 = (self.outer, self.C, self.inner)
+            g = cpu.backward(x.view(shape3), grad.reshape(shape3), self.spec, self.scaling, self.eps, self.axis_activation)
+            return g.view(x.shape)
         out = torch.empty_like(x)
         cpu.run(self.lib, 1, x, grad.contiguous(), out, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
         return out
@@ -225,13 +230,22 @@ def _planned(x, backend, call):
     return plan.forward(x), key
 
 
+def _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation):
+    if x.dtype not in dispatch.HALF_DTYPES:
+        return False
+    cfg = ctypes.addressof(cpu.config(spec, scaling, float(eps), axis_activation))
+    return cpu.runs_half(lib, cfg, x.dtype, math.prod(x.shape[dim + 1 :]))
+
+
 def _remember(key, x, dim, spec, scaling, eps, axis_activation, backend):
-    """Cache a plan for ``key`` if this call runs a kernel on a contiguous tensor (the C kernel: float32/float64)."""
+    """Cache a plan for ``key`` if this call runs a kernel on a contiguous tensor (the C kernel: float32/float64,
+    and half types where it converts them itself)."""
     if key is None or not x.is_contiguous():
         return
     chosen = dispatch.select(x, backend)
-    if chosen == "cpu" and x.dtype in (torch.float32, torch.float64) and cpu._state["lib"] is not None:
-        plan = _CpuPlan(cpu._state["lib"], x, dim, spec, scaling, float(eps), axis_activation)
+    lib = cpu._state["lib"]
+    if chosen == "cpu" and lib is not None and (x.dtype in (torch.float32, torch.float64) or _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation)):
+        plan = _CpuPlan(lib, x, dim, spec, scaling, float(eps), axis_activation)
     elif chosen == "triton":
         plan = _TritonPlan(x, dim, spec, scaling, float(eps), axis_activation)
     else:

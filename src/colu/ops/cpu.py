@@ -35,6 +35,7 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-share
 ABI_VERSION = 3
 
 _SCALING = {"hard": 0, "soft": 1, "firm": 2}
+_HALF = (torch.float16, torch.bfloat16)
 _ACT = {"identity": 0, "relu": 1, "silu": 2}
 
 
@@ -117,11 +118,14 @@ def _open(path: Path):
     lib.colu_run.restype = None
     lib.colu_run_half.argtypes = [ptr]
     lib.colu_run_half.restype = ctypes.c_int
+    lib.colu_half_ok.argtypes = [ptr, ctypes.c_int]
+    lib.colu_half_ok.restype = ctypes.c_int
     return {
         torch.float32: (lib.colu_forward_f32, lib.colu_backward_f32),
         torch.float64: (lib.colu_forward_f64, lib.colu_backward_f64),
         "run": lib.colu_run,
         "run_half": lib.colu_run_half,
+        "half_ok": lib.colu_half_ok,
     }
 
 
@@ -143,8 +147,15 @@ ARG_X, ARG_OUT, ARG_THREADS = 2, 4, 9
 
 
 def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
-    """A forward argument block for colu_run with the per-call slots (ARG_X, ARG_OUT, ARG_THREADS) left to fill."""
-    return (ctypes.c_int64 * 10)(0, x.dtype is torch.float64, 0, 0, 0, outer, C, inner, cfg, 1)
+    """A forward argument block for colu_run (colu_run_half for half types) with the per-call slots
+    (ARG_X, ARG_OUT, ARG_THREADS) left to fill."""
+    flag = x.dtype is torch.bfloat16 if x.dtype in _HALF else x.dtype is torch.float64
+    return (ctypes.c_int64 * 10)(0, flag, 0, 0, 0, outer, C, inner, cfg, 1)
+
+
+def runs_half(lib, cfg: int, dtype: torch.dtype, inner: int) -> bool:
+    """Whether the kernel itself takes a float16/bfloat16 tensor of this configuration (no upcast)."""
+    return inner == 1 and bool(lib["half_ok"](cfg, dtype is torch.bfloat16))
 
 
 def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> None:

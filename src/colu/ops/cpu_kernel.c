@@ -209,6 +209,14 @@ static void f32_to_half(const float* restrict f, uint16_t* restrict h, const i64
 #endif
 }
 
+/* 1 where colu_run_half takes tensors of this configuration with inner == 1 */
+int colu_half_ok(const colu_cfg* c, const int bf16) {
+#ifndef COLU_HAVE_F16
+    if (!bf16) return 0;
+#endif
+    return FLAT(c) && c->S <= HCHUNK;
+}
+
 /* {backward, bf16, x, grad, out, outer, C, inner, cfg, nthreads} as colu_run, for float16 (bf16 = 0) or
  * bfloat16 (bf16 = 1) tensors; returns 1 where it ran, 0 where Python must upcast instead (other
  * layouts, cones over HCHUNK channels, float16 without F16C) */
@@ -216,10 +224,7 @@ int colu_run_half(const i64* a) {
     const colu_cfg* c = (const colu_cfg*)(intptr_t)a[8];
     const int backward = (int)a[0], bf16 = (int)a[1];
     const i64 outer = a[5], C = a[6], inner = a[7];
-#ifndef COLU_HAVE_F16
-    if (!bf16) return 0;
-#endif
-    if (inner != 1 || !FLAT(c) || c->S > HCHUNK) return 0;
+    if (inner != 1 || !colu_half_ok(c, bf16)) return 0;
     const uint16_t *x = (const uint16_t*)(intptr_t)a[2], *g = (const uint16_t*)(intptr_t)a[3];
     uint16_t* out = (uint16_t*)(intptr_t)a[4];
     const i64 S = c->S, per = HCHUNK / S, n = outer * c->G, nchunks = (n + per - 1) / per;
