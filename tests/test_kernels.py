@@ -353,10 +353,9 @@ def _half_matches_reference(lib, x, g, S, kind, scaling, dtype):
     cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "identity"))
     xh, gh = x.to(dtype), g.to(dtype)
     y, gi = torch.empty_like(xh), torch.empty_like(xh)
-    ran = cpu._run_half(lib, 0, xh.view(*x.shape, 1), None, y.view(*x.shape, 1), cfg)
-    if not ran:
+    if not cpu.run(lib, 0, xh, None, y, *x.shape, 1, cfg):
         return False
-    assert cpu._run_half(lib, 1, xh.view(*x.shape, 1), gh.view(*x.shape, 1), gi.view(*x.shape, 1), cfg)
+    assert cpu.run(lib, 1, xh, gh, gi, *x.shape, 1, cfg)
     xr = xh.float().requires_grad_(True)
     yr = getattr(reference, kind)(xr, S, scaling=scaling)
     (gr,) = torch.autograd.grad(yr, xr, gh.float())
@@ -419,7 +418,7 @@ def test_half_types_elsewhere_are_upcast():
     x = torch.randn(6, 1 + 5 * 3).to(torch.bfloat16)
     spec = colu.ConeSpec.resolve(x.shape[1], 4, None, share_axis=True)
     cfg = ctypes.addressof(cpu.config(spec, "hard", 1e-7, "identity"))
-    assert not cpu._run_half(lib, 0, x.view(6, -1, 1), None, torch.empty_like(x).view(6, -1, 1), cfg)
+    assert not cpu.run(lib, 0, x, None, torch.empty_like(x), *x.shape, 1, cfg)
     y = colu.colu(x, 4, share_axis=True)
     torch.testing.assert_close(y.float(), reference.colu(x.float(), 4, share_axis=True).to(torch.bfloat16).float(),
                                atol=1e-3, rtol=torch.finfo(torch.bfloat16).eps)

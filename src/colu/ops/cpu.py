@@ -146,11 +146,15 @@ def _args_buffer():
 ARG_X, ARG_OUT, ARG_THREADS = 2, 4, 9
 
 
+def _dtype_flag(dtype: torch.dtype) -> bool:
+    # slot 1 of the argument block: float64 for colu_run, bfloat16 for colu_run_half
+    return dtype is torch.bfloat16 if dtype in _HALF else dtype is torch.float64
+
+
 def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
     """A forward argument block for colu_run (colu_run_half for half types) with the per-call slots
     (ARG_X, ARG_OUT, ARG_THREADS) left to fill."""
-    flag = x.dtype is torch.bfloat16 if x.dtype in _HALF else x.dtype is torch.float64
-    return (ctypes.c_int64 * 10)(0, flag, 0, 0, 0, outer, C, inner, cfg, 1)
+    return (ctypes.c_int64 * 10)(0, _dtype_flag(x.dtype), 0, 0, 0, outer, C, inner, cfg, 1)
 
 
 def runs_half(lib, cfg: int, dtype: torch.dtype, inner: int) -> bool:
@@ -158,15 +162,17 @@ def runs_half(lib, cfg: int, dtype: torch.dtype, inner: int) -> bool:
     return inner == 1 and bool(lib["half_ok"](cfg, dtype is torch.bfloat16))
 
 
-def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> None:
+def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> bool:
     """Call the kernel on contiguous tensors through colu_run (one ctypes argument instead of eight).
 
-    ``grad`` is ``None`` for the forward; ``cfg`` is the address of a :func:`config`.
+    ``grad`` is ``None`` for the forward; ``cfg`` is the address of a
+    :func:`config`. float16/bfloat16 go to colu_run_half; False where it
+    leaves them to an upcast (see :func:`runs_half`).
     """
     buf = _args_buffer()
     buf[:] = (
         backward,
-        x.dtype is torch.float64,
+        _dtype_flag(x.dtype),
         x.data_ptr(),
         0 if grad is None else grad.data_ptr(),
         out.data_ptr(),
@@ -176,7 +182,10 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
         cfg,
         torch.get_num_threads(),
     )
+    if x.dtype in _HALF:
+        return bool(lib["run_half"](_tls.addr))
     lib["run"](_tls.addr)
+    return True
 
 
 def load():
@@ -229,18 +238,6 @@ def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:
     return ctypes.addressof(config(spec, scaling, eps, axis_activation))
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _run_half(lib, backward: int, x, grad, out, cfg: int) -> bool:
-    """colu_run_half on contiguous float16/bfloat16 tensors; False where the kernel leaves it to an upcast."""
-    outer, C, inner = x.shape
-    buf = _args_buffer()
-    buf[:] = (backward, x.dtype is torch.bfloat16, x.data_ptr(), 0 if grad is None else grad.data_ptr(),
-              out.data_ptr(), outer, C, inner, cfg, torch.get_num_threads())
-    return bool(lib["run_half"](_tls.addr))
-
-
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     """Forward on a contiguous ``(outer, C, inner)`` CPU tensor.
 
@@ -249,31 +246,19 @@ def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: st
     otherwise.
     """
     lib = _state["lib"] or load()
-    if x.dtype in _HALF:
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        if _run_half(lib, 0, x, None, y, _cfg_ptr(spec, scaling, eps, axis_activation)):
-            return y
-        return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     x = x.contiguous()
     y = torch.empty_like(x)
-    outer, C, inner = x.shape
-    run(lib, 0, x, None, y, outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation))
-    return y
+    if run(lib, 0, x, None, y, *x.shape, _cfg_ptr(spec, scaling, eps, axis_activation)):
+        return y
+    return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
 
 
 def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     """Gradient w.r.t. the input, from the saved input and the upstream gradient (half types as in :func:`forward`)."""
     lib = _state["lib"] or load()
-    if x.dtype in _HALF:
-        x, grad = x.contiguous(), grad.to(x.dtype).contiguous()
-        out = torch.empty_like(x)
-        if _run_half(lib, 1, x, grad, out, _cfg_ptr(spec, scaling, eps, axis_activation)):
-            return out
-        return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
     x = x.contiguous()
-    grad = grad.contiguous()
+    grad = grad.to(x.dtype).contiguous()
     out = torch.empty_like(x)
-    outer, C, inner = x.shape
-    run(lib, 1, x, grad, out, outer, C, inner, _cfg_ptr(spec, scaling, eps, axis_activation))
-    return out
+    if run(lib, 1, x, grad, out, *x.shape, _cfg_ptr(spec, scaling, eps, axis_activation)):
+        return out
+    return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)
