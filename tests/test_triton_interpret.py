@@ -154,3 +154,28 @@ def test_triton_tiles_compile_to_128_bit_accesses(kind, S, shape, dtype):
         loads = sum(c for (op, _, _), c in ops.items() if op == "ld")
         stores = sum(c for (op, _, _), c in ops.items() if op == "st")
         assert loads == (2 if backward else 1) * stores, dict(ops)
+
+
+def test_triton_kernels_compile_for_a_gpu_target():
+    """The interpreter does not compile; this does, for sm_90, every layout, scaling, axis activation, dtype and
+    tensor form at least once (forward and backward), so a kernel that only a real GPU would reject fails here."""
+    import torch
+
+    pytest.importorskip("triton.backends.nvidia", reason="triton has no CUDA backend here")
+    from colu.ops import triton_kernels
+    from colu.spec import ConeSpec
+
+    cases = [  # (kind, layout, share, S, scaling, act, dtype, inner)
+        ("colu", "grouped", False, 3, "hard", "identity", torch.float32, 1),
+        ("colu", "axes_first", False, 8, "soft", "relu", torch.float64, 49),
+        ("colu", "grouped", True, 8, "firm", "silu", torch.bfloat16, 1),
+        ("rcolu", "grouped", False, 3, "soft", "silu", torch.float16, 49),
+        ("colu", "grouped", True, 3, "hard", "relu", torch.float16, 49),
+        ("rcolu", "grouped", False, 8, "firm", "identity", torch.bfloat16, 1),
+    ]
+    for kind, layout, share, S, scaling, act, dtype, inner in cases:
+        C = 1 + 6 * (S - 1) if share else 6 * S
+        spec = ConeSpec.resolve(C, S, None, share_axis=share, layout=layout, kind=kind)
+        for backward in (False, True):
+            ptx = triton_kernels.compile_ptx(spec, scaling, act, (64, C, inner), dtype=dtype, backward=backward)
+            assert ".entry" in ptx
