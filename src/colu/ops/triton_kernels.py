@@ -280,14 +280,26 @@ class Launcher:
         self.grid, self.args, self.meta = _common(spec, scaling, eps, axis_activation, tuple(shape), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _elsewhere(x):
+            with torch.cuda.device(x.device):
+                return self.forward(x)
         y = torch.empty_like(x)
         _forward_kernel[self.grid](x, y, *self.args, **self.meta)
         return y
 
     def backward(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if _elsewhere(x):
+            with torch.cuda.device(x.device):
+                return self.backward(x, grad)
         out = torch.empty_like(x)
         _backward_kernel[self.grid](x, grad.contiguous(), out, *self.args, **self.meta)
         return out
+
+
+def _elsewhere(x: torch.Tensor) -> bool:
+    # triton launches on the current CUDA device, whatever device the tensors are on (a model split over
+    # several GPUs in one process): such calls switch to the tensor's device first
+    return x.is_cuda and x.get_device() != torch.cuda.current_device()
 
 
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
