@@ -45,3 +45,9 @@ def test_bench_backend_reaches_the_model_rows(monkeypatch, capsys):
     assert {r["activation"] for r in rows} == {"relu", "colu S=4 hard"}
     assert dispatch.calls["closed_form"] > before  # the MLP's CoLU ran the forced backend
     assert "COLU_BACKEND" not in os.environ  # and the environment is as it was
+
+
+def test_bench_default_shapes_include_a_memory_bound_one_on_cuda():
+    assert bench._parse(["--device", "cpu"]).shapes == "4096x1024,64x512"
+    assert bench._parse(["--device", "cuda"]).shapes == "4096x1024,64x512,32768x8192"
+    assert bench._parse(["--device", "cuda", "--shapes", "8x8"]).shapes == "8x8"

@@ -23,9 +23,19 @@ import torch.nn.functional as F
 import colu
 
 
+CPU_SHAPES = "4096x1024,64x512"
+# 1 GiB in float32: (4096, 1024) fits in the 50 MB L2 of recent GPUs and would time the cache, not memory
+GPU_LARGE = "32768x8192"
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(prog="colu bench", description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="4096x1024,64x512", help="comma-separated NxC shapes (default: %(default)s)")
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help=f"comma-separated NxC shapes (default: {CPU_SHAPES} on CPU; on CUDA also {GPU_LARGE}, "
+        "larger than a GPU's L2 cache, so that it measures memory bandwidth)",
+    )
     p.add_argument("--cone-dims", default="4,8,16", help="comma-separated S values (default: %(default)s)")
     p.add_argument("--scalings", default="hard,soft", help="comma-separated scalings (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"], help="dtype")
@@ -39,6 +49,8 @@ def _parse(argv):
     args = p.parse_args(argv)
     if args.quick:
         args.shapes, args.cone_dims, args.repeats, args.warmup = "64x48", "4", 3, 1
+    if args.shapes is None:
+        args.shapes = CPU_SHAPES + ("," + GPU_LARGE if args.device.startswith("cuda") else "")
     return args
 
 
