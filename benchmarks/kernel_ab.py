@@ -35,17 +35,28 @@ def build(source: Path, out_dir: Path) -> ctypes.CDLL:
     return lib
 
 
+def shape(text: str) -> tuple[int, int]:
+    try:
+        N, C = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape must look like 4096x1024, got {text!r}") from None
+    return N, C
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", type=Path)
-    p.add_argument("--shape", default="4096x1024", help="NxC (default: %(default)s)")
+    p.add_argument("--shape", type=shape, default=(4096, 1024), help="NxC (default: 4096x1024)")
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
+    for src in args.sources:
+        if not src.is_file():
+            p.error(f"no kernel source at {src} (give cpu_kernel.c files, e.g. from git show REV:src/colu/ops/cpu_kernel.c)")
     bench._keep_freed_buffers()
-    N, C = (int(v) for v in args.shape.lower().split("x"))
+    N, C = args.shape
     x, g = torch.randn(N, C), torch.randn(N, C)
     cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), "hard", 1e-7, "identity")
     block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, 1,

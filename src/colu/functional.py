@@ -61,7 +61,8 @@ class _EagerConeFunction(torch.autograd.Function):
 
     With ``setup_context`` every ``apply`` binds its arguments through
     ``inspect.signature``: about 20 us, half the time of a call that no
-    cached plan covers (e.g. half types on CPU, channels-last images).
+    cached plan covers (e.g. channels-last images, half types whose cones
+    are not contiguous channels).
     This form skips that but cannot run under transforms, which keep
     :class:`_ConeFunction`.
     """
