@@ -241,7 +241,9 @@ def _remember(key, x, dim, spec, scaling, eps, axis_activation, backend):
         return
     chosen = dispatch.select(x, backend)
     lib = cpu._state["lib"]
-    if chosen == "cpu" and lib is not None and (x.dtype in (torch.float32, torch.float64) or _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation)):
+    if chosen == "cpu" and lib is not None and (
+        x.dtype in (torch.float32, torch.float64) or _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation)
+    ):
         plan = _CpuPlan(lib, x, dim, spec, scaling, float(eps), axis_activation)
     elif chosen == "triton":
         plan = _TritonPlan(x, dim, spec, scaling, float(eps), axis_activation)

@@ -106,27 +106,14 @@ def _open(path: Path):
     lib = ctypes.CDLL(str(path))
     if lib.colu_abi_version() != ABI_VERSION:
         raise KernelUnavailable(f"{path} has ABI {lib.colu_abi_version()}, expected {ABI_VERSION}")
-    ptr, i64, cfg, nt = ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    for suffix in ("f32", "f64"):
-        fwd = getattr(lib, f"colu_forward_{suffix}")
-        fwd.argtypes = [ptr, ptr, i64, i64, i64, cfg, nt]
-        fwd.restype = None
-        bwd = getattr(lib, f"colu_backward_{suffix}")
-        bwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, cfg, nt]
-        bwd.restype = None
+    ptr = ctypes.c_void_p
     lib.colu_run.argtypes = [ptr]
     lib.colu_run.restype = None
     lib.colu_run_half.argtypes = [ptr]
     lib.colu_run_half.restype = ctypes.c_int
     lib.colu_half_ok.argtypes = [ptr, ctypes.c_int]
     lib.colu_half_ok.restype = ctypes.c_int
-    return {
-        torch.float32: (lib.colu_forward_f32, lib.colu_backward_f32),
-        torch.float64: (lib.colu_forward_f64, lib.colu_backward_f64),
-        "run": lib.colu_run,
-        "run_half": lib.colu_run_half,
-        "half_ok": lib.colu_half_ok,
-    }
+    return {"run": lib.colu_run, "run_half": lib.colu_run_half, "half_ok": lib.colu_half_ok}
 
 
 # colu_run's argument buffer, one per thread: ctypes releases the GIL during
@@ -189,7 +176,7 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
 
 
 def load():
-    """The kernel table ``{dtype: (forward, backward)}``, building it on first use; ``None`` if unavailable.
+    """The kernel's entry points ``{"run", "run_half", "half_ok"}``, building it on first use; ``None`` if unavailable.
 
     A failure is reported by one ``RuntimeWarning`` per process and remembered,
     so later calls return ``None`` at once.
