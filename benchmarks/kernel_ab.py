@@ -1,7 +1,7 @@
 """In-process A/B of CPU kernel builds on a float32 tensor, (4096, 1024) unless --shape says otherwise.
 
 Usage: python benchmarks/kernel_ab.py OLD.c NEW.c [--shape 4096x1024] [--cone-dim 4] [--kind colu]
-       [--backward] [--repeats 200]
+       [--scaling hard] [--backward] [--repeats 200]
 
 Builds each kernel source with the package's flags, then times ATen's ReLU
 (or its backward, threshold_backward) and every build in turn, one call each
@@ -49,6 +49,7 @@ def main():
     p.add_argument("--shape", type=shape, default=(4096, 1024), help="NxC (default: 4096x1024)")
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
+    p.add_argument("--scaling", choices=["hard", "soft", "firm"], default="hard")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
@@ -58,7 +59,7 @@ def main():
     bench._keep_freed_buffers()
     N, C = args.shape
     x, g = torch.randn(N, C), torch.randn(N, C)
-    cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), "hard", 1e-7, "identity")
+    cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), args.scaling, 1e-7, "identity")
     block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, 1,
                                   ctypes.addressof(cfg), torch.get_num_threads())
 

@@ -93,6 +93,23 @@ def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
     _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
 
 
+
+@pytest.mark.parametrize("S", [4, 8, 16])
+@pytest.mark.parametrize("blocks", [1, 3, 4, 5, 9])
+def test_forward_chunks_of_blocks_and_their_remainders(S, blocks):
+    # the float32 forward runs blocks of 16 cones four at a time: whole chunks, a last partial chunk and
+    # 3 cones after the last block, with one thread (one span) and two
+    x, g = _inputs((2, S * (16 * blocks + 3)), -1, torch.float32, seed=blocks)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for scaling in ("hard", "soft"):
+                for fn, ref in ((colu.colu, reference.colu), (colu.rcolu, reference.rcolu)):
+                    _check(lambda t: fn(t, S, scaling=scaling), lambda t: ref(t, S, scaling=scaling), x, g, torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+
 @pytest.mark.parametrize(
     "path,shape,dim,kw",
     [

@@ -589,6 +589,12 @@ ALWAYS_INLINE void avx_fwd8(const float* x, float* y, const i64 S, const int kin
     }
 }
 
+/* nb blocks of 8 cones, one after the other (the AVX-512 blocks' avz_fwd_chunk, for avx_fwd8) */
+ALWAYS_INLINE void avx_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
+                                 const float eps) {
+    for (int j = 0; j < nb; ++j) avx_fwd8(x + j * 8 * S, y + j * 8 * S, S, kind, sc, eps);
+}
+
 ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
                             const float eps) {
     __m256 acc_s[8], acc_q[8];
@@ -742,35 +748,42 @@ ALWAYS_INLINE __m512 avz_sum4(const __m512* v) {
     return _mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3]));
 }
 
-/* 16 cones of S = 4 floats at x. The per-cone scalars go through the shared
- * helpers in a fixed 16-step loop that the compiler turns into one vector
- * pass (the arrays stay in registers). */
-ALWAYS_INLINE void avz_fwd4(const float* x, float* y, const i64 S, const int kind, const int sc, const float eps) {
-    (void)S;
-    __m512 v[4];
-    float ss[16], t[16], w[16];
+/* The forward of a block of 16 cones is split in two: the per-cone sums
+ * (stats: t, the axis value, ss, the squared section norm, and for RCoLU mu,
+ * the mean) and the output (apply: the section scaled by w). avz_fwd_chunk
+ * runs stats for a few blocks, then all their weights, then all their
+ * outputs, so that the chains of dependent instructions of neighbouring
+ * blocks (reduction -> square root -> division -> exponential -> spread back,
+ * 100-200 cycles, longer than the out-of-order window covers) run side by
+ * side instead of one after the other. For S = 4 stats keeps the transposed
+ * (for RCoLU, centred) vectors for apply. */
+ALWAYS_INLINE void avz_stats4(const float* x, const int kind, __m512* v, float* t, float* ss, float* mu) {
     avz_load4(v, x);
     if (kind == 0) {
         _mm512_storeu_ps(ss, _mm512_fmadd_ps(v[3], v[3], _mm512_fmadd_ps(v[2], v[2], _mm512_mul_ps(v[1], v[1]))));
         _mm512_storeu_ps(t, v[0]);
-        avz_weights(w, t, ss, eps, sc);
-        const __m512 bw = _mm512_loadu_ps(w);
-        for (int k = 1; k < 4; ++k) v[k] = _mm512_mul_ps(v[k], bw);
-        avz_store4(y, v);
         return;
     }
     /* RCoLU as cone_fwd: the mean, the centred channels, t = 2 mu (sqrt(4) = 2) */
-    const __m512 mu = _mm512_mul_ps(avz_sum4(v), _mm512_set1_ps(0.25f));
+    const __m512 m = _mm512_mul_ps(avz_sum4(v), _mm512_set1_ps(0.25f));
     __m512 acc = _mm512_setzero_ps();
     for (int k = 0; k < 4; ++k) {
-        v[k] = _mm512_sub_ps(v[k], mu);
+        v[k] = _mm512_sub_ps(v[k], m);
         acc = _mm512_fmadd_ps(v[k], v[k], acc);
     }
     _mm512_storeu_ps(ss, acc);
-    _mm512_storeu_ps(t, _mm512_add_ps(mu, mu));
-    avz_weights(w, t, ss, eps, sc);
+    _mm512_storeu_ps(t, _mm512_add_ps(m, m));
+    _mm512_storeu_ps(mu, m);
+}
+
+ALWAYS_INLINE void avz_apply4(float* y, const int kind, __m512* v, const float* w, const float* mu) {
     const __m512 bw = _mm512_loadu_ps(w);
-    for (int k = 0; k < 4; ++k) v[k] = _mm512_fmadd_ps(bw, v[k], mu);
+    if (kind == 0) {
+        for (int k = 1; k < 4; ++k) v[k] = _mm512_mul_ps(v[k], bw);
+    } else {
+        const __m512 m = _mm512_loadu_ps(mu);
+        for (int k = 0; k < 4; ++k) v[k] = _mm512_fmadd_ps(bw, v[k], m);
+    }
     avz_store4(y, v);
 }
 
@@ -861,33 +874,40 @@ ALWAYS_INLINE __m512 avz_axes8(const __m512* u) {
     return a;
 }
 
-ALWAYS_INLINE void avz_fwd8(const float* x, float* y, const i64 S, const int kind, const int sc, const float eps) {
-    (void)S;
+ALWAYS_INLINE void avz_stats8(const float* x, const int kind, float* t, float* ss, float* mu) {
     __m512 u[8], sq[8];
-    float ss[16], t[16], w[16];
     for (int i = 0; i < 8; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
     if (kind == 0) {
         for (int i = 0; i < 8; ++i) sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
         _mm512_storeu_ps(ss, avz_reduce8(sq));
         _mm512_storeu_ps(t, avz_axes8(u));
-        avz_weights(w, t, ss, eps, sc);
-        const __m512 bw = _mm512_loadu_ps(w);
-        for (int i = 0; i < 8; ++i)
-            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u[i], AVZ_SECS8, u[i], avz_spread8(bw, i)));
         return;
     }
     /* RCoLU as cone_fwd: the mean, the centred channels, t = sqrt(8) mu */
-    const __m512 mu = _mm512_mul_ps(avz_reduce8(u), _mm512_set1_ps(0.125f));
+    const __m512 m = _mm512_mul_ps(avz_reduce8(u), _mm512_set1_ps(0.125f));
     for (int i = 0; i < 8; ++i) {
-        u[i] = _mm512_sub_ps(u[i], avz_spread8(mu, i));
-        sq[i] = _mm512_mul_ps(u[i], u[i]);
+        const __m512 c = _mm512_sub_ps(u[i], avz_spread8(m, i));
+        sq[i] = _mm512_mul_ps(c, c);
     }
     _mm512_storeu_ps(ss, avz_reduce8(sq));
-    _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(sqrtf(8.0f))));
-    avz_weights(w, t, ss, eps, sc);
+    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(sqrtf(8.0f))));
+    _mm512_storeu_ps(mu, m);
+}
+
+ALWAYS_INLINE void avz_apply8(const float* x, float* y, const int kind, const float* w, const float* mu) {
     const __m512 bw = _mm512_loadu_ps(w);
-    for (int i = 0; i < 8; ++i)
-        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), u[i], avz_spread8(mu, i)));
+    if (kind == 0) {
+        for (int i = 0; i < 8; ++i) {
+            const __m512 u = _mm512_loadu_ps(x + 16 * i);
+            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u, AVZ_SECS8, u, avz_spread8(bw, i)));
+        }
+        return;
+    }
+    const __m512 m = _mm512_loadu_ps(mu);
+    for (int i = 0; i < 8; ++i) {
+        const __m512 bm = avz_spread8(m, i);
+        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
+    }
 }
 
 ALWAYS_INLINE void avz_bwd8(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
@@ -973,32 +993,61 @@ ALWAYS_INLINE __m512 avz_axes16(const __m512* u) {
     return avz_axes8(z);
 }
 
-ALWAYS_INLINE void avz_fwd16(const float* x, float* y, const i64 S, const int kind, const int sc, const float eps) {
-    (void)S;
+ALWAYS_INLINE void avz_stats16(const float* x, const int kind, float* t, float* ss, float* mu) {
     __m512 u[16], sq[16];
-    float ss[16], t[16], w[16];
     for (int i = 0; i < 16; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
     if (kind == 0) {
         for (int i = 0; i < 16; ++i) sq[i] = _mm512_maskz_mul_ps((__mmask16)0xFFFE, u[i], u[i]);
         _mm512_storeu_ps(ss, avz_reduce16(sq));
         _mm512_storeu_ps(t, avz_axes16(u));
-        avz_weights(w, t, ss, eps, sc);
-        const __m512 bw = _mm512_loadu_ps(w);
-        for (int i = 0; i < 16; ++i)
-            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u[i], (__mmask16)0xFFFE, u[i], avz_spread16(bw, i)));
         return;
     }
-    const __m512 mu = _mm512_mul_ps(avz_reduce16(u), _mm512_set1_ps(0.0625f));
+    const __m512 m = _mm512_mul_ps(avz_reduce16(u), _mm512_set1_ps(0.0625f));
     for (int i = 0; i < 16; ++i) {
-        u[i] = _mm512_sub_ps(u[i], avz_spread16(mu, i));
-        sq[i] = _mm512_mul_ps(u[i], u[i]);
+        const __m512 c = _mm512_sub_ps(u[i], avz_spread16(m, i));
+        sq[i] = _mm512_mul_ps(c, c);
     }
     _mm512_storeu_ps(ss, avz_reduce16(sq));
-    _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(4.0f))); /* sqrt(16) */
-    avz_weights(w, t, ss, eps, sc);
+    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(4.0f))); /* sqrt(16) */
+    _mm512_storeu_ps(mu, m);
+}
+
+ALWAYS_INLINE void avz_apply16(const float* x, float* y, const int kind, const float* w, const float* mu) {
     const __m512 bw = _mm512_loadu_ps(w);
-    for (int i = 0; i < 16; ++i)
-        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread16(bw, i), u[i], avz_spread16(mu, i)));
+    if (kind == 0) {
+        for (int i = 0; i < 16; ++i) {
+            const __m512 u = _mm512_loadu_ps(x + 16 * i);
+            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u, (__mmask16)0xFFFE, u, avz_spread16(bw, i)));
+        }
+        return;
+    }
+    const __m512 m = _mm512_loadu_ps(mu);
+    for (int i = 0; i < 16; ++i) {
+        const __m512 bm = avz_spread16(m, i);
+        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread16(bw, i), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
+    }
+}
+
+/* nb <= AVZ_CHUNK blocks of 16 cones of S = 4, 8 or 16 floats (see avz_stats4) */
+#define AVZ_CHUNK 4
+ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
+                                 const float eps) {
+    float t[16 * AVZ_CHUNK], ss[16 * AVZ_CHUNK], mu[16 * AVZ_CHUNK], w[16 * AVZ_CHUNK];
+    __m512 keep[AVZ_CHUNK][4];
+    for (int j = 0; j < nb; ++j) {
+        const float* xb = x + j * 16 * S;
+        if (S == 4) avz_stats4(xb, kind, keep[j], t + 16 * j, ss + 16 * j, mu + 16 * j);
+        else if (S == 8) avz_stats8(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
+        else avz_stats16(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
+    }
+    for (int j = 0; j < nb; ++j) avz_weights(w + 16 * j, t + 16 * j, ss + 16 * j, eps, sc);
+    for (int j = 0; j < nb; ++j) {
+        const float* xb = x + j * 16 * S;
+        float* yb = y + j * 16 * S;
+        if (S == 4) avz_apply4(yb, kind, keep[j], w + 16 * j, mu + 16 * j);
+        else if (S == 8) avz_apply8(xb, yb, kind, w + 16 * j, mu + 16 * j);
+        else avz_apply16(xb, yb, kind, w + 16 * j, mu + 16 * j);
+    }
 }
 
 /* The backward keeps x, g and two sets of products, 64 vectors for 32
@@ -1030,17 +1079,23 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
     for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 1, 3);
 }
 
-/* n cones: whole blocks of BN cones in parallel (BLK_FWD/BLK_BWD: avz_fwd4 or
- * avx_fwd8 and their backward), the last n % BN through cone_fwd/cone_bwd */
+/* n cones: whole blocks of BN cones in parallel, BLK_CHUNK blocks per call of
+ * BLK_FWD (avz_fwd_chunk or avx_fwd_chunk) and one block per call of BLK_BWD
+ * (avz_bwd4 ... avx_bwd8), the last n % BN cones through cone_fwd/cone_bwd */
+#define BLK_CHUNK(SS, SC) (((SS) == 4 || (SC) != 0) ? 4 : 2)
 #define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                                     \
     static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,       \
                                                          const i64 n, const colu_cfg* c, const int nt) {   \
         const float eps = (float)c->eps;                                                                 \
-        const i64 nblk = n / (BN);                                                                          \
-        PAR_SPANS(nblk, for (i64 b = lo; b < hi; ++b) {                                                   \
-            blk_prefetch(x + b * (BN) * (SS), (BN) * (SS));                                              \
-            if ((SS) <= 8) blk_prefetch_out(y + b * (BN) * (SS), (BN) * (SS));                           \
-            BLK_FWD(x + b * (BN) * (SS), y + b * (BN) * (SS), SS, KIND, SC, eps);                         \
+        const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
+        PAR_SPANS(nblk, {                                                                                  \
+            i64 b = lo;                                                                                    \
+            for (; b + BLK_CHUNK(SS, SC) <= hi; b += BLK_CHUNK(SS, SC)) {                                  \
+                blk_prefetch(x + b * step, BLK_CHUNK(SS, SC) * step);                                      \
+                if ((SS) <= 8) blk_prefetch_out(y + b * step, BLK_CHUNK(SS, SC) * step);                   \
+                BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(SS, SC), SS, KIND, SC, eps);                 \
+            }                                                                                              \
+            if (b < hi) BLK_FWD(x + b * step, y + b * step, (int)(hi - b), SS, KIND, SC, eps);             \
         });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
     }                                                                                                    \
@@ -1065,15 +1120,15 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
     M(SN, SS, HIT, 1, 0, F, B, BN) M(SN, SS, HIT, 1, 1, F, B, BN) M(SN, SS, HIT, 1, 2, F, B, BN)
 #ifdef COLU_AVX512
 #define AVX_KEYS_512(M)                                                 \
-    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd4, avz_bwd4, 16)                \
-    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd8, avz_bwd8, 16)                \
-    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd16, avz_bwd16, 16)
+    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd_chunk, avz_bwd4, 16)                \
+    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd8, 16)                \
+    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16, 16)
 #else
-#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd8, avx_bwd8, 8)
+#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd8, 8)
 #endif
 #define AVX_ALL(M)                                                      \
     AVX_KEYS_512(M)                                                     \
-    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd8, avx_bwd8, 8)
+    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd_chunk, avx_bwd8, 8)
 #define DEF_AVX(SN, SS, HIT, KIND, SC, F, B, BN) AVX_LOOPS(SN##_##KIND##_##SC, SS, KIND, SC, F, B, BN)
 AVX_ALL(DEF_AVX)
 #undef DEF_AVX
