@@ -15,8 +15,9 @@
  *    the identity axis, hand-written vector blocks take over where the
  *    compiler's code was compute-bound: AVX-512 blocks of 16 cones for
  *    S = 4, 8, 16 and AVX2 blocks of 8 cones for larger multiples of 8 (and
- *    S = 16 without AVX-512); see the comments above avz_fwd4, avz_fwd8,
- *    avz_fwd16 and avx_fwd8.
+ *    S = 16 without AVX-512), run a few blocks at a time (avz_fwd_chunk,
+ *    avz_bwd_chunk); see the comments above avz_transpose4, avz_reduce8,
+ *    avz_fold16, avz_stats4 and avx_fwd8.
  *  - rows (inner == 1, shared axis or axes_first layout): a row of C
  *    channels at a time, in blocks of NB cones: per-cone sums into small
  *    arrays, the per-cone scalars over those arrays, then the writes.
@@ -677,6 +678,12 @@ ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i6
     }
 }
 
+/* nb blocks of 8 cones, one after the other */
+ALWAYS_INLINE void avx_bwd_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S, const int kind,
+                                 const int sc, const float eps) {
+    for (int j = 0; j < nb; ++j) avx_bwd8(x + j * 8 * S, gr + j * 8 * S, gi + j * 8 * S, S, kind, sc, eps);
+}
+
 #ifdef COLU_AVX512
 /* --------------------------------------------- AVX-512 blocks for S = 4 */
 /* 16 cones of 4 floats are 4 vectors of 4 cones each (one per 128-bit
@@ -756,7 +763,9 @@ ALWAYS_INLINE __m512 avz_sum4(const __m512* v) {
  * blocks (reduction -> square root -> division -> exponential -> spread back,
  * 100-200 cycles, longer than the out-of-order window covers) run side by
  * side instead of one after the other. For S = 4 stats keeps the transposed
- * (for RCoLU, centred) vectors for apply. */
+ * (for RCoLU, centred) vectors for apply. kernel_micro (one core, L2): forward
+ * 0.77-0.99x the time of one block at a time (most for S = 4 and soft), and
+ * the backward's chunks 0.68-0.95x for S = 4, 8. */
 ALWAYS_INLINE void avz_stats4(const float* x, const int kind, __m512* v, float* t, float* ss, float* mu) {
     avz_load4(v, x);
     if (kind == 0) {
@@ -785,55 +794,6 @@ ALWAYS_INLINE void avz_apply4(float* y, const int kind, __m512* v, const float* 
         for (int k = 0; k < 4; ++k) v[k] = _mm512_fmadd_ps(bw, v[k], m);
     }
     avz_store4(y, v);
-}
-
-ALWAYS_INLINE void avz_bwd4(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
-                            const float eps) {
-    (void)S;
-    __m512 v[4], g[4];
-    float ss[16], q[16], t[16], w[16], kk[16], coef[16];
-    avz_load4(v, x);
-    avz_load4(g, gr);
-    if (kind == 0) {
-        __m512 as = _mm512_mul_ps(v[1], v[1]), aq = _mm512_mul_ps(g[1], v[1]);
-        for (int k = 2; k < 4; ++k) {
-            as = _mm512_fmadd_ps(v[k], v[k], as);
-            aq = _mm512_fmadd_ps(g[k], v[k], aq);
-        }
-        _mm512_storeu_ps(ss, as);
-        _mm512_storeu_ps(q, aq);
-        _mm512_storeu_ps(t, v[0]);
-        _Pragma("omp simd") for (int j = 0; j < 16; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, kk + j, coef + j);
-        const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef);
-        /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
-        g[0] = _mm512_add_ps(g[0], _mm512_loadu_ps(kk));
-        for (int k = 1; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_mul_ps(bw, g[k]));
-        avz_store4(gi, g);
-        return;
-    }
-    const __m512 quarter = _mm512_set1_ps(0.25f);
-    const __m512 mu = _mm512_mul_ps(avz_sum4(v), quarter), gm = _mm512_mul_ps(avz_sum4(g), quarter);
-    __m512 as = _mm512_setzero_ps(), aq = _mm512_setzero_ps();
-    for (int k = 0; k < 4; ++k) {
-        const __m512 p = _mm512_sub_ps(v[k], mu);
-        as = _mm512_fmadd_ps(p, p, as);
-        aq = _mm512_fmadd_ps(g[k], p, aq);
-    }
-    float mus[16], gms[16], add[16];
-    _mm512_storeu_ps(ss, as);
-    _mm512_storeu_ps(q, aq);
-    _mm512_storeu_ps(t, _mm512_add_ps(mu, mu));
-    _mm512_storeu_ps(mus, mu);
-    _mm512_storeu_ps(gms, gm);
-    /* as cone_bwd, with 1 / sqrt(4) = 0.5 */
-    _Pragma("omp simd") for (int j = 0; j < 16; ++j) {
-        float k;
-        bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
-        add[j] = gms[j] + k * 0.5f - w[j] * gms[j] + coef[j] * mus[j];
-    }
-    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), ba = _mm512_loadu_ps(add);
-    for (int k = 0; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_fmadd_ps(bw, g[k], ba));
-    avz_store4(gi, g);
 }
 
 /* --------------------------------------------- AVX-512 blocks for S = 8 */
@@ -908,58 +868,6 @@ ALWAYS_INLINE void avz_apply8(const float* x, float* y, const int kind, const fl
         const __m512 bm = avz_spread8(m, i);
         _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
     }
-}
-
-ALWAYS_INLINE void avz_bwd8(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
-                            const float eps) {
-    (void)S;
-    __m512 u[8], e[8], sq[8], gx[8];
-    float ss[16], q[16], t[16], w[16], kk[16], coef[16];
-    for (int i = 0; i < 8; ++i) {
-        u[i] = _mm512_loadu_ps(x + 16 * i);
-        e[i] = _mm512_loadu_ps(gr + 16 * i);
-    }
-    if (kind == 0) {
-        for (int i = 0; i < 8; ++i) {
-            sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
-            gx[i] = _mm512_maskz_mul_ps(AVZ_SECS8, e[i], u[i]);
-        }
-        _mm512_storeu_ps(ss, avz_reduce8(sq));
-        _mm512_storeu_ps(q, avz_reduce8(gx));
-        _mm512_storeu_ps(t, avz_axes8(u));
-        _Pragma("omp simd") for (int j = 0; j < 16; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, kk + j, coef + j);
-        const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), bk = _mm512_loadu_ps(kk);
-        /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
-        for (int i = 0; i < 8; ++i) {
-            const __m512 sec = _mm512_fnmadd_ps(avz_spread8(bc, i), u[i], _mm512_mul_ps(avz_spread8(bw, i), e[i]));
-            _mm512_storeu_ps(gi + 16 * i, _mm512_mask_add_ps(sec, AVZ_AXES8, e[i], avz_spread8(bk, i)));
-        }
-        return;
-    }
-    const __m512 eighth = _mm512_set1_ps(0.125f);
-    const __m512 mu = _mm512_mul_ps(avz_reduce8(u), eighth), gm = _mm512_mul_ps(avz_reduce8(e), eighth);
-    for (int i = 0; i < 8; ++i) {
-        const __m512 p = _mm512_sub_ps(u[i], avz_spread8(mu, i));
-        sq[i] = _mm512_mul_ps(p, p);
-        gx[i] = _mm512_mul_ps(e[i], p);
-    }
-    float mus[16], gms[16], add[16];
-    const float rs = sqrtf(8.0f), inv_rs = 1.0f / rs;
-    _mm512_storeu_ps(ss, avz_reduce8(sq));
-    _mm512_storeu_ps(q, avz_reduce8(gx));
-    _mm512_storeu_ps(t, _mm512_mul_ps(mu, _mm512_set1_ps(rs)));
-    _mm512_storeu_ps(mus, mu);
-    _mm512_storeu_ps(gms, gm);
-    /* as cone_bwd */
-    _Pragma("omp simd") for (int j = 0; j < 16; ++j) {
-        float k;
-        bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
-        add[j] = gms[j] + k * inv_rs - w[j] * gms[j] + coef[j] * mus[j];
-    }
-    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), ba = _mm512_loadu_ps(add);
-    for (int i = 0; i < 8; ++i)
-        _mm512_storeu_ps(gi + 16 * i, _mm512_fnmadd_ps(avz_spread8(bc, i), u[i],
-                                                       _mm512_fmadd_ps(avz_spread8(bw, i), e[i], avz_spread8(ba, i))));
 }
 
 /* -------------------------------------------- AVX-512 blocks for S = 16 */
@@ -1050,6 +958,132 @@ ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i
     }
 }
 
+/* The backward in the same three phases as avz_fwd_chunk: per-cone sums of each block (ss, q = <g, section>,
+ * t, and for RCoLU the means of x and g), the per-cone scalars of all blocks of the chunk, then the
+ * outputs. For S = 4 the transposed x and g stay in keep (8 vectors a block); S = 8 reads them again. */
+ALWAYS_INLINE void avz_bstats4(const float* x, const float* gr, const int kind, __m512* keep, float* t, float* ss,
+                               float* q, float* mu, float* gm) {
+    __m512 *v = keep, *g = keep + 4;
+    avz_load4(v, x);
+    avz_load4(g, gr);
+    if (kind == 0) {
+        __m512 as = _mm512_mul_ps(v[1], v[1]), aq = _mm512_mul_ps(g[1], v[1]);
+        for (int k = 2; k < 4; ++k) {
+            as = _mm512_fmadd_ps(v[k], v[k], as);
+            aq = _mm512_fmadd_ps(g[k], v[k], aq);
+        }
+        _mm512_storeu_ps(ss, as);
+        _mm512_storeu_ps(q, aq);
+        _mm512_storeu_ps(t, v[0]);
+        return;
+    }
+    const __m512 quarter = _mm512_set1_ps(0.25f);
+    const __m512 m = _mm512_mul_ps(avz_sum4(v), quarter);
+    __m512 as = _mm512_setzero_ps(), aq = _mm512_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+        const __m512 p = _mm512_sub_ps(v[k], m);
+        as = _mm512_fmadd_ps(p, p, as);
+        aq = _mm512_fmadd_ps(g[k], p, aq);
+    }
+    _mm512_storeu_ps(ss, as);
+    _mm512_storeu_ps(q, aq);
+    _mm512_storeu_ps(t, _mm512_add_ps(m, m));
+    _mm512_storeu_ps(mu, m);
+    _mm512_storeu_ps(gm, _mm512_mul_ps(avz_sum4(g), quarter));
+}
+
+/* b: the axis' added term kk for CoLU, the per-cone constant add for RCoLU (see avz_bwd_chunk) */
+ALWAYS_INLINE void avz_bapply4(float* gi, const int kind, __m512* keep, const float* w, const float* b,
+                               const float* coef) {
+    __m512 *v = keep, *g = keep + 4;
+    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), bb = _mm512_loadu_ps(b);
+    if (kind == 0) {
+        /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
+        g[0] = _mm512_add_ps(g[0], bb);
+        for (int k = 1; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_mul_ps(bw, g[k]));
+    } else {
+        for (int k = 0; k < 4; ++k) g[k] = _mm512_fnmadd_ps(bc, v[k], _mm512_fmadd_ps(bw, g[k], bb));
+    }
+    avz_store4(gi, g);
+}
+
+ALWAYS_INLINE void avz_bstats8(const float* x, const float* gr, const int kind, float* t, float* ss, float* q,
+                               float* mu, float* gm) {
+    __m512 u[8], e[8], sq[8], gx[8];
+    for (int i = 0; i < 8; ++i) {
+        u[i] = _mm512_loadu_ps(x + 16 * i);
+        e[i] = _mm512_loadu_ps(gr + 16 * i);
+    }
+    if (kind == 0) {
+        for (int i = 0; i < 8; ++i) {
+            sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
+            gx[i] = _mm512_maskz_mul_ps(AVZ_SECS8, e[i], u[i]);
+        }
+        _mm512_storeu_ps(ss, avz_reduce8(sq));
+        _mm512_storeu_ps(q, avz_reduce8(gx));
+        _mm512_storeu_ps(t, avz_axes8(u));
+        return;
+    }
+    const __m512 eighth = _mm512_set1_ps(0.125f);
+    const __m512 m = _mm512_mul_ps(avz_reduce8(u), eighth);
+    for (int i = 0; i < 8; ++i) {
+        const __m512 p = _mm512_sub_ps(u[i], avz_spread8(m, i));
+        sq[i] = _mm512_mul_ps(p, p);
+        gx[i] = _mm512_mul_ps(e[i], p);
+    }
+    _mm512_storeu_ps(ss, avz_reduce8(sq));
+    _mm512_storeu_ps(q, avz_reduce8(gx));
+    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(sqrtf(8.0f))));
+    _mm512_storeu_ps(mu, m);
+    _mm512_storeu_ps(gm, _mm512_mul_ps(avz_reduce8(e), eighth));
+}
+
+ALWAYS_INLINE void avz_bapply8(const float* x, const float* gr, float* gi, const int kind, const float* w,
+                               const float* b, const float* coef) {
+    const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), bb = _mm512_loadu_ps(b);
+    for (int i = 0; i < 8; ++i) {
+        const __m512 u = _mm512_loadu_ps(x + 16 * i), e = _mm512_loadu_ps(gr + 16 * i);
+        if (kind == 0) {
+            const __m512 sec = _mm512_fnmadd_ps(avz_spread8(bc, i), u, _mm512_mul_ps(avz_spread8(bw, i), e));
+            _mm512_storeu_ps(gi + 16 * i, _mm512_mask_add_ps(sec, AVZ_AXES8, e, avz_spread8(bb, i)));
+        } else {
+            _mm512_storeu_ps(gi + 16 * i, _mm512_fnmadd_ps(avz_spread8(bc, i), u,
+                                                           _mm512_fmadd_ps(avz_spread8(bw, i), e, avz_spread8(bb, i))));
+        }
+    }
+}
+
+/* nb <= AVZ_CHUNK blocks of 16 cones of S = 4 or 8 floats */
+ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
+                                 const int kind, const int sc, const float eps) {
+    enum { N = 16 * AVZ_CHUNK };
+    float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N];
+    __m512 keep[AVZ_CHUNK][8];
+    for (int j = 0; j < nb; ++j) {
+        const i64 o = j * 16 * S;
+        const int c = 16 * j;
+        if (S == 4) avz_bstats4(x + o, gr + o, kind, keep[j], t + c, ss + c, q + c, mu + c, gm + c);
+        else avz_bstats8(x + o, gr + o, kind, t + c, ss + c, q + c, mu + c, gm + c);
+    }
+    if (kind == 0) {
+        _Pragma("omp simd") for (int j = 0; j < 16 * nb; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, b + j, coef + j);
+    } else {
+        const float inv_rs = S == 4 ? 0.5f : 1.0f / sqrtf(8.0f);
+        /* as cone_bwd */
+        _Pragma("omp simd") for (int j = 0; j < 16 * nb; ++j) {
+            float k;
+            bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
+            b[j] = gm[j] + k * inv_rs - w[j] * gm[j] + coef[j] * mu[j];
+        }
+    }
+    for (int j = 0; j < nb; ++j) {
+        const i64 o = j * 16 * S;
+        const int c = 16 * j;
+        if (S == 4) avz_bapply4(gi + o, kind, keep[j], w + c, b + c, coef + c);
+        else avz_bapply8(x + o, gr + o, gi + o, kind, w + c, b + c, coef + c);
+    }
+}
+
 /* The backward keeps x, g and two sets of products, 64 vectors for 32
  * registers, and its 512-bit version spilled and measured slower on streamed
  * tensors than the AVX2 blocks; it runs those, two per block of 16 cones. */
@@ -1057,6 +1091,10 @@ ALWAYS_INLINE void avz_bwd16(const float* x, const float* gr, float* gi, const i
                              const float eps) {
     avx_bwd8(x, gr, gi, S, kind, sc, eps);
     avx_bwd8(x + 8 * S, gr + 8 * S, gi + 8 * S, S, kind, sc, eps);
+}
+ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
+                                   const int kind, const int sc, const float eps) {
+    for (int j = 0; j < nb; ++j) avz_bwd16(x + j * 16 * S, gr + j * 16 * S, gi + j * 16 * S, S, kind, sc, eps);
 }
 #endif /* COLU_AVX512 */
 
@@ -1079,10 +1117,16 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
     for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 1, 3);
 }
 
-/* n cones: whole blocks of BN cones in parallel, BLK_CHUNK blocks per call of
- * BLK_FWD (avz_fwd_chunk or avx_fwd_chunk) and one block per call of BLK_BWD
- * (avz_bwd4 ... avx_bwd8), the last n % BN cones through cone_fwd/cone_bwd */
-#define BLK_CHUNK(SS, SC) (((SS) == 4 || (SC) != 0) ? 4 : 2)
+/* n cones: whole blocks of BN cones in parallel, BLK_CHUNK (BLK_CHUNK_BWD)
+ * blocks per call of BLK_FWD (BLK_BWD), the last n % BN cones through
+ * cone_fwd/cone_bwd. Chunks of several blocks only where the blocks are
+ * split into phases (avz_fwd_chunk, avz_bwd_chunk), sized by kernel_micro:
+ * 4 blocks where the per-cone chain is long (S = 4, soft and firm), 2 for
+ * the hard forward of S = 8, 16, whose blocks are limited by their permutes
+ * rather than by latency; the S = 16 backward (AVX2 blocks) and the AVX2
+ * forward gained nothing from it and run one block at a time. */
+#define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? 1 : ((SS) == 4 || (SC) != 0) ? 4 : 2)
+#define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : 1)
 #define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                                     \
     static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,       \
                                                          const i64 n, const colu_cfg* c, const int nt) {   \
@@ -1090,10 +1134,10 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
         PAR_SPANS(nblk, {                                                                                  \
             i64 b = lo;                                                                                    \
-            for (; b + BLK_CHUNK(SS, SC) <= hi; b += BLK_CHUNK(SS, SC)) {                                  \
-                blk_prefetch(x + b * step, BLK_CHUNK(SS, SC) * step);                                      \
-                if ((SS) <= 8) blk_prefetch_out(y + b * step, BLK_CHUNK(SS, SC) * step);                   \
-                BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(SS, SC), SS, KIND, SC, eps);                 \
+            for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC)) {                                  \
+                blk_prefetch(x + b * step, BLK_CHUNK(BN, SS, SC) * step);                                      \
+                if ((SS) <= 8) blk_prefetch_out(y + b * step, BLK_CHUNK(BN, SS, SC) * step);                   \
+                BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);                 \
             }                                                                                              \
             if (b < hi) BLK_FWD(x + b * step, y + b * step, (int)(hi - b), SS, KIND, SC, eps);             \
         });                                                                                              \
@@ -1103,11 +1147,15 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
                                                          float* restrict gi, const i64 n, const colu_cfg* c, \
                                                          const int nt) {                                 \
         const float eps = (float)c->eps;                                                                 \
-        const i64 nblk = n / (BN);                                                                          \
-        PAR_SPANS(nblk, for (i64 b = lo; b < hi; ++b) {                                                   \
-            blk_prefetch(x + b * (BN) * (SS), (BN) * (SS));                                              \
-            blk_prefetch(gr + b * (BN) * (SS), (BN) * (SS));                                             \
-            BLK_BWD(x + b * (BN) * (SS), gr + b * (BN) * (SS), gi + b * (BN) * (SS), SS, KIND, SC, eps);  \
+        const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
+        PAR_SPANS(nblk, {                                                                                  \
+            i64 b = lo;                                                                                    \
+            for (; b + BLK_CHUNK_BWD(BN, SS) <= hi; b += BLK_CHUNK_BWD(BN, SS)) {                                          \
+                blk_prefetch(x + b * step, BLK_CHUNK_BWD(BN, SS) * step);                                          \
+                blk_prefetch(gr + b * step, BLK_CHUNK_BWD(BN, SS) * step);                                         \
+                BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, eps);     \
+            }                                                                                              \
+            if (b < hi) BLK_BWD(x + b * step, gr + b * step, gi + b * step, (int)(hi - b), SS, KIND, SC, eps); \
         });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i)                                                               \
             cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, 0, eps);              \
@@ -1120,15 +1168,15 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
     M(SN, SS, HIT, 1, 0, F, B, BN) M(SN, SS, HIT, 1, 1, F, B, BN) M(SN, SS, HIT, 1, 2, F, B, BN)
 #ifdef COLU_AVX512
 #define AVX_KEYS_512(M)                                                 \
-    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd_chunk, avz_bwd4, 16)                \
-    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd8, 16)                \
-    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16, 16)
+    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd_chunk, avz_bwd_chunk, 16)                \
+    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd_chunk, 16)                \
+    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16_chunk, 16)
 #else
-#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd8, 8)
+#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd_chunk, 8)
 #endif
 #define AVX_ALL(M)                                                      \
     AVX_KEYS_512(M)                                                     \
-    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd_chunk, avx_bwd8, 8)
+    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd_chunk, avx_bwd_chunk, 8)
 #define DEF_AVX(SN, SS, HIT, KIND, SC, F, B, BN) AVX_LOOPS(SN##_##KIND##_##SC, SS, KIND, SC, F, B, BN)
 AVX_ALL(DEF_AVX)
 #undef DEF_AVX
