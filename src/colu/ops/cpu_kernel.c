@@ -590,10 +590,32 @@ ALWAYS_INLINE void avx_fwd8(const float* x, float* y, const i64 S, const int kin
     }
 }
 
+/* Software prefetch, 8 KB ahead, of the block that the loop will read then.
+ * A block reads all its cache lines, computes, then writes them all; with
+ * that rhythm the hardware prefetcher fell behind on tensors that stream
+ * from memory: the S = 16 blocks measured 1.4x slower than the AVX2 ones on
+ * a (4096, 1024) forward until the prefetch, and then matched or beat them
+ * (and every block size gained on small tensors, which are L2-resident).
+ * The forward of the S = 4 and S = 8 blocks also prefetches its output for
+ * writing, so that the stores find their lines already owned: A/B runs on
+ * (4096, 1024) (benchmarks/kernel_ab.py) took 6-20% off against 4 KB
+ * without it; for S = 16 it cost as much, so those blocks leave the output
+ * to the hardware. */
+#define PREFETCH_AHEAD 2048 /* floats */
+ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
+    for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 0, 3);
+}
+ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
+    for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 1, 3);
+}
+
 /* nb blocks of 8 cones, one after the other (the AVX-512 blocks' avz_fwd_chunk, for avx_fwd8) */
 ALWAYS_INLINE void avx_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
                                  const float eps) {
-    for (int j = 0; j < nb; ++j) avx_fwd8(x + j * 8 * S, y + j * 8 * S, S, kind, sc, eps);
+    for (int j = 0; j < nb; ++j) {
+        blk_prefetch(x + j * 8 * S, 8 * S);
+        avx_fwd8(x + j * 8 * S, y + j * 8 * S, S, kind, sc, eps);
+    }
 }
 
 ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
@@ -681,7 +703,11 @@ ALWAYS_INLINE void avx_bwd8(const float* x, const float* gr, float* gi, const i6
 /* nb blocks of 8 cones, one after the other */
 ALWAYS_INLINE void avx_bwd_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S, const int kind,
                                  const int sc, const float eps) {
-    for (int j = 0; j < nb; ++j) avx_bwd8(x + j * 8 * S, gr + j * 8 * S, gi + j * 8 * S, S, kind, sc, eps);
+    for (int j = 0; j < nb; ++j) {
+        blk_prefetch(x + j * 8 * S, 8 * S);
+        blk_prefetch(gr + j * 8 * S, 8 * S);
+        avx_bwd8(x + j * 8 * S, gr + j * 8 * S, gi + j * 8 * S, S, kind, sc, eps);
+    }
 }
 
 #ifdef COLU_AVX512
@@ -944,6 +970,8 @@ ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i
     __m512 keep[AVZ_CHUNK][4];
     for (int j = 0; j < nb; ++j) {
         const float* xb = x + j * 16 * S;
+        blk_prefetch(xb, 16 * S);
+        if (S <= 8) blk_prefetch_out(y + j * 16 * S, 16 * S);
         if (S == 4) avz_stats4(xb, kind, keep[j], t + 16 * j, ss + 16 * j, mu + 16 * j);
         else if (S == 8) avz_stats8(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
         else avz_stats16(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
@@ -960,10 +988,11 @@ ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i
 
 /* The backward in the same three phases as avz_fwd_chunk: per-cone sums of each block (ss, q = <g, section>,
  * t, and for RCoLU the means of x and g), the per-cone scalars of all blocks of the chunk, then the
- * outputs. For S = 4 the transposed x and g stay in keep (8 vectors a block); S = 8 reads them again. */
-ALWAYS_INLINE void avz_bstats4(const float* x, const float* gr, const int kind, __m512* keep, float* t, float* ss,
-                               float* q, float* mu, float* gm) {
-    __m512 *v = keep, *g = keep + 4;
+ * outputs. The outputs read x and g again (from L1): keeping the S = 4 transposes on the stack measured
+ * slower. */
+ALWAYS_INLINE void avz_bstats4(const float* x, const float* gr, const int kind, float* t, float* ss, float* q,
+                               float* mu, float* gm) {
+    __m512 v[4], g[4];
     avz_load4(v, x);
     avz_load4(g, gr);
     if (kind == 0) {
@@ -993,9 +1022,11 @@ ALWAYS_INLINE void avz_bstats4(const float* x, const float* gr, const int kind, 
 }
 
 /* b: the axis' added term kk for CoLU, the per-cone constant add for RCoLU (see avz_bwd_chunk) */
-ALWAYS_INLINE void avz_bapply4(float* gi, const int kind, __m512* keep, const float* w, const float* b,
-                               const float* coef) {
-    __m512 *v = keep, *g = keep + 4;
+ALWAYS_INLINE void avz_bapply4(const float* x, const float* gr, float* gi, const int kind, const float* w,
+                               const float* b, const float* coef) {
+    __m512 v[4], g[4];
+    avz_load4(v, x);
+    avz_load4(g, gr);
     const __m512 bw = _mm512_loadu_ps(w), bc = _mm512_loadu_ps(coef), bb = _mm512_loadu_ps(b);
     if (kind == 0) {
         /* the axis gets g_a + k, the section w g - coef x (as cone_bwd) */
@@ -1058,11 +1089,12 @@ ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, con
                                  const int kind, const int sc, const float eps) {
     enum { N = 16 * AVZ_CHUNK };
     float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N];
-    __m512 keep[AVZ_CHUNK][8];
     for (int j = 0; j < nb; ++j) {
         const i64 o = j * 16 * S;
         const int c = 16 * j;
-        if (S == 4) avz_bstats4(x + o, gr + o, kind, keep[j], t + c, ss + c, q + c, mu + c, gm + c);
+        blk_prefetch(x + o, 16 * S);
+        blk_prefetch(gr + o, 16 * S);
+        if (S == 4) avz_bstats4(x + o, gr + o, kind, t + c, ss + c, q + c, mu + c, gm + c);
         else avz_bstats8(x + o, gr + o, kind, t + c, ss + c, q + c, mu + c, gm + c);
     }
     if (kind == 0) {
@@ -1079,7 +1111,7 @@ ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, con
     for (int j = 0; j < nb; ++j) {
         const i64 o = j * 16 * S;
         const int c = 16 * j;
-        if (S == 4) avz_bapply4(gi + o, kind, keep[j], w + c, b + c, coef + c);
+        if (S == 4) avz_bapply4(x + o, gr + o, gi + o, kind, w + c, b + c, coef + c);
         else avz_bapply8(x + o, gr + o, gi + o, kind, w + c, b + c, coef + c);
     }
 }
@@ -1094,37 +1126,25 @@ ALWAYS_INLINE void avz_bwd16(const float* x, const float* gr, float* gi, const i
 }
 ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
                                    const int kind, const int sc, const float eps) {
-    for (int j = 0; j < nb; ++j) avz_bwd16(x + j * 16 * S, gr + j * 16 * S, gi + j * 16 * S, S, kind, sc, eps);
+    for (int j = 0; j < nb; ++j) {
+        blk_prefetch(x + j * 16 * S, 16 * S);
+        blk_prefetch(gr + j * 16 * S, 16 * S);
+        avz_bwd16(x + j * 16 * S, gr + j * 16 * S, gi + j * 16 * S, S, kind, sc, eps);
+    }
 }
 #endif /* COLU_AVX512 */
 
-/* Software prefetch, 8 KB ahead, of the block that the loop will read then.
- * A block reads all its cache lines, computes, then writes them all; with
- * that rhythm the hardware prefetcher fell behind on tensors that stream
- * from memory: the S = 16 blocks measured 1.4x slower than the AVX2 ones on
- * a (4096, 1024) forward until the prefetch, and then matched or beat them
- * (and every block size gained on small tensors, which are L2-resident).
- * The forward of the S = 4 and S = 8 blocks also prefetches its output for
- * writing, so that the stores find their lines already owned: A/B runs on
- * (4096, 1024) (benchmarks/kernel_ab.py) took 6-20% off against 4 KB
- * without it; for S = 16 it cost as much, so those blocks leave the output
- * to the hardware. */
-#define PREFETCH_AHEAD 2048 /* floats */
-ALWAYS_INLINE void blk_prefetch(const float* p, const i64 n) {
-    for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 0, 3);
-}
-ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
-    for (i64 l = 0; l < n; l += 16) __builtin_prefetch(p + PREFETCH_AHEAD + l, 1, 3);
-}
-
-/* n cones: whole blocks of BN cones in parallel, BLK_CHUNK (BLK_CHUNK_BWD)
- * blocks per call of BLK_FWD (BLK_BWD), the last n % BN cones through
- * cone_fwd/cone_bwd. Chunks of several blocks only where the blocks are
- * split into phases (avz_fwd_chunk, avz_bwd_chunk), sized by kernel_micro:
- * 4 blocks where the per-cone chain is long (S = 4, soft and firm), 2 for
- * the hard forward of S = 8, 16, whose blocks are limited by their permutes
- * rather than by latency; the S = 16 backward (AVX2 blocks) and the AVX2
- * forward gained nothing from it and run one block at a time. */
+/* n cones: whole blocks of BN cones in parallel, the last n % BN cones
+ * through cone_fwd/cone_bwd. Tensors of at most CHUNKED_MAX floats (which
+ * stay in L2) run BLK_CHUNK (BLK_CHUNK_BWD) blocks per call of BLK_FWD
+ * (BLK_BWD) where the blocks are split into phases (avz_fwd_chunk,
+ * avz_bwd_chunk): 4 where the per-cone chain is long (S = 4, soft and firm),
+ * 2 for the hard forward of S = 8, 16, whose blocks are limited by their
+ * permutes rather than by latency. Larger tensors run one block per call:
+ * kernel_ab.py A/B runs on (2048, 1024) and (4096, 1024) measured chunks
+ * 5-110% slower there (most for the S = 4 backward) against 7-19% faster on
+ * (64, 512) for soft S = 4, 16 and the S = 8 backward. */
+#define CHUNKED_MAX (128 * 1024)
 #define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? 1 : ((SS) == 4 || (SC) != 0) ? 4 : 2)
 #define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : 1)
 #define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                                     \
@@ -1134,12 +1154,10 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
         PAR_SPANS(nblk, {                                                                                  \
             i64 b = lo;                                                                                    \
-            for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC)) {                                  \
-                blk_prefetch(x + b * step, BLK_CHUNK(BN, SS, SC) * step);                                      \
-                if ((SS) <= 8) blk_prefetch_out(y + b * step, BLK_CHUNK(BN, SS, SC) * step);                   \
-                BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);                 \
-            }                                                                                              \
-            if (b < hi) BLK_FWD(x + b * step, y + b * step, (int)(hi - b), SS, KIND, SC, eps);             \
+            if (n * (SS) <= CHUNKED_MAX)                                                                   \
+                for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC))                        \
+                    BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);         \
+            for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, eps);                 \
         });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i) cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, 0, eps); \
     }                                                                                                    \
@@ -1150,12 +1168,10 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
         PAR_SPANS(nblk, {                                                                                  \
             i64 b = lo;                                                                                    \
-            for (; b + BLK_CHUNK_BWD(BN, SS) <= hi; b += BLK_CHUNK_BWD(BN, SS)) {                                          \
-                blk_prefetch(x + b * step, BLK_CHUNK_BWD(BN, SS) * step);                                          \
-                blk_prefetch(gr + b * step, BLK_CHUNK_BWD(BN, SS) * step);                                         \
-                BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, eps);     \
-            }                                                                                              \
-            if (b < hi) BLK_BWD(x + b * step, gr + b * step, gi + b * step, (int)(hi - b), SS, KIND, SC, eps); \
+            if (n * (SS) <= CHUNKED_MAX)                                                                   \
+                for (; b + BLK_CHUNK_BWD(BN, SS) <= hi; b += BLK_CHUNK_BWD(BN, SS))                        \
+                    BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, eps); \
+            for (; b < hi; ++b) BLK_BWD(x + b * step, gr + b * step, gi + b * step, 1, SS, KIND, SC, eps);   \
         });                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i)                                                               \
             cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, 0, eps);              \
