@@ -51,3 +51,15 @@ def test_bench_default_shapes_include_a_memory_bound_one_on_cuda():
     assert bench._parse(["--device", "cpu"]).shapes == "4096x1024,64x512"
     assert bench._parse(["--device", "cuda"]).shapes == "4096x1024,64x512,32768x8192"
     assert bench._parse(["--device", "cuda", "--shapes", "8x8"]).shapes == "8x8"
+
+
+def test_interleaved_shuffles_the_order_of_every_repeat():
+    # a fixed order lets a row inherit its predecessor's state; each repeat runs every case once, in a new order
+    seen = []
+    cases = {name: (lambda name=name: seen.append(name)) for name in "abcde"}
+    medians = bench._interleaved(cases, timer=lambda fn: (fn(), 1.0)[1], repeats=12, warmup=2)
+    assert medians == dict.fromkeys("abcde", 1.0)
+    rounds = [tuple(seen[i : i + 5]) for i in range(10, len(seen), 5)]  # after 5 cases x 2 warm-ups
+    assert len(rounds) == 12 and all(sorted(r) == list("abcde") for r in rounds)
+    assert len(set(rounds)) > 1
+    assert len({r[0] for r in rounds}) > 1, "the same case led every repeat"
