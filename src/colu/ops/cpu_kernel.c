@@ -1143,7 +1143,10 @@ ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, c
  * permutes rather than by latency. Larger tensors run one block per call:
  * kernel_ab.py A/B runs on (2048, 1024) and (4096, 1024) measured chunks
  * 5-110% slower there (most for the S = 4 backward) against 7-19% faster on
- * (64, 512) for soft S = 4, 16 and the S = 8 backward. */
+ * (64, 512) for soft S = 4, 16 and the S = 8 backward. The soft and firm
+ * forward of S = 4, 8 is the exception, chunked at every size: 10-16% faster
+ * on an L3-resident (2048, 1024) and no slower when streaming (4096, 1024),
+ * where for S = 16 chunks cost 7-11%. */
 #define CHUNKED_MAX (128 * 1024)
 #define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? 1 : ((SS) == 4 || (SC) != 0) ? 4 : 2)
 #define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : 1)
@@ -1154,7 +1157,7 @@ ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, c
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                     \
         PAR_SPANS(nblk, {                                                                                  \
             i64 b = lo;                                                                                    \
-            if (n * (SS) <= CHUNKED_MAX)                                                                   \
+            if (((SC) != 0 && (SS) <= 8) || n * (SS) <= CHUNKED_MAX)                                       \
                 for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC))                        \
                     BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);         \
             for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, eps);                 \
