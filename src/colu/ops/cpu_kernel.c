@@ -966,7 +966,8 @@ ALWAYS_INLINE void avz_apply16(const float* x, float* y, const int kind, const f
 #define AVZ_CHUNK 4
 ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
                                  const float eps) {
-    float t[16 * AVZ_CHUNK], ss[16 * AVZ_CHUNK], mu[16 * AVZ_CHUNK], w[16 * AVZ_CHUNK];
+    enum { N = 16 * AVZ_CHUNK };
+    float t[N], ss[N], mu[N], w[N];
     __m512 keep[AVZ_CHUNK][4];
     for (int j = 0; j < nb; ++j) {
         const float* xb = x + j * 16 * S;
