@@ -860,42 +860,6 @@ ALWAYS_INLINE __m512 avz_axes8(const __m512* u) {
     return a;
 }
 
-ALWAYS_INLINE void avz_stats8(const float* x, const int kind, float* t, float* ss, float* mu) {
-    __m512 u[8], sq[8];
-    for (int i = 0; i < 8; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
-    if (kind == 0) {
-        for (int i = 0; i < 8; ++i) sq[i] = _mm512_maskz_mul_ps(AVZ_SECS8, u[i], u[i]);
-        _mm512_storeu_ps(ss, avz_reduce8(sq));
-        _mm512_storeu_ps(t, avz_axes8(u));
-        return;
-    }
-    /* RCoLU as cone_fwd: the mean, the centred channels, t = sqrt(8) mu */
-    const __m512 m = _mm512_mul_ps(avz_reduce8(u), _mm512_set1_ps(0.125f));
-    for (int i = 0; i < 8; ++i) {
-        const __m512 c = _mm512_sub_ps(u[i], avz_spread8(m, i));
-        sq[i] = _mm512_mul_ps(c, c);
-    }
-    _mm512_storeu_ps(ss, avz_reduce8(sq));
-    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(sqrtf(8.0f))));
-    _mm512_storeu_ps(mu, m);
-}
-
-ALWAYS_INLINE void avz_apply8(const float* x, float* y, const int kind, const float* w, const float* mu) {
-    const __m512 bw = _mm512_loadu_ps(w);
-    if (kind == 0) {
-        for (int i = 0; i < 8; ++i) {
-            const __m512 u = _mm512_loadu_ps(x + 16 * i);
-            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u, AVZ_SECS8, u, avz_spread8(bw, i)));
-        }
-        return;
-    }
-    const __m512 m = _mm512_loadu_ps(mu);
-    for (int i = 0; i < 8; ++i) {
-        const __m512 bm = avz_spread8(m, i);
-        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread8(bw, i), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
-    }
-}
-
 /* -------------------------------------------- AVX-512 blocks for S = 16 */
 /* 16 cones of 16 floats are 16 vectors, one per cone. avz_fold16 adds the
  * two halves of each cone and packs two cones per vector, which is the
@@ -927,38 +891,50 @@ ALWAYS_INLINE __m512 avz_axes16(const __m512* u) {
     return avz_axes8(z);
 }
 
-ALWAYS_INLINE void avz_stats16(const float* x, const int kind, float* t, float* ss, float* mu) {
+/* The S = 8 and S = 16 blocks are S vectors with their per-cone sums in avz_reduce8's order; these pick
+ * the piece for the S at hand (a constant once inlined). */
+#define AVZ_SECS(S) ((S) == 8 ? AVZ_SECS8 : (__mmask16)0xFFFE) /* the section lanes of a vector */
+ALWAYS_INLINE __m512 avz_reduce_s(const __m512* u, const i64 S) { return S == 8 ? avz_reduce8(u) : avz_reduce16(u); }
+ALWAYS_INLINE __m512 avz_axes_s(const __m512* u, const i64 S) { return S == 8 ? avz_axes8(u) : avz_axes16(u); }
+ALWAYS_INLINE __m512 avz_spread_s(const __m512 r, const int i, const i64 S) {
+    return S == 8 ? avz_spread8(r, i) : avz_spread16(r, i);
+}
+
+/* stats and apply (see avz_stats4) for 16 cones of S = 8 or 16 */
+ALWAYS_INLINE void avz_stats_wide(const float* x, const i64 S, const int kind, float* t, float* ss, float* mu) {
     __m512 u[16], sq[16];
-    for (int i = 0; i < 16; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
+    for (int i = 0; i < S; ++i) u[i] = _mm512_loadu_ps(x + 16 * i);
     if (kind == 0) {
-        for (int i = 0; i < 16; ++i) sq[i] = _mm512_maskz_mul_ps((__mmask16)0xFFFE, u[i], u[i]);
-        _mm512_storeu_ps(ss, avz_reduce16(sq));
-        _mm512_storeu_ps(t, avz_axes16(u));
+        for (int i = 0; i < S; ++i) sq[i] = _mm512_maskz_mul_ps(AVZ_SECS(S), u[i], u[i]);
+        _mm512_storeu_ps(ss, avz_reduce_s(sq, S));
+        _mm512_storeu_ps(t, avz_axes_s(u, S));
         return;
     }
-    const __m512 m = _mm512_mul_ps(avz_reduce16(u), _mm512_set1_ps(0.0625f));
-    for (int i = 0; i < 16; ++i) {
-        const __m512 c = _mm512_sub_ps(u[i], avz_spread16(m, i));
+    /* RCoLU as cone_fwd: the mean, the centred channels, t = sqrt(S) mu */
+    const __m512 m = _mm512_mul_ps(avz_reduce_s(u, S), _mm512_set1_ps(1.0f / (float)S));
+    for (int i = 0; i < S; ++i) {
+        const __m512 c = _mm512_sub_ps(u[i], avz_spread_s(m, i, S));
         sq[i] = _mm512_mul_ps(c, c);
     }
-    _mm512_storeu_ps(ss, avz_reduce16(sq));
-    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(4.0f))); /* sqrt(16) */
+    _mm512_storeu_ps(ss, avz_reduce_s(sq, S));
+    _mm512_storeu_ps(t, _mm512_mul_ps(m, _mm512_set1_ps(sqrtf((float)S))));
     _mm512_storeu_ps(mu, m);
 }
 
-ALWAYS_INLINE void avz_apply16(const float* x, float* y, const int kind, const float* w, const float* mu) {
+ALWAYS_INLINE void avz_apply_wide(const float* x, float* y, const i64 S, const int kind, const float* w,
+                                  const float* mu) {
     const __m512 bw = _mm512_loadu_ps(w);
     if (kind == 0) {
-        for (int i = 0; i < 16; ++i) {
+        for (int i = 0; i < S; ++i) {
             const __m512 u = _mm512_loadu_ps(x + 16 * i);
-            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u, (__mmask16)0xFFFE, u, avz_spread16(bw, i)));
+            _mm512_storeu_ps(y + 16 * i, _mm512_mask_mul_ps(u, AVZ_SECS(S), u, avz_spread_s(bw, i, S)));
         }
         return;
     }
     const __m512 m = _mm512_loadu_ps(mu);
-    for (int i = 0; i < 16; ++i) {
-        const __m512 bm = avz_spread16(m, i);
-        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread16(bw, i), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
+    for (int i = 0; i < S; ++i) {
+        const __m512 bm = avz_spread_s(m, i, S);
+        _mm512_storeu_ps(y + 16 * i, _mm512_fmadd_ps(avz_spread_s(bw, i, S), _mm512_sub_ps(_mm512_loadu_ps(x + 16 * i), bm), bm));
     }
 }
 
@@ -974,16 +950,14 @@ ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i
         blk_prefetch(xb, 16 * S);
         if (S <= 8) blk_prefetch_out(y + j * 16 * S, 16 * S);
         if (S == 4) avz_stats4(xb, kind, keep[j], t + 16 * j, ss + 16 * j, mu + 16 * j);
-        else if (S == 8) avz_stats8(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
-        else avz_stats16(xb, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
+        else avz_stats_wide(xb, S, kind, t + 16 * j, ss + 16 * j, mu + 16 * j);
     }
     for (int j = 0; j < nb; ++j) avz_weights(w + 16 * j, t + 16 * j, ss + 16 * j, eps, sc);
     for (int j = 0; j < nb; ++j) {
         const float* xb = x + j * 16 * S;
         float* yb = y + j * 16 * S;
         if (S == 4) avz_apply4(yb, kind, keep[j], w + 16 * j, mu + 16 * j);
-        else if (S == 8) avz_apply8(xb, yb, kind, w + 16 * j, mu + 16 * j);
-        else avz_apply16(xb, yb, kind, w + 16 * j, mu + 16 * j);
+        else avz_apply_wide(xb, yb, S, kind, w + 16 * j, mu + 16 * j);
     }
 }
 
@@ -1117,21 +1091,12 @@ ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, con
     }
 }
 
-/* The backward keeps x, g and two sets of products, 64 vectors for 32
+/* The S = 16 backward keeps x, g and two sets of products, 64 vectors for 32
  * registers, and its 512-bit version spilled and measured slower on streamed
  * tensors than the AVX2 blocks; it runs those, two per block of 16 cones. */
-ALWAYS_INLINE void avz_bwd16(const float* x, const float* gr, float* gi, const i64 S, const int kind, const int sc,
-                             const float eps) {
-    avx_bwd8(x, gr, gi, S, kind, sc, eps);
-    avx_bwd8(x + 8 * S, gr + 8 * S, gi + 8 * S, S, kind, sc, eps);
-}
 ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
                                    const int kind, const int sc, const float eps) {
-    for (int j = 0; j < nb; ++j) {
-        blk_prefetch(x + j * 16 * S, 16 * S);
-        blk_prefetch(gr + j * 16 * S, 16 * S);
-        avz_bwd16(x + j * 16 * S, gr + j * 16 * S, gi + j * 16 * S, S, kind, sc, eps);
-    }
+    avx_bwd_chunk(x, gr, gi, 2 * nb, S, kind, sc, eps);
 }
 #endif /* COLU_AVX512 */
 
