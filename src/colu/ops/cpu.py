@@ -35,7 +35,7 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-share
 ABI_VERSION = 3
 
 _SCALING = {"hard": 0, "soft": 1, "firm": 2}
-_HALF = (torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # the kernel converts these itself where it can (colu_run_half)
 _ACT = {"identity": 0, "relu": 1, "silu": 2}
 
 
@@ -135,7 +135,7 @@ ARG_X, ARG_OUT, ARG_THREADS = 2, 4, 9
 
 def _dtype_flag(dtype: torch.dtype) -> bool:
     # slot 1 of the argument block: float64 for colu_run, bfloat16 for colu_run_half
-    return dtype is torch.bfloat16 if dtype in _HALF else dtype is torch.float64
+    return dtype is torch.bfloat16 if dtype in HALF_DTYPES else dtype is torch.float64
 
 
 def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
@@ -169,7 +169,7 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
         cfg,
         torch.get_num_threads(),
     )
-    if x.dtype in _HALF:
+    if x.dtype in HALF_DTYPES:
         return bool(lib["run_half"](_tls.addr))
     lib["run"](_tls.addr)
     return True

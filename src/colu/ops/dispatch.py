@@ -37,7 +37,7 @@ import torch
 from . import closed_form, cpu
 
 BACKENDS = ("auto", "closed_form", "cpu", "triton")
-HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_DTYPES = cpu.HALF_DTYPES
 KERNEL_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 
 calls: collections.Counter = collections.Counter()
