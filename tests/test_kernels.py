@@ -490,3 +490,90 @@ def test_builds_for_other_cpus_match_reference(tmp_path, march):
         torch.testing.assert_close(gi, gr, **TOL[torch.float32])
         assert _half_matches_reference(lib, x, g, S, kind, scaling, torch.bfloat16)
         assert _half_matches_reference(lib, x, g, S, kind, scaling, torch.float16) == native_f16
+
+
+def _planned_results(fn, x, g, kw):
+    """Forward and input gradient of two calls (the second replays the plan the first cached)."""
+    out = []
+    for _ in range(2):
+        xg = x.clone().requires_grad_(True)
+        y = fn(xg, **kw)
+        (gx,) = torch.autograd.grad(y, xg, g)
+        out.append((y.detach(), gx))
+    return out[1]
+
+
+_ENTRY_CASES = [  # (function, arguments, dtype, channels)
+    (colu.colu, dict(cone_dim=4), torch.float32, 96),
+    (colu.rcolu, dict(cone_dim=8, scaling="soft"), torch.float32, 96),
+    (colu.colu, dict(cone_dim=3, share_axis=True, scaling="firm"), torch.float64, 97),
+    (colu.rcolu, dict(cone_dim=16), torch.bfloat16, 96),
+]
+
+
+@pytest.mark.skipif(cpu._python_include() is None, reason="no Python headers: the library is built without its entry")
+def test_planned_calls_go_through_the_python_entry(monkeypatch):
+    """With the Python headers the library carries cpu_entry.c; replayed calls use it, forward and backward,
+    and give bit for bit what the ctypes route gives."""
+    from colu import functional
+
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    lib = cpu.load()
+    assert lib["call"] is not None, "the library should have been built with its CPython entry"
+    gen = torch.Generator().manual_seed(5)
+    for fn, kw, dtype, C in _ENTRY_CASES:
+        functional._plans.clear()
+        x = (torch.randn(33, C, generator=gen) * 2).to(dtype)
+        g = torch.randn(33, C, generator=gen).to(dtype)
+        via_entry = _planned_results(fn, x, g, kw)
+        (plan,) = functional._plans.values()
+        assert plan.call is lib["call"]
+        seen = []
+        plan.call = lambda *a, _call=lib["call"]: seen.append(len(a)) or _call(*a)
+        assert _planned_results(fn, x, g, kw)[0].equal(via_entry[0])
+        assert seen == [3, 4, 3, 4], "replayed forwards (3 arguments) and backwards (4) should use the entry"
+        plan.call = None  # the ctypes route
+        via_ctypes = _planned_results(fn, x, g, kw)
+        for a, b in zip(via_entry, via_ctypes):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        ref = getattr(reference, fn.__name__)(x if dtype in TOL else x.float(), **kw).to(dtype)
+        torch.testing.assert_close(via_entry[0], ref, **TOL.get(dtype, dict(atol=2e-2, rtol=2e-2)))
+
+
+@pytest.mark.skipif(cpu._python_include() is None, reason="no Python headers: the library is built without its entry")
+def test_python_entry_rejects_bad_calls():
+    call = cpu.load()["call"]
+    x = torch.randn(4, 8)
+    with pytest.raises(TypeError, match="takes 3 or 4 arguments, got 2"):
+        call(0, False)
+    with pytest.raises(ValueError, match="null address"):
+        call(0, False, x)
+
+
+def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeypatch):
+    """Where Python.h is missing only the kernel is built; calls, planned ones included, go through ctypes."""
+    from colu import functional
+
+    monkeypatch.setenv("COLU_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    monkeypatch.setattr(cpu, "_python_include", lambda: None)
+    cpu.reset()
+    try:
+        lib = cpu.load()
+        assert lib is not None and lib["call"] is None
+        assert list(tmp_path.glob("*/colu_cpu.so")), "the kernel-only build should be cached"
+        x = torch.randn(12, 64) * 2
+        g = torch.randn(12, 64)
+        before = dispatch.calls["cpu"]
+        y, gx = _planned_results(colu.rcolu, x, g, dict(cone_dim=4, scaling="soft"))
+        assert dispatch.calls["cpu"] == before + 4
+        assert all(p.call is None for p in functional._plans.values() if p.lib is lib)
+        xr = x.clone().requires_grad_(True)
+        yr = reference.rcolu(xr, 4, scaling="soft")
+        (gr,) = torch.autograd.grad(yr, xr, g)
+        torch.testing.assert_close(y, yr.detach(), **TOL[torch.float32])
+        torch.testing.assert_close(gx, gr, **TOL[torch.float32])
+    finally:
+        monkeypatch.undo()
+        cpu.reset()
+        cpu.load()

@@ -104,13 +104,15 @@ class _Plan:
 class _CpuPlan(_Plan):
     """The C kernel on float32/float64, and on float16/bfloat16 where it converts them itself.
 
-    The kernel's argument block is filled once here; a call writes only the
-    two data pointers and the thread count into it. The block belongs to one
-    thread (the thread is in the key) because the kernel reads it after
-    ctypes has released the GIL.
+    The kernel's argument block is filled once here. A call goes through the
+    library's CPython entry where it was built (``cpu.load()["call"]``), which
+    fills in the data pointers and the thread count on its own copy of the
+    block; otherwise through ctypes, writing them into the block itself, which
+    is why a plan belongs to one thread (the thread is in the key): the kernel
+    reads the block after ctypes has released the GIL.
     """
 
-    __slots__ = ("lib", "cfg_struct", "args", "args_addr", "run")
+    __slots__ = ("lib", "cfg_struct", "args", "args_addr", "run", "call", "half")
     backend = "cpu"
 
     def __init__(self, lib, x, dim, spec, scaling, eps, axis_activation):
@@ -119,9 +121,13 @@ class _CpuPlan(_Plan):
         self.cfg_struct = cpu.config(spec, scaling, eps, axis_activation)  # held here: the kernel gets its address
         self.args = cpu.forward_args(x, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
         self.args_addr = ctypes.addressof(self.args)
-        self.run = lib["run_half"] if x.dtype in dispatch.HALF_DTYPES else lib["run"]
+        self.half = x.dtype in dispatch.HALF_DTYPES
+        self.run = lib["run_half"] if self.half else lib["run"]
+        self.call = lib["call"]
 
     def forward(self, x):
+        if self.call is not None:
+            return self.call(self.args_addr, self.half, x)
         y = torch.empty_like(x)
         args = self.args
         args[cpu.ARG_X] = x.data_ptr()
@@ -131,8 +137,11 @@ class _CpuPlan(_Plan):
         return y
 
     def backward(self, x, grad):
+        grad = grad.contiguous()
+        if self.call is not None:
+            return self.call(self.args_addr, self.half, x, grad)
         out = torch.empty_like(x)
-        cpu.run(self.lib, 1, x, grad.contiguous(), out, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
+        cpu.run(self.lib, 1, x, grad, out, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
         return out
 
 

@@ -1,7 +1,11 @@
 """Fused CPU backend: ``cpu_kernel.c`` built on first use and called through ctypes.
 
 The C file includes no torch headers, so it builds in about a second with the
-system C compiler (``$CC``, else ``cc``/``gcc``). The shared library is cached
+system C compiler (``$CC``, else ``cc``/``gcc``). Where the Python headers are
+installed, ``cpu_entry.c`` is built into the same library: a CPython function
+through which planned calls (:mod:`colu.functional`) skip ctypes, about half a
+microsecond a call; without the headers everything goes through ctypes. The
+shared library is cached
 under ``$COLU_CACHE_DIR`` (default ``~/.cache/colu``) in a directory named
 by a hash of the source, the flags, the compiler's identity and the CPU (the
 build uses ``-march=native``), so an edit, another compiler or another
@@ -17,10 +21,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import warnings
@@ -29,6 +35,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
+ENTRY_SOURCE = Path(__file__).with_name("cpu_entry.c")
+ENTRY_MODULE = "_colu_cpu"  # cpu_entry.c's module name (its PyInit__colu_cpu)
 # -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
 # kernels rely on NaN comparisons behaving as IEEE says.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
@@ -79,10 +87,23 @@ def _cpu_identity() -> str:
         return platform.processor()
 
 
-def _build(cc: str) -> Path:
+def _python_include() -> str | None:
+    """The directory holding ``Python.h`` for this interpreter, or ``None`` (no headers installed)."""
+    include = sysconfig.get_paths().get("include")
+    return include if include and os.path.isfile(os.path.join(include, "Python.h")) else None
+
+
+def _build(cc: str, with_entry: bool) -> Path:
+    """Build (or find in the cache) the kernel library, with cpu_entry.c when ``with_entry``."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    sources, extra = [SOURCE], []
+    if with_entry:
+        sources.append(ENTRY_SOURCE)
+        extra = [f"-I{_python_include()}"]
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), cc, version, _cpu_identity(), platform.machine()]).encode()
+        "\0".join(
+            [*(src.read_text() for src in sources), " ".join([*FLAGS, *extra]), cc, version, _cpu_identity(), platform.machine()]
+        ).encode()
     ).hexdigest()[:16]
     target_dir = cache_dir() / key
     target = target_dir / "colu_cpu.so"
@@ -92,9 +113,11 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        cmd = [cc, *FLAGS, *extra, *map(str, sources), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise KernelUnavailable(f"{cc} failed to build {SOURCE.name} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+            names = " and ".join(src.name for src in sources)
+            raise KernelUnavailable(f"{cc} failed to build {names} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -113,7 +136,21 @@ def _open(path: Path):
     lib.colu_run_half.restype = ctypes.c_int
     lib.colu_half_ok.argtypes = [ptr, ctypes.c_int]
     lib.colu_half_ok.restype = ctypes.c_int
-    return {"run": lib.colu_run, "run_half": lib.colu_run_half, "half_ok": lib.colu_half_ok}
+    return {"run": lib.colu_run, "run_half": lib.colu_run_half, "half_ok": lib.colu_half_ok, "call": _entry(lib, path)}
+
+
+def _entry(lib, path: Path):
+    """cpu_entry.c's ``call`` where the library has it, else ``None``."""
+    if not hasattr(lib, "PyInit_" + ENTRY_MODULE):
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(ENTRY_MODULE, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):
+        return None  # ctypes still reaches the kernel
+    module.init(torch.empty_like, torch.get_num_threads)
+    return module.call
 
 
 # colu_run's argument buffer, one per thread: ctypes releases the GIL during
@@ -175,8 +212,19 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
     return True
 
 
+def _build_any(cc: str) -> Path:
+    """The library with the CPython entry where the headers are there and it builds, else the kernel alone."""
+    if _python_include() is not None:
+        try:
+            return _build(cc, with_entry=True)
+        except KernelUnavailable:
+            pass  # the kernel alone reports its own error if it fails too
+    return _build(cc, with_entry=False)
+
+
 def load():
-    """The kernel's entry points ``{"run", "run_half", "half_ok"}``, building it on first use; ``None`` if unavailable.
+    """The kernel's entry points ``{"run", "run_half", "half_ok", "call"}``, building it on first use;
+    ``None`` if unavailable. ``call`` is cpu_entry.c's function, ``None`` where it was not built.
 
     A failure is reported by one ``RuntimeWarning`` per process and remembered,
     so later calls return ``None`` at once.
@@ -189,7 +237,7 @@ def load():
             raise KernelUnavailable(
                 f"no C compiler found (CC={os.environ.get('CC')!r}; tried cc and gcc on PATH)"
             )
-        _state["lib"] = _open(_build(cc))
+        _state["lib"] = _open(_build_any(cc))
     except (KernelUnavailable, OSError, subprocess.SubprocessError, AttributeError) as err:
         _state["error"] = err
         if not _state["warned"]:
