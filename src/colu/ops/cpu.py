@@ -1,16 +1,17 @@
-"""Fused CPU backend: ``cpu_kernel.c`` built on first use and called through ctypes.
+"""Fused CPU backend: ``cpu_kernel.c`` built on first use, called through ctypes or its CPython entry.
 
 The C file includes no torch headers, so it builds in about a second with the
 system C compiler (``$CC``, else ``cc``/``gcc``). Where the Python headers are
 installed, ``cpu_entry.c`` is built into the same library: a CPython function
 through which planned calls (:mod:`colu.functional`) skip ctypes, about half a
-microsecond a call; without the headers everything goes through ctypes. The
-shared library is cached
-under ``$COLU_CACHE_DIR`` (default ``~/.cache/colu``) in a directory named
-by a hash of the source, the flags, the compiler's identity and the CPU (the
-build uses ``-march=native``), so an edit, another compiler or another
-machine gets its own build and concurrent first uses cannot see a half-written
-file (it is written under a temporary name and renamed).
+microsecond a call; without the headers everything goes through ctypes.
+
+The shared library is cached under ``$COLU_CACHE_DIR`` (default
+``~/.cache/colu``) in a directory named by a hash of the sources, the flags,
+the compiler's identity and the CPU (the build uses ``-march=native``), so an
+edit, another compiler or another machine gets its own build and concurrent
+first uses cannot see a half-written file (it is written under a temporary
+name and renamed).
 
 Where no compiler works the package still runs: :func:`load` returns ``None``
 after one warning and dispatch uses the closed-form backend.
@@ -93,13 +94,13 @@ def _python_include() -> str | None:
     return include if include and os.path.isfile(os.path.join(include, "Python.h")) else None
 
 
-def _build(cc: str, with_entry: bool) -> Path:
-    """Build (or find in the cache) the kernel library, with cpu_entry.c when ``with_entry``."""
+def _build(cc: str, python_include: str | None = None) -> Path:
+    """Build (or find in the cache) the kernel library, with cpu_entry.c when given the Python headers' directory."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     sources, extra = [SOURCE], []
-    if with_entry:
+    if python_include is not None:
         sources.append(ENTRY_SOURCE)
-        extra = [f"-I{_python_include()}"]
+        extra = [f"-I{python_include}"]
     key = hashlib.sha256(
         "\0".join(
             [*(src.read_text() for src in sources), " ".join([*FLAGS, *extra]), cc, version, _cpu_identity(), platform.machine()]
@@ -214,12 +215,13 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
 
 def _build_any(cc: str) -> Path:
     """The library with the CPython entry where the headers are there and it builds, else the kernel alone."""
-    if _python_include() is not None:
+    include = _python_include()
+    if include is not None:
         try:
-            return _build(cc, with_entry=True)
+            return _build(cc, include)
         except KernelUnavailable:
             pass  # the kernel alone reports its own error if it fails too
-    return _build(cc, with_entry=False)
+    return _build(cc)
 
 
 def load():
