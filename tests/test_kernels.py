@@ -328,7 +328,8 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
 
 
 def test_cached_plans_are_per_thread():
-    """A plan's kernel argument block is read after ctypes releases the GIL, so threads never share one."""
+    """Plans are cached per thread: the ctypes route writes a plan's argument block, which the kernel reads after
+    ctypes has released the GIL, so threads never share one."""
     import threading
 
     from colu import functional
@@ -336,20 +337,26 @@ def test_cached_plans_are_per_thread():
     x = torch.randn(8, 48)
     colu.colu(x, 4)
     colu.colu(x, 4)
-    mine = {k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape}
-    results = {}
+    results, idents = {}, {}
+    # both threads are alive together, so their idents differ (an exited thread's ident can be reused)
+    together = threading.Barrier(2)
 
     def work(i):
+        idents[i] = threading.get_ident()
+        together.wait()
         xi = torch.randn(8, 48, generator=torch.Generator().manual_seed(i))
         results[i] = [(xi, colu.colu(xi, 4)) for _ in range(50)]
+        together.wait()
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    theirs = {k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape} - mine
-    assert len(theirs) == 2, "each thread should have cached its own plan"
+    assert idents[0] != idents[1]
+    for ident in idents.values():
+        theirs = [k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape and k[-1] == ident]
+        assert len(theirs) == 1, "each thread should have cached its own plan"
     for pairs in results.values():
         for xi, y in pairs:
             torch.testing.assert_close(y, reference.colu(xi, 4), **TOL[torch.float32])
