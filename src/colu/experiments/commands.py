@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from .config import _fail, parse_cli
@@ -13,20 +15,29 @@ def _train(argv, sweep: bool) -> int:
                    if sweep else "Train an experiment's networks for each activation and seed, then write "
                    "results.json, metrics.jsonl, learning-curve PNGs and report.md to --out.")
     from . import report
-    from .runner import Halted, run_all
+    from .runner import Halted, Interrupted, run_all
 
+    request = None
     try:
-        exp, cfg, out, resume, quiet = parse_cli(argv, prog, description, sweep=sweep)
-        results = run_all(exp, cfg, out, resume=resume, quiet=quiet)
+        request = parse_cli(argv, prog, description, sweep=sweep)
+        results = run_all(request.exp, request.cfg, request.out, resume=request.resume,
+                          overwrite=request.overwrite, quiet=request.quiet,
+                          command=" ".join([prog, *map(shlex.quote, argv if argv is not None else sys.argv[2:])]))
     except Halted as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 3
+    except (Interrupted, KeyboardInterrupt) as exc:
+        finished = ", ".join(getattr(exc, "finished", [])) or "none"
+        started = request is not None and os.path.exists(os.path.join(request.out, "config.json"))
+        how = f"; continue with: {request.resume_command}" if started else "; nothing was saved, rerun the command"
+        print(f"\n{prog}: interrupted (finished runs: {finished}){how}", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as exc:
         return _fail(exc, prog)
     if results.get("world_size", 1) == 1 or _is_main():
         print(f"\n{results['experiment']} ({results['data']['description']})")
         print(report.summary_table(results))
-        print(f"results, plots and report.md in {out}")
+        print(f"results, plots and report.md in {request.out}")
     return 0
 
 

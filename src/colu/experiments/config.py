@@ -3,18 +3,36 @@
 Precedence, lowest first: dataclass defaults, ``--quick`` settings, the YAML
 file, explicit command-line options. The resulting config is saved with the
 results (``config.json`` and inside ``results.json``).
+
+Every value is checked where it is parsed (type and range, see
+``TrainConfig.LIMITS``), whether it came from the command line, ``--set`` or
+YAML, so a bad value stops the run with a message naming it instead of
+failing somewhere inside training.
+
+The training budget is ``steps`` or ``epochs``: whichever the highest layer
+that mentions either of them sets wins (``--epochs 5`` on the command line
+replaces an experiment's default step budget; ``--steps`` wins over
+``--epochs`` given beside it).
+
+:func:`result_settings` is the part of a config that decides what a single
+(activation, seed) run computes, and :func:`fingerprint` its hash: each run
+record and checkpoint carries both, so results of different settings are
+never mixed in one folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 
 @dataclass
@@ -27,17 +45,51 @@ class TrainConfig:
     dataset: str = "digits"
     data: Optional[str] = None
     split_from_test: Optional[int] = None
-    epochs: int = 10
+    epochs: Optional[int] = 10
     steps: Optional[int] = None  # total optimizer steps; overrides epochs when set
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
+    eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch (at most MAX_EVALS per run)
     ckpt_every: int = 500
     device: str = "auto"
     bf16: bool = False
     quick: bool = False
     halt_after: Optional[int] = None  # stop (checkpointed) after this many steps, as if interrupted
+
+    # key -> (comparison, bound): the allowed range of each number. Subclasses add their own keys with
+    # ``LIMITS = {**TrainConfig.LIMITS, "width": (">=", 1)}``. ``None`` passes where the type is Optional.
+    LIMITS: ClassVar[dict] = {
+        "seeds": (">=", 1), "seed_offset": (">=", 0), "epochs": (">=", 1), "steps": (">=", 1),
+        "batch_size": (">=", 1), "lr": (">", 0.0), "weight_decay": (">=", 0.0), "eval_every": (">=", 0),
+        "ckpt_every": (">=", 1), "halt_after": (">=", 1), "split_from_test": (">=", 1),
+    }
+
+
+# Settings that may differ between a run and its --resume without changing any number it computes.
+RUNTIME_KEYS = {"device", "halt_after", "ckpt_every", "quick"}
+# Settings that choose which (activation, seed) runs a folder holds, not what one of them computes:
+# a --resume may change them (to add seeds or activations), finished runs are kept.
+SELECTION_KEYS = {"activations", "seeds", "seed_offset"}
+MAX_EVALS = 50  # eval_every = 0 evaluates once per epoch, but at most this many times per run
+
+
+def result_settings(cfg) -> dict:
+    """The settings that decide what one (activation, seed) run computes."""
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS | SELECTION_KEYS}
+
+
+def fingerprint(settings: dict) -> str:
+    """A short stable hash of :func:`result_settings` (canonical JSON, sorted keys)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """``["lr=0.001 (now 0.05)", ...]`` for every setting that differs between two result_settings."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}={old.get(k, '(unset)')!r} (now {new.get(k, '(unset)')!r})" for k in keys
+            if old.get(k) != new.get(k)]
 
 
 def config_to_dict(cfg) -> dict:
@@ -49,12 +101,35 @@ def _field_types(cls) -> dict:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def option_name(key: str, source: str) -> str:
+    """How the user wrote ``key``: ``--batch-size`` on the command line, ``batch_size`` in YAML or --set."""
+    return "--" + key.replace("_", "-") if source == "command line" else key
+
+
+def _check_range(cls, key: str, value, source: str) -> None:
+    name = option_name(key, source)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{source}: {name} {value!r} is not a finite number")
+    limit = getattr(cls, "LIMITS", {}).get(key)
+    if limit is None or value is None:
+        return
+    op, bound = limit
+    ok = value >= bound if op == ">=" else value > bound
+    if not ok:
+        raise ValueError(f"{source}: {name} {value!r} is out of range: it must be {op} {bound}")
+
+
 def _coerce(cls, key: str, value, source: str):
-    """Convert ``value`` to the type of ``cls.key``, with an error naming the key and the source."""
+    """Convert ``value`` to the type of ``cls.key`` and check its range, with an error naming key and source."""
     types = _field_types(cls)
     if key not in types:
         raise ValueError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
-    kind = types[key]
+    value = _convert(types[key], key, value, source)
+    _check_range(cls, key, value, source)
+    return value
+
+
+def _convert(kind, key: str, value, source: str):
     optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
     if optional:
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
@@ -62,6 +137,9 @@ def _coerce(cls, key: str, value, source: str):
         if optional:
             return None
         raise ValueError(f"{source}: {key} cannot be null")
+    if isinstance(value, bool) and kind in (int, float):
+        # YAML reads `seeds: true` as a bool, and int(True) would quietly be 1
+        raise ValueError(f"{source}: {key}={value!r} is a yes/no value; {key} takes a number")
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -102,25 +180,26 @@ def load_yaml(path: str) -> dict:
 
 def build_config(cls, quick_settings: dict, yaml_values: dict, cli_values: dict, source: str = "config"):
     """defaults < quick settings (if quick) < YAML < CLI; returns (config, explicitly set keys)."""
-    values, explicit = {}, set()
-    for key, value in yaml_values.items():
-        values[key] = _coerce(cls, key, value, source)
-        explicit.add(key)
-    for key, value in cli_values.items():
-        values[key] = _coerce(cls, key, value, "command line")
-        explicit.add(key)
-    quick = values.get("quick", False)
-    if quick:
-        for key, value in quick_settings.items():
-            if key not in explicit:
-                values[key] = value
+    yaml_values = {k: _coerce(cls, k, v, source) for k, v in yaml_values.items()}
+    cli_values = {k: _coerce(cls, k, v, "command line") for k, v in cli_values.items()}
+    quick = {**yaml_values, **cli_values}.get("quick", False)
+    layers = [quick_settings if quick else {}, yaml_values, cli_values]  # lowest first
+    values = {}
+    for layer in layers:
+        values.update(layer)
+    # the budget: the highest layer that names epochs or steps decides which of the two counts
+    for layer in reversed(layers):
+        if "steps" in layer or "epochs" in layer:
+            if layer.get("steps") is None:
+                values["steps"] = None
+            break
     cfg = cls(**values)
-    return cfg, explicit
+    if cfg.steps is None and cfg.epochs is None:
+        raise ValueError(f"{source}: no training budget: set --epochs or --steps")
+    return cfg, set(yaml_values) | set(cli_values)
 
 
 # ---------------------------------------------------------------- CLI
-RUNTIME_KEYS = {"device", "halt_after"}  # may differ on --resume without changing the results
-
 
 def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
@@ -128,21 +207,26 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
                                 epilog="Experiments:\n" + "\n".join(f"  {e.name:<11} {e.summary}"
                                                                    for e in experiments.values()))
     p.add_argument("experiment", choices=sorted(experiments), help="which experiment to run")
-    p.add_argument("--seeds", type=int, help="number of seeds per activation (default 3)")
-    p.add_argument("--seed-offset", type=int, help="first seed (default 0)")
-    p.add_argument("--out", help="output directory (default runs/EXPERIMENT)")
-    p.add_argument("--data", help="directory with dataset files (MNIST IDX or CIFAR-10 batches); never downloaded")
-    p.add_argument("--dataset", help="mnist-mlp/mnist-vae: digits (built in, default) or mnist (needs --data); "
-                                        "hemisphere generates its own points")
+    p.add_argument("--seeds", type=int, help="number of seeds per activation, >= 1 (default 3)")
+    p.add_argument("--seed-offset", type=int, help="first seed, >= 0 (default 0)")
+    p.add_argument("--out", help="output directory (default runs/EXPERIMENT); must be empty of earlier results "
+                                 "unless --resume or --overwrite is given")
+    p.add_argument("--data", help="directory with the MNIST IDX files (train-/t10k-images-idx3-ubyte[.gz], "
+                                  "train-/t10k-labels-idx1-ubyte[.gz]); the dataset is recognised from the files "
+                                  "unless --dataset is given. Never downloaded")
+    p.add_argument("--dataset", help="mnist-mlp/mnist-vae: digits (built in, the default without --data) or mnist "
+                                        "(needs --data); hemisphere generates its own points")
     p.add_argument("--split-from-test", type=int, metavar="K",
-                   help="MNIST only: carve K test examples (rest train) out of the t10k files alone")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, help="global batch size (split across processes under torchrun)")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (torch.optim.Adam, L2 added to grads)")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: once per epoch)")
-    p.add_argument("--ckpt-every", type=int, help="steps between checkpoints (also written at the end)")
+                   help="MNIST only: carve K test examples (rest train) out of the t10k files alone "
+                        "(1 <= K < the number of t10k images)")
+    p.add_argument("--epochs", type=int, help="training epochs, >= 1 (replaces the experiment's default budget)")
+    p.add_argument("--steps", type=int, help="total optimizer steps, >= 1 (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, help="global batch size, >= 1 (split across processes under torchrun)")
+    p.add_argument("--lr", type=float, help="Adam learning rate, > 0")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay, >= 0 (torch.optim.Adam, L2 added to grads)")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations, >= 0 (default 0: once per epoch, "
+                                                  f"at most {MAX_EVALS} times per run)")
+    p.add_argument("--ckpt-every", type=int, help="steps between checkpoints, >= 1 (also written at the end)")
     p.add_argument("--activations", nargs="+", metavar="SPEC",
                    help="activation specs, e.g. relu silu colu:S=4 colu:S=4,soft,share colu:G=50,soft rcolu:S=3")
     p.add_argument("--quick", action="store_true", default=None,
@@ -150,10 +234,14 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default) uses CUDA when present")
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast for training (CUDA only)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its checkpoints (uses the saved config)")
+                   help="continue an interrupted run in --out from its checkpoints (uses the saved config; "
+                        "--seeds, --seed-offset and --activations may change to add runs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the results of an earlier run in --out first (its config, runs, checkpoints, "
+                        "log, report and plots; other files are left alone)")
     p.add_argument("--halt-after", type=int, metavar="STEPS",
                    help="stop each run after STEPS steps with a checkpoint, as if interrupted (to test --resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, progress lines or per-run lines")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (command-line options win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set width=256 (repeatable; see the config dataclass)")
@@ -175,8 +263,50 @@ def parse_set_items(items) -> dict:
     return values
 
 
-def parse_cli(argv, prog: str, description: str, sweep: bool = False):
-    """Parse ``colu run``/``colu sweep`` arguments into (experiment, config, out_dir, resume, quiet)."""
+def resolve_dataset(exp, cfg, explicit: set) -> None:
+    """``--data DIR`` without ``--dataset``: name the dataset from the files in DIR, or stop.
+
+    Without this a folder of MNIST files given alone would be ignored and the
+    run would quietly train on the built-in digits.
+    """
+    from .data import DataError, recognise_dataset
+
+    readable = tuple(getattr(exp, "datasets", ()))
+    if cfg.data is None:
+        return
+    if not readable:
+        raise ValueError(f"{exp.name} generates its own data; --data {cfg.data!r} does not apply (drop it)")
+    if "dataset" in explicit:
+        if cfg.dataset not in readable or cfg.dataset == "digits":
+            raise ValueError(f"--dataset {cfg.dataset} does not read --data {cfg.data!r}; "
+                             f"{exp.name} reads {', '.join(d for d in readable if d != 'digits')} from --data "
+                             "(or drop --data for the built-in digits)")
+        return
+    found = recognise_dataset(cfg.data)
+    if found is None or found not in readable:
+        what = f"{found} files" if found else "no dataset files this package reads"
+        raise DataError(f"--data {cfg.data!r}: found {what}; {exp.name} reads "
+                        f"{', '.join(d for d in readable if d != 'digits')} "
+                        "(MNIST: train-images-idx3-ubyte[.gz] and friends, or only the t10k pair with "
+                        "--split-from-test K). Give --dataset to say which, or drop --data for the built-in digits")
+    cfg.dataset = found
+
+
+@dataclass
+class RunRequest:
+    """What ``colu run``/``colu sweep`` were asked to do."""
+
+    exp: object
+    cfg: object
+    out: str
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    resume_command: str = ""  # the exact command that continues this run after an interruption
+
+
+def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequest:
+    """Parse ``colu run``/``colu sweep`` arguments."""
     from .registry import EXPERIMENTS
 
     args = _parser(prog, description, EXPERIMENTS).parse_args(argv)
@@ -184,27 +314,47 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False):
     cli = {k: getattr(args, k) for k in _CLI_KEYS if getattr(args, k) is not None}
     cli.update(parse_set_items(args.set))
     out = args.out or os.path.join("runs", exp.name + ("-sweep" if sweep else ""))
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
+                         f"{out!r}, --overwrite deletes it; choose one")
     yaml_values = load_yaml(args.config) if args.config else {}
     saved_path = os.path.join(out, "config.json")
-    if args.resume and os.path.exists(saved_path):
-        with open(saved_path, encoding="utf-8") as f:
-            saved = json.load(f)
+    if args.resume:
+        saved = read_saved_config(saved_path, out)
         if saved.get("experiment") != exp.name:
             raise ValueError(f"--resume: {out} holds a {saved.get('experiment')!r} run, not {exp.name!r}")
         base, _ = build_config(exp.Config, {}, saved["config"], {}, saved_path)
         cfg, _ = build_config(exp.Config, {}, {**saved["config"], **yaml_values}, cli, saved_path)
-        changed = [k for k in dataclasses.asdict(cfg)
-                   if k not in RUNTIME_KEYS and getattr(cfg, k) != getattr(base, k)]
+        changed = [f"{k}={getattr(cfg, k)!r} (saved: {getattr(base, k)!r})" for k in dataclasses.asdict(cfg)
+                   if k not in RUNTIME_KEYS | SELECTION_KEYS and getattr(cfg, k) != getattr(base, k)]
         if changed:
-            raise ValueError(f"--resume: options {', '.join(changed)} differ from the saved config in {saved_path}; "
+            raise ValueError(f"--resume: {', '.join(changed)} differ from the saved config in {saved_path}; "
                              "resume with the same options, or start a fresh run in another --out")
         cfg = dataclasses.replace(cfg, halt_after=cli.get("halt_after"))
     else:
         cfg, explicit = build_config(exp.Config, exp.quick_settings, yaml_values, cli,
                                      args.config or "config")
+        resolve_dataset(exp, cfg, explicit)
         if sweep and "activations" not in explicit:
             cfg.activations = exp.sweep_grid(cfg)
-    return exp, cfg, out, args.resume, args.quiet
+    command = "colu sweep" if sweep else "colu run"
+    resume_command = " ".join([command, shlex.quote(exp.name), "--out", shlex.quote(out), "--resume"])
+    return RunRequest(exp, cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                      resume_command=resume_command)
+
+
+def read_saved_config(path: str, out: str) -> dict:
+    """The ``config.json`` of a run folder, for ``--resume``; clear errors when it is missing or damaged."""
+    if not os.path.exists(path):
+        raise ValueError(f"--resume: {out!r} holds no run to resume (no config.json); start it without --resume")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ValueError("no 'config' mapping")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable or damaged ({exc}); start over with --overwrite") from exc
+    return saved
 
 
 def _fail(exc: Exception, prog: str) -> int:

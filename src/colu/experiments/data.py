@@ -229,10 +229,24 @@ def load_digits_data(test_fraction: float = 0.2) -> Data:
                 ["Built-in 8x8 digits stand in for MNIST: not comparable to the paper's MNIST numbers."])
 
 
+def recognise_dataset(directory: str) -> str | None:
+    """``"mnist"`` or ``"cifar10"`` by the standard file names found in ``directory``, else ``None``."""
+    if not os.path.isdir(directory):
+        raise DataError(f"--data {directory!r} is not a directory; point it at the folder holding the dataset files")
+    if any(_find(directory, stem) for stem in MNIST_FILES.values()):
+        return "mnist"
+    if any(os.path.isfile(os.path.join(directory, n)) for n in CIFAR_TRAIN + [CIFAR_TEST]):
+        return "cifar10"
+    return None
+
+
 def load_classification(dataset: str, directory: str | None, split_from_test: int | None = None) -> Data:
     if dataset == "digits":
         if split_from_test:
             raise DataError("--split-from-test applies to --dataset mnist only")
+        if directory is not None:
+            raise DataError(f"--dataset digits is built in and reads no files, but --data {directory!r} was given; "
+                            "use --dataset mnist to read that folder, or drop --data")
         return load_digits_data()
     if dataset == "mnist":
         return load_mnist(directory, split_from_test)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ name = "hemisphere"
 summary = "Sec. 4/5.1, Fig. 6: 3->3->3 net learns a 45-degree rotation of a hemisphere"
 metrics = {"test_mse": False, "max_test_error": False}  # metric -> higher is better
 curve_metrics = ("test_mse", "max_test_error")
+datasets = ()  # generates its own points; --data does not apply
 PROBE_LATITUDES = (60.0, 75.0, 85.0, 90.0)  # polar angles in degrees; 90 is the equator
 
 
@@ -32,10 +34,12 @@ class Config(TrainConfig):
     n_lat: int = 200
     n_lon: int = 200
     width: int = 3
-    epochs: int = 40
+    epochs: Optional[int] = 40
     batch_size: int = 1024
     lr: float = 1e-2
     eval_every: int = 0
+
+    LIMITS: ClassVar[dict] = {**TrainConfig.LIMITS, "n_lat": (">=", 2), "n_lon": (">=", 1), "width": (">=", 1)}
 
 
 REPORT_NOTE = (
@@ -105,20 +109,24 @@ def extra_plots(results, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    probes = [(r["activation"], r["probe"]) for r in results["runs"] if "probe" in r]
+    probes = [(r["activation"], r["seed"], r["probe"]) for r in results["runs"] if "probe" in r]
     if not probes:
         return []
-    fig, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 4.4), squeeze=False)
     phi = [2 * math.pi * i / 180 for i in range(181)]
-    for ax, (label, probe_data) in zip(axes[0], probes):
+    for ax, (label, seed, probe_data) in zip(axes[0], probes):
         for deg, pts in probe_data["latitudes"].items():
             r = math.sin(math.radians(float(deg)))
             ax.plot([r * math.cos(p) for p in phi], [r * math.sin(p) for p in phi], color="0.8", lw=1)
             ax.plot(pts["x"], pts["y"], lw=1.5, label=f"θ={float(deg):.0f}°")
         ax.set_aspect("equal")
-        ax.set_title(label)
+        ax.set_title(f"{label} (seed {seed})")
+        ax.set_xlabel("x of $R^T$ output")
+        ax.set_ylabel("y of $R^T$ output")
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("outputs on latitude circles (rotated back; grey: ideal)")
+    seeds = sorted({seed for _, seed, _ in probes})
+    fig.suptitle("outputs on latitude circles (polar angle θ), rotated back by $R^T$; grey: ideal circles; "
+                 f"one trained model per panel (seed {', '.join(map(str, seeds))})", fontsize=9)
     fig.tight_layout()
     from .report import save_figure
 

@@ -118,7 +118,7 @@ CLAIMS = {
 SETTINGS = {
     "hemisphere": {},  # Figure 6 gives no numbers and no training settings
     "mnist-mlp": {"dataset": "mnist", "batch_size": 1024, "lr": 1e-3, "width": 512},
-    "mnist-vae": {"dataset": "mnist", "epochs": 10, "steps": None, "batch_size": 128,
+    "mnist-vae": {"dataset": "mnist", "steps": 4690, "batch_size": 128,
                   "lr": 1e-3, "weight_decay": 1e-2, "hidden": 2400, "latent": 20, "alpha": 1.0},
 }
 SEEDS = {"mnist-mlp": 7, "mnist-vae": 10}

@@ -10,10 +10,11 @@ import io
 import json
 import math
 import os
+import shlex
 import statistics
 
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import paper
-from .runner import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def summarize(runs, metrics) -> dict:
@@ -38,7 +39,9 @@ def _fmt(stats) -> str:
     if stats is None or stats["mean"] is None:
         return "diverged" if stats and stats["diverged"] else "—"
     mean, std = stats["mean"], stats["std"]
-    text = f"{mean:.4f} ± {std:.4f}" if abs(mean) < 10 else f"{mean:.2f} ± {std:.2f}"
+    digits = 4 if abs(mean) < 10 else 2
+    # one seed has no spread to show: "± 0.0000" would claim a precision nobody measured
+    text = f"{mean:.{digits}f} (n=1)" if stats["n"] == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
     if stats.get("diverged"):
         text += f" ({stats['diverged']} diverged)"
     return text
@@ -48,6 +51,25 @@ def _widths(results) -> dict:
     return {r["activation"]: r.get("width") for r in results["runs"]}
 
 
+def _steps_per_run(results):
+    steps = {r.get("steps") for r in results["runs"]}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def budget_line(results) -> str:
+    """'590 optimizer steps per run (batch 1024; ≈ 410 epochs of the 1438 training examples)'."""
+    steps = _steps_per_run(results)
+    if steps is None:
+        return "optimizer steps per run: " + ", ".join(
+            f"{r['activation']} seed {r['seed']}: {r.get('steps')}" for r in results["runs"])
+    run = results["runs"][0]
+    batch, n = run.get("batch_size"), run.get("train_examples")
+    if not batch or not n:
+        return f"{steps} optimizer steps per run"
+    return (f"{steps} optimizer steps per run (batch {batch}; ≈ {steps * batch / n:.3g} epochs of the {n} "
+            "training examples)")
+
+
 # ------------------------------------------------------------- comparability
 def comparability(results) -> list[str]:
     """Why these numbers cannot be set beside the paper's (empty list: they can)."""
@@ -55,6 +77,8 @@ def comparability(results) -> list[str]:
     reasons = []
     for key, want in paper.SETTINGS.get(name, {}).items():
         have = cfg.get(key)
+        if key == "steps":  # the budget actually trained, however it was asked for (--epochs or --steps)
+            have = _steps_per_run(results) or have
         if have != want:
             reasons.append(f"{key} = {have!r} (paper: {want!r})")
     if cfg.get("split_from_test"):
@@ -150,7 +174,7 @@ def plot_curves(results, out_dir: str, metrics) -> list[str]:
 
 
 # ------------------------------------------------------------------ report
-def render_report(results, plots) -> str:
+def render_report(results, plots, out_dir: str) -> str:
     from .registry import EXPERIMENTS
 
     exp = EXPERIMENTS[results["experiment"]]
@@ -164,6 +188,8 @@ def render_report(results, plots) -> str:
               f"{data['input_dim']}"]
     lines += [f"- **{note}**" for note in data.get("notes", [])]
     cfg = results["config"]
+    if results["runs"]:
+        lines.append(f"- {budget_line(results)}")
     lines += [f"- device {results['device']}, {results['world_size']} process(es), "
               f"{results['wall_seconds']:.1f} s wall", ""]
     lines += ["## Results (mean ± std over seeds)", ""]
@@ -190,8 +216,8 @@ def render_report(results, plots) -> str:
         lines += ["", exp.REPORT_NOTE]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
-              f"Regenerate this report with `colu report {{DIR}}`; raw numbers are in results.json and "
-              "metrics.jsonl.", ""]
+              f"Regenerate this report with `colu report {shlex.quote(out_dir)}`; raw numbers are in results.json "
+              "and metrics.jsonl.", ""]
     return "\n".join(lines)
 
 
@@ -203,7 +229,7 @@ def write_report(results, out_dir: str) -> str:
     if hasattr(exp, "extra_plots"):
         plots += exp.extra_plots(results, out_dir)
     path = os.path.join(out_dir, "report.md")
-    atomic_write_text(path, render_report(results, plots))
+    atomic_write_text(path, render_report(results, plots, out_dir))
     return path
 
 
@@ -220,25 +246,36 @@ def summary_table(results) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, cols)) for r in rows)
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: damaged or truncated ({exc}); rerun the experiment (--resume, or --overwrite "
+                         "to start over)") from None
+
+
 def rebuild(out_dir: str) -> dict:
     """Re-summarize and re-render from results.json, or from runs/*.json if the run did not finish."""
     from .registry import EXPERIMENTS
 
     results_path = os.path.join(out_dir, "results.json")
     if os.path.exists(results_path):
-        with open(results_path, encoding="utf-8") as f:
-            results = json.load(f)
+        results = _read_json(results_path)
     else:
         cfg_path = os.path.join(out_dir, "config.json")
         if not os.path.exists(cfg_path):
             raise ValueError(f"{out_dir}: no results.json or config.json here; point colu report at a run's --out")
-        with open(cfg_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = _read_json(cfg_path)
         runs_dir = os.path.join(out_dir, "runs")
         runs = []
         for fn in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-            with open(os.path.join(runs_dir, fn), encoding="utf-8") as f:
-                runs.append(json.load(f))
+            if not fn.endswith(".json"):
+                continue  # e.g. the temporary file of a write that was killed
+            runs.append(_read_json(os.path.join(runs_dir, fn)))
         if not runs:
             raise ValueError(f"{out_dir}: no finished runs yet (runs/ is empty); continue it with --resume")
         results = {"experiment": saved["experiment"], "config": saved["config"], "data": saved.get("data", {

@@ -12,7 +12,15 @@ exact:
   loss is scaled so DDP's gradient *average* equals the gradient of the mean
   loss over the global batch;
 * checkpoints hold only tensors and plain containers (model, optimizer, RNG
-  state, step, curve) and are read back with ``weights_only=True``.
+  state, step, curve) and are read back with ``weights_only=True``;
+* no results of different settings in one folder: every run record and
+  checkpoint carries the fingerprint of the settings that produced it
+  (:func:`colu.experiments.config.result_settings`), and ``--resume`` reuses
+  one only when the fingerprint matches; a fresh run refuses a folder holding
+  earlier results unless told to overwrite them; one process writes a folder
+  at a time (:mod:`colu.experiments.rundir`);
+* ``metrics.jsonl`` holds each (activation, seed, step) once: a resumed run
+  first drops the rows its killed predecessor logged after the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,31 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-
-# ------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 
 
 def atomic_torch_save(path: str, obj) -> None:
@@ -67,6 +50,34 @@ def append_jsonl(path: str, record: dict) -> None:
     # one write() per line, so an interrupted run leaves whole lines behind
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def prune_log(path: str, activation: str, seed: int, keep_through: int) -> None:
+    """Drop the log rows of (activation, seed) past step ``keep_through`` (and any torn line).
+
+    A run resumed from its checkpoint at step k re-evaluates the steps after k,
+    so rows a killed process wrote after its last checkpoint would otherwise
+    appear twice.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # half a line from a killed write
+        if row.get("activation") == activation and row.get("seed") == seed and row.get("step", 0) > keep_through:
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class StaleResults(ValueError):
+    """A record or checkpoint in the folder was produced by other settings, or cannot be read."""
 
 
 # ------------------------------------------------------------ distributed
@@ -124,33 +135,77 @@ def _progress(total, initial, desc, enabled):
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def budget(cfg, n: int) -> tuple[int, int, int, int]:
+    """(batch, steps per epoch, total steps, steps between evaluations) for ``n`` training examples."""
+    from .config import MAX_EVALS
+
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or max(steps_per_epoch, math.ceil(total / MAX_EVALS))
+    return batch, steps_per_epoch, total, eval_every
+
+
+def load_checkpoint(path: str, fp: str, settings: dict) -> dict:
+    """A checkpoint's state, checked to come from the same settings; clear errors otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"model", "optimizer", "step", "curve"} <= set(state):
+            raise ValueError("not a colu run checkpoint")
+    except Exception as exc:  # a truncated zip, a foreign pickle, ...: all mean "cannot use this file"
+        raise StaleResults(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); it is damaged or "
+                           "truncated. Delete it to train that run from scratch, or start over with --overwrite"
+                           ) from None
+    if state.get("fingerprint") != fp:
+        raise StaleResults(_mismatch(path, state.get("settings"), settings))
+    return state
+
+
+def _mismatch(path: str, old_settings, settings: dict) -> str:
+    from .config import settings_diff
+
+    if not isinstance(old_settings, dict):
+        what = "was written without a settings fingerprint, so what produced it cannot be checked"
+    else:
+        what = "was produced by other settings: " + ", ".join(settings_diff(old_settings, settings))
+    return (f"{path} {what}. --resume only continues runs of the same settings: resume with those settings, "
+            "or start over with --overwrite (deletes the folder's results), or use another --out")
+
+
 def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_path: str | None,
-              log_path: str | None, resume: bool, show_progress: bool) -> dict:
-    """Train one (activation, seed) and return its record: metrics, curve, width, extras."""
+              log_path: str | None, resume: bool, show_progress: bool, show_lines: bool = False) -> dict:
+    """Train one (activation, seed) and return its record: metrics, curve, width, extras.
+
+    ``show_progress`` draws a tqdm bar (for terminals); ``show_lines`` prints one
+    line per evaluation to stderr instead (for logs and pipes).
+    """
+    from .config import fingerprint, result_settings
+
+    settings = result_settings(cfg)
+    fp = fingerprint(settings)
     torch.manual_seed(seed)  # same init on every process
     model, width = exp.build_model(cfg, act, data)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = data.x_train.shape[0]
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    total = cfg.steps if cfg.steps else cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every or steps_per_epoch
+    batch, steps_per_epoch, total, eval_every = budget(cfg, n)
     curve, step = [], 0
 
     if resume and ckpt_path and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ckpt_path, fp, settings)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         step, curve = int(state["step"]), list(state["curve"])
+    if info.main and log_path:
+        prune_log(log_path, act.label(), seed, keep_through=step)
 
     def save_checkpoint():
         if info.main and ckpt_path:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
-                     "step": step, "curve": curve, "total": total}
+                     "step": step, "curve": curve, "total": total, "fingerprint": fp, "settings": settings}
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             atomic_torch_save(ckpt_path, state)
@@ -164,7 +219,9 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                 else nullcontext())
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    bar = _progress(total, step, f"{exp.name} {act.label()} seed {seed}", show_progress and info.main)
+    tag = f"[{exp.name}] {act.label()} seed {seed}"
+    bar = _progress(total, step, tag[1:].replace("]", ""), show_progress and info.main)
+    started = time.time()
     order, order_epoch = None, -1
     model.train()
     while step < total:
@@ -192,6 +249,10 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
                 append_jsonl(log_path, {"activation": act.label(), "seed": seed, **point})
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
+            if show_lines and info.main:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                print(f"{tag}: step {step}/{total} ({time.time() - started:.1f} s) {shown}", file=sys.stderr,
+                      flush=True)
         halt = cfg.halt_after is not None and step == cfg.halt_after and step < total
         if step % cfg.ckpt_every == 0 or step == total or halt:
             save_checkpoint()
@@ -202,6 +263,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     if bar is not None:
         bar.close()
     record = {"activation": act.label(), "seed": seed, "width": width, "steps": total,
+              "batch_size": batch, "train_examples": n, "fingerprint": fp, "settings": settings,
               "metrics": clean(exp.final_metrics(curve)), "curve": clean(curve)}
     if seed == cfg.seed_offset and hasattr(exp, "probe"):
         model.eval()
@@ -210,11 +272,64 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     return record
 
 
-def run_all(exp, cfg, out_dir: str, *, resume: bool = False, quiet: bool = False) -> dict:
-    """Train every (activation, seed) of ``cfg`` and write results, plots and report under ``out_dir``."""
-    from . import report
+class Interrupted(Exception):
+    """Ctrl-C during a run: ``finished`` names the (activation, seed) runs whose results are on disk."""
+
+    def __init__(self, finished):
+        super().__init__("interrupted")
+        self.finished = finished
+
+
+def load_record(path: str, fp: str, settings: dict, act_label: str, seed: int) -> dict:
+    """A finished run's record, checked to come from the same settings; clear errors otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or not {"activation", "seed", "metrics", "curve"} <= set(record):
+            raise ValueError("not a run record")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StaleResults(f"{path}: cannot read this run record ({exc}); it is damaged or truncated. Delete it "
+                           "to train that run again, or start over with --overwrite") from None
+    if record["activation"] != act_label or record["seed"] != seed:
+        raise StaleResults(f"{path} holds {record['activation']} seed {record['seed']}, not {act_label} seed "
+                           f"{seed}; start over with --overwrite")
+    if record.get("fingerprint") != fp:
+        raise StaleResults(_mismatch(path, record.get("settings"), settings))
+    return record
+
+
+def prepare_folder(folder, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix with an earlier run's results; --overwrite clears them; leftover temporary files go."""
+    if overwrite:
+        folder.clear()
+    elif not resume:
+        found = folder.result_entries()
+        if found:
+            raise ValueError(f"--out {folder.path} already holds results of an earlier run ({', '.join(found)}). "
+                             "Continue that run with --resume, start over with --overwrite (deletes them), "
+                             "or choose another --out")
+    folder.remove_leftover_tmp()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def run_all(exp, cfg, out_dir: str, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+            command: str = "") -> dict:
+    """Train every (activation, seed) of ``cfg`` and write results, plots and report under ``out_dir``.
+
+    A fresh run needs a folder without earlier results (``overwrite=True``
+    deletes them first); ``resume=True`` continues the run in the folder,
+    reusing finished runs and checkpoints only where their settings
+    fingerprint matches ``cfg``'s.
+    """
     from .activations import parse_activations
-    from .config import config_to_dict
+    from .rundir import RunFolder
 
     info = setup_distributed("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                              else "cpu")
@@ -223,30 +338,54 @@ def run_all(exp, cfg, out_dir: str, *, resume: bool = False, quiet: bool = False
         raise ValueError("--bf16 is an autocast option for CUDA; this run is on CPU. Drop --bf16 or use a GPU")
     acts = parse_activations(cfg.activations or exp.default_activations(cfg))
     cfg.activations = [a.label() for a in acts]  # the saved config names what actually ran
-    data = exp.load_data(cfg)
-    os.makedirs(out_dir, exist_ok=True)
-    cfg_dict = config_to_dict(cfg)
+    folder = RunFolder(out_dir)
     if info.main:
-        atomic_write_json(os.path.join(out_dir, "config.json"),
-                          {"experiment": exp.name, "config": cfg_dict, "data": data.summary()})
-    log_path = os.path.join(out_dir, "metrics.jsonl")
-    show = not quiet and sys.stderr.isatty()
-    runs = []
-    started = time.time()
+        folder.lock(command)
+    try:
+        if info.main:
+            prepare_folder(folder, resume=resume, overwrite=overwrite)
+        barrier(info)
+        return _run_locked(exp, cfg, acts, out_dir, info, device, resume=resume, quiet=quiet, command=command)
+    finally:
+        folder.unlock()
+
+
+def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command) -> dict:
+    from . import report
+    from .config import config_to_dict, fingerprint, result_settings
+
+    data = exp.load_data(cfg)
     for act in acts:
         exp.check_activation(cfg, act, data)  # fail before training anything
-    for act in acts:
-        for seed in range(cfg.seed_offset, cfg.seed_offset + cfg.seeds):
+    cfg_dict = config_to_dict(cfg)
+    settings = result_settings(cfg)
+    fp = fingerprint(settings)
+    if info.main:
+        atomic_write_json(os.path.join(out_dir, "config.json"),
+                          {"experiment": exp.name, "config": cfg_dict, "fingerprint": fp, "data": data.summary(),
+                           "command": command})
+    log_path = os.path.join(out_dir, "metrics.jsonl")
+    terminal = sys.stderr.isatty()
+    runs, finished = [], []
+    started = time.time()
+    plan = [(act, seed) for act in acts for seed in range(cfg.seed_offset, cfg.seed_offset + cfg.seeds)]
+    talk = not quiet and info.main
+    if talk and len(plan) > 1:
+        print(f"[{exp.name}] {len(acts)} activation(s) x {cfg.seeds} seed(s) = {len(plan)} runs", flush=True)
+    trained = 0
+    try:
+        for i, (act, seed) in enumerate(plan):
             slug = f"{_slug(act.label())}-seed{seed}"
             done_path = os.path.join(out_dir, "runs", slug + ".json")
             if resume and os.path.exists(done_path):
-                with open(done_path, encoding="utf-8") as f:
-                    runs.append(json.load(f))
+                runs.append(load_record(done_path, fp, settings, act.label(), seed))
+                finished.append(f"{act.label()} seed {seed}")
                 continue
             t0 = time.time()
             record = train_run(exp, cfg, act, seed, data, device=device, info=info,
                                ckpt_path=os.path.join(out_dir, "checkpoints", slug + ".pt"), log_path=log_path,
-                               resume=resume, show_progress=show)
+                               resume=resume, show_progress=not quiet and terminal,
+                               show_lines=not quiet and not terminal)
             record["seconds"] = round(time.time() - t0, 3)
             if info.main:
                 atomic_write_json(done_path, record)
@@ -255,7 +394,15 @@ def run_all(exp, cfg, out_dir: str, *, resume: bool = False, quiet: bool = False
                                       for k, v in record["metrics"].items())
                     print(f"[{exp.name}] {act.label()} (C={record['width']}) seed {seed}: {shown}", flush=True)
             runs.append(record)
-    results = {"experiment": exp.name, "config": cfg_dict, "data": data.summary(),
+            finished.append(f"{act.label()} seed {seed}")
+            trained += 1
+            left = len(plan) - i - 1
+            if talk and trained == 1 and left:
+                print(f"[{exp.name}] that run took {_duration(record['seconds'])}; about "
+                      f"{_duration(record['seconds'] * left)} for the {left} still to run", flush=True)
+    except KeyboardInterrupt:
+        raise Interrupted(finished) from None
+    results = {"experiment": exp.name, "config": cfg_dict, "fingerprint": fp, "data": data.summary(),
                "device": str(device), "world_size": info.world, "runs": runs,
                "summary": report.summarize(runs, exp.metrics),
                "wall_seconds": round(time.time() - started, 3)}

@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -111,6 +112,8 @@ def _build(cc: str, python_include: str | None = None) -> Path:
     if target.exists():
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
+    # the first call would otherwise stall for 10-40 s without a word
+    print(f"colu: compiling the CPU kernel once with {cc} (cached in {target_dir})", file=sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target_dir)
     os.close(fd)
     try:
