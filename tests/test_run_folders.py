@@ -1,0 +1,340 @@
+"""Runs that never lie: one config per folder, one writer, checked resumes, validated options, clean stops."""
+
+import gzip
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from colu.experiments import hemisphere, runner
+from colu.experiments.commands import report_main, run_main, sweep_main
+from colu.experiments.rundir import LOCK_NAME
+
+SMALL = ["mnist-mlp", "--seeds", "1", "--steps", "6", "--batch-size", "64", "--eval-every", "2",
+         "--ckpt-every", "2", "--activations", "relu", "--set", "width=16"]
+
+
+def _run(out, *extra, quiet=True):
+    return run_main([*SMALL, *(["--quiet"] if quiet else []), "--out", str(out), *extra])
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _log_rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ stale results
+def test_fresh_run_refuses_a_folder_with_results_and_overwrite_clears_it(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert _run(out, "--lr", "0.001") == 0
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert _run(out, "--lr", "0.05") == 2
+    err = capsys.readouterr().err
+    assert "already holds results" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "results.json").read_bytes() == before  # nothing touched
+    (out / "notes.txt").write_text("mine")
+    assert _run(out, "--lr", "0.05", "--overwrite") == 0
+    res = _results(out)
+    assert res["config"]["lr"] == 0.05 and all(r["settings"]["lr"] == 0.05 for r in res["runs"])
+    assert len(_log_rows(out)) == 3  # the old log was not appended to
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are deleted
+
+
+def test_quick_halted_run_cannot_land_on_a_finished_folder(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert _run(out) == 0
+    assert run_main(["mnist-mlp", "--quiet", "--quick", "--halt-after", "5", "--out", str(out)]) == 2
+    assert "already holds results" in capsys.readouterr().err
+
+
+def test_resume_refuses_records_and_checkpoints_of_other_settings(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(a, "--lr", "0.001", "--activations", "relu", "silu") == 0
+    assert _run(b, "--lr", "0.05", "--activations", "relu", "silu", "--halt-after", "3") == 3
+    # a finished record of lr 0.001 among lr 0.05 checkpoints (what the old runner silently reused)
+    (b / "runs").mkdir(exist_ok=True)
+    (b / "runs" / "relu-seed0.json").write_bytes((a / "runs" / "relu-seed0.json").read_bytes())
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(b), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "relu-seed0.json" in err and "lr=0.001 (now 0.05)" in err and "--overwrite" in err
+    assert not (b / "results.json").exists()
+    # the same for a checkpoint
+    os.remove(b / "runs" / "relu-seed0.json")
+    (b / "checkpoints" / "relu-seed0.pt").write_bytes((a / "checkpoints" / "relu-seed0.pt").read_bytes())
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(b), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "relu-seed0.pt" in err and "lr=0.001 (now 0.05)" in err
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+    assert run_main([*SMALL, "--quiet", "--out", str(tmp_path / "e"), "--resume", "--overwrite"]) == 2
+
+
+def test_resume_may_add_seeds_and_reuses_finished_runs(tmp_path):
+    out = tmp_path / "x"
+    assert _run(out) == 0
+    first = _results(out)["runs"][0]
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume", "--seeds", "2"]) == 0
+    res = _results(out)
+    assert [r["seed"] for r in res["runs"]] == [0, 1] and res["runs"][0] == first
+    assert res["config"]["seeds"] == 2
+
+
+def test_log_holds_each_step_once_after_kill_and_resume(tmp_path):
+    full, h2, h4 = tmp_path / "full", tmp_path / "h2", tmp_path / "h4"
+    assert _run(full) == 0
+    assert _run(h2, "--halt-after", "2") == 3
+    assert _run(h4, "--halt-after", "4") == 3
+    # a process killed at step 4 after its last checkpoint at step 2: the log is ahead of the checkpoint
+    (h4 / "checkpoints" / "relu-seed0.pt").write_bytes((h2 / "checkpoints" / "relu-seed0.pt").read_bytes())
+    with open(h4 / "metrics.jsonl", "a") as f:
+        f.write('{"activation": "relu", "seed": 0, "st')  # a line torn by the kill
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(h4), "--resume"]) == 0
+    rows = _log_rows(h4)
+    keys = [(r["activation"], r["seed"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 3
+    assert rows == _log_rows(full)
+    assert _results(h4)["runs"][0]["curve"] == _results(full)["runs"][0]["curve"]
+
+
+# ------------------------------------------------------------------ one writer per folder
+def test_a_live_lock_stops_a_second_writer(tmp_path, capsys):
+    out = tmp_path / "x"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                 "command": "colu run mnist-mlp", "since": "now"}))
+        assert _run(out) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {sleeper.pid}" in err and LOCK_NAME in err
+        assert not (out / "config.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_tmp_debris_cleaned(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert _run(out, "--halt-after", "2") == 3
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    debris = [out / ".results.json.k3j2.tmp", out / "runs" / ".relu-seed0.json.a1b2.tmp",
+              out / "checkpoints" / ".relu-seed0.pt.x9y8.tmp"]
+    for path in debris:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume"]) == 0
+    assert "taking over the lock" in capsys.readouterr().err
+    assert not any(p.exists() for p in debris)
+    assert not (out / LOCK_NAME).exists()  # released at the end
+
+
+# ------------------------------------------------------------------ shareable files
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "x"
+        assert _run(out) == 0
+    finally:
+        os.umask(old)
+    files = [out / "results.json", out / "report.md", out / "config.json", out / "metrics.jsonl",
+             out / "runs" / "relu-seed0.json", out / "checkpoints" / "relu-seed0.pt", *out.glob("*.png")]
+    assert len(files) > 6
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# ------------------------------------------------------------------ validated numbers
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--seeds", "0", ">= 1"), ("--epochs", "0", ">= 1"), ("--steps", "0", ">= 1"), ("--batch-size", "0", ">= 1"),
+    ("--ckpt-every", "0", ">= 1"), ("--eval-every", "-1", ">= 0"), ("--lr", "0", "> 0"), ("--lr", "-0.1", "> 0"),
+    ("--split-from-test", "0", ">= 1"), ("--seed-offset", "-1", ">= 0"),
+])
+def test_out_of_range_options_name_option_value_and_range(tmp_path, capsys, option, value, allowed):
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {value}" in err.replace("'", "") and allowed in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_learning_rate_must_be_finite(tmp_path, capsys, value):
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--lr", value]) == 2
+    assert "not a finite number" in capsys.readouterr().err
+
+
+def test_yaml_and_set_values_are_checked_too(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seeds: true\n")
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--config", str(cfg)]) == 2
+    assert "seeds=True is a yes/no value" in capsys.readouterr().err
+    cfg.write_text("batch_size: 0\n")
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--config", str(cfg)]) == 2
+    assert "batch_size 0 is out of range" in capsys.readouterr().err
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--set", "width=0"]) == 2
+    assert "width 0 is out of range" in capsys.readouterr().err
+
+
+def test_steps_override_epochs(tmp_path):
+    out = tmp_path / "x"
+    assert run_main([*SMALL, "--quiet", "--out", str(out), "--epochs", "3"]) == 0  # SMALL gives --steps 6
+    assert _results(out)["runs"][0]["steps"] == 6
+
+
+def _write_idx(directory, stem, array, magic):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(directory / (stem + ".gz"), "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _tiny_t10k(directory, n=40):
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(directory, "t10k-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+    _write_idx(directory, "t10k-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)
+    return directory
+
+
+def test_split_from_test_must_leave_training_images(tmp_path, capsys):
+    data = _tiny_t10k(tmp_path / "mnist")
+    assert run_main([*SMALL, "--quiet", "--out", str(tmp_path / "x"), "--data", str(data),
+                     "--split-from-test", "40"]) == 2
+    assert "--split-from-test 40: must be between 1 and 39" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --data means what it says
+def test_data_alone_names_the_dataset_from_its_files(tmp_path):
+    data = _tiny_t10k(tmp_path / "mnist")
+    out = tmp_path / "x"
+    assert run_main([*SMALL, "--quiet", "--out", str(out), "--data", str(data), "--split-from-test", "10"]) == 0
+    res = _results(out)
+    assert res["config"]["dataset"] == "mnist" and res["data"]["name"] == "mnist"
+    assert res["data"]["train_examples"] == 30
+
+
+def test_data_that_no_experiment_reads_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("hi")
+    assert _run(tmp_path / "x", "--data", str(empty)) == 2
+    err = capsys.readouterr().err
+    assert "no dataset files this package reads" in err and "--dataset" in err
+    assert run_main(["hemisphere", "--quiet", "--out", str(tmp_path / "h"), "--data", str(empty)]) == 2
+    assert "generates its own data" in capsys.readouterr().err
+    assert _run(tmp_path / "y", "--dataset", "digits", "--data", str(empty)) == 2
+    assert "does not read --data" in capsys.readouterr().err
+
+
+def test_data_help_names_only_formats_an_experiment_reads(capsys):
+    with pytest.raises(SystemExit):
+        run_main(["--help"])
+    text = capsys.readouterr().out
+    data_help = text.split("\n  --data DATA", 1)[1].split("\n  --dataset", 1)[0]
+    assert "MNIST" in data_help and "CIFAR" not in data_help
+
+
+# ------------------------------------------------------------------ friendly interruptions
+def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "x"
+    real = runner.train_run
+    calls = []
+
+    def train_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_run", train_then_interrupt)
+    assert _run(out, "--activations", "relu", "silu") == 130
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "finished runs: relu seed 0" in err
+    command = err.split("continue with: ", 1)[1].strip()
+    assert command == f"colu run mnist-mlp --out {out} --resume"
+    assert not (out / LOCK_NAME).exists()
+    monkeypatch.setattr(runner, "train_run", real)
+    assert run_main(command.split()[2:] + ["--quiet"]) == 0
+    assert [r["activation"] for r in _results(out)["runs"]] == ["relu", "silu"]
+
+
+@pytest.mark.parametrize("victim", ["checkpoints/relu-seed0.pt", "runs/relu-seed0.json"])
+def test_damaged_files_name_themselves_and_suggest_overwrite(tmp_path, capsys, victim):
+    out = tmp_path / "x"
+    if victim.startswith("runs"):
+        assert _run(out) == 0  # --resume on a finished folder reuses its records
+    else:
+        assert _run(out, "--halt-after", "4") == 3
+    path = out / victim
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert os.path.basename(victim) in err and "--overwrite" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ defaults train
+def test_default_mlp_budget_trains_on_the_digits(tmp_path):
+    out = tmp_path / "x"
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--seeds", "1",
+                     "--activations", "colu:S=4,soft,share"]) == 0
+    res = _results(out)
+    run = res["runs"][0]
+    assert run["steps"] == 590 and run["batch_size"] == 1024
+    assert run["metrics"]["test_accuracy"] > 0.9  # 20 steps gave 0.74 ± 0.20
+    assert len(run["curve"]) <= 51  # eval once per epoch, but at most 50 times
+    assert "590 optimizer steps per run (batch 1024" in (out / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ what users see
+def test_progress_lines_off_a_terminal_and_sweep_estimate(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sweep_main([*SMALL[:-4], "--activations", "relu", "silu", "--set", "width=16", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "[mnist-mlp] relu seed 0: step 2/6" in captured.err and "step 6/6" in captured.err
+    assert "2 activation(s) x 1 seed(s) = 2 runs" in captured.out
+    assert "for the 1 still to run" in captured.out
+    # one seed: no made-up spread
+    assert "(n=1)" in captured.out and "± 0.0000" not in captured.out
+    report = (out / "report.md").read_text()
+    assert f"`colu report {out}`" in report and "{DIR}" not in report
+
+
+def test_latitude_plot_labels_axes_and_seed(tmp_path, monkeypatch):
+    figures = []
+    from colu.experiments import report
+
+    monkeypatch.setattr(report, "save_figure", lambda fig, out_dir, name: figures.append(fig) or name)
+    probe = {"latitudes": {"90.0": {"x": [1.0, 0.0], "y": [0.0, 1.0]}}}
+    results = {"runs": [{"activation": "relu", "seed": 3, "probe": probe}]}
+    assert hemisphere.extra_plots(results, str(tmp_path)) == ["latitudes.png"]
+    ax = figures[0].axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() and "seed 3" in ax.get_title()
+
+
+@pytest.mark.slow
+def test_first_kernel_compile_is_announced(tmp_path):
+    code = "import torch, colu; colu.colu(torch.randn(4, 8), cone_dim=4, backend='cpu')"
+    env = {**os.environ, "COLU_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling the CPU kernel once" in first.stderr and str(tmp_path / "cache") in first.stderr
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert "compiling" not in again.stderr  # cached: silent
