@@ -12,7 +12,7 @@ from colu import align
 from colu.cli import COMMANDS
 from colu.experiments import align_cmd, mnist_mlp, mnist_vae
 from colu.experiments.activations import parse_activation
-from colu.experiments.config import build_config
+from colu.experiments.config import build_config, fingerprint, result_settings
 from colu.experiments.models import ToyVAE
 from colu.experiments.registry import EXPERIMENTS
 
@@ -164,7 +164,9 @@ def test_vae_kl_is_the_experiments_kl():
 def test_unfinished_checkpoint_is_refused(tmp_path):
     path = tmp_path / "checkpoints" / "relu-seed0.pt"
     path.parent.mkdir()
-    torch.save({"model": {}, "step": 3, "total": 10, "curve": []}, path)
     cfg = mnist_mlp.Config()
+    settings = result_settings(cfg)
+    torch.save({"model": {}, "optimizer": {}, "step": 3, "total": 10, "curve": [],
+                "fingerprint": fingerprint(settings), "settings": settings}, path)
     with pytest.raises(ValueError, match="step 3 of 10"):
         align_cmd.load_final(mnist_mlp, cfg, parse_activation("relu"), None, str(path))

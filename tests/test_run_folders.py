@@ -338,3 +338,24 @@ def test_first_kernel_compile_is_announced(tmp_path):
     assert "compiling the CPU kernel once" in first.stderr and str(tmp_path / "cache") in first.stderr
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert "compiling" not in again.stderr  # cached: silent
+
+
+def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_settings(tmp_path, capsys):
+    from colu.experiments import align_cmd
+
+    run_dir = tmp_path / "run"
+    assert run_main([*SMALL, "--quiet", "--seeds", "2", "--out", str(run_dir)]) == 0
+    out = tmp_path / "align"
+    args = ["mnist-mlp", "--quiet", "--from", str(run_dir), "--activations", "relu", "--num-points", "3",
+            "--out", str(out)]
+    assert align_cmd.main(args) == 0
+    capsys.readouterr()
+    assert align_cmd.main(args) == 2
+    assert "already holds results" in capsys.readouterr().err
+    # a checkpoint from other settings under the --from folder's name is refused, naming the difference
+    other = tmp_path / "other"
+    assert run_main([*SMALL, "--quiet", "--seeds", "2", "--lr", "0.01", "--out", str(other)]) == 0
+    ckpt = run_dir / "checkpoints" / "relu-seed1.pt"
+    ckpt.write_bytes((other / "checkpoints" / "relu-seed1.pt").read_bytes())
+    assert align_cmd.main(args + ["--overwrite"]) == 2
+    assert "relu-seed1.pt" in capsys.readouterr().err

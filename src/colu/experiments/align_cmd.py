@@ -38,8 +38,11 @@ import torch.nn.functional as F
 from .. import align
 from . import paper, report
 from .activations import parse_activations
-from .config import _fail, build_config, config_to_dict, load_yaml, parse_set_items
-from .runner import DistInfo, _slug, atomic_write_json, atomic_write_text, clean, resolve_device, train_run
+from .config import (_fail, build_config, config_to_dict, fingerprint, load_yaml, parse_set_items, resolve_dataset,
+                     result_settings)
+from .rundir import RunFolder
+from .runner import (DistInfo, Interrupted, _slug, atomic_write_json, atomic_write_text, clean, load_checkpoint,
+                     prepare_folder, resolve_device, train_run)
 
 ALIGNABLE = ("mnist-mlp", "mnist-vae")
 # ReLU against the CoLU the experiment itself leads with (Table 3's S=4; Table 1's G=50 soft shared axis)
@@ -64,11 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--activations", nargs="+", metavar="SPEC",
                    help="activation specs (default: " + "; ".join(
                        f"{e}: {' '.join(a)}" for e, a in DEFAULT_ACTIVATIONS.items()) + ")")
-    p.add_argument("--out", help="output directory (default runs/align-EXPERIMENT)")
+    p.add_argument("--out", help="output directory (default runs/align-EXPERIMENT); must hold no earlier results "
+                                 "unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the results of an earlier run in --out first (other files are left alone)")
     p.add_argument("--num-points", type=int, default=11, help="points s on the path, ends included (default 11)")
     p.add_argument("--max-iter", type=int, default=100, help="weight matching: at most this many sweeps (default 100)")
     p.add_argument("--dataset", help="digits (built in, default) or mnist (needs --data)")
-    p.add_argument("--data", help="directory with the MNIST IDX files; never downloaded")
+    p.add_argument("--data", help="directory with the MNIST IDX files (the dataset is recognised from the files "
+                                  "unless --dataset is given); never downloaded")
     p.add_argument("--split-from-test", type=int, metavar="K",
                    help="MNIST only: carve K test examples (rest train) out of the t10k files alone")
     p.add_argument("--quick", action="store_true", default=None, help="the experiment's small --quick settings")
@@ -129,11 +136,12 @@ def parse_args(argv):
         cfg = wanted
     else:
         yaml_values = load_yaml(args.config) if args.config else {}
-        cfg, _ = build_config(exp.Config, exp.quick_settings, yaml_values, cli, args.config or "config")
+        cfg, explicit = build_config(exp.Config, exp.quick_settings, yaml_values, cli, args.config or "config")
+        resolve_dataset(exp, cfg, explicit)
     cfg.seeds, cfg.seed_offset = 2, seed_a
     cfg.activations = [a.label() for a in parse_activations(args.activations or DEFAULT_ACTIVATIONS[exp.name])]
     options = {"seed_pair": [seed_a, seed_b], "num_points": args.num_points, "max_iter": args.max_iter,
-               "from": args.from_dir, "out": out, "quiet": args.quiet}
+               "from": args.from_dir, "out": out, "quiet": args.quiet, "overwrite": args.overwrite}
     return exp, cfg, options
 
 
@@ -183,6 +191,14 @@ def checkpoint_path(directory: str, act_label: str, seed: int) -> str:
     return os.path.join(directory, "checkpoints", f"{_slug(act_label)}-seed{seed}.pt")
 
 
+def _saved_settings(path: str):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("settings") if isinstance(state, dict) else None
+    except Exception:
+        return None  # load_checkpoint reports the damage
+
+
 def load_final(exp, cfg, act, data, path: str):
     """The trained model in ``path`` (CPU, eval mode) and its final metrics; refuses unfinished runs."""
     if not os.path.exists(path):
@@ -191,7 +207,12 @@ def load_final(exp, cfg, act, data, path: str):
         raise ValueError(f"no checkpoint {path} for {act.label()!r}; that directory has "
                          f"{', '.join(have) if have else 'no checkpoints'}. Train it with colu run "
                          f"--activations {act.label()} --seeds/--seed-offset covering the pair")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    settings = result_settings(cfg)
+    # the data folder may have moved since training (--data is one of the options --from lets through)
+    saved = _saved_settings(path)
+    if saved is not None and "data" in saved:
+        settings["data"] = saved["data"]
+    state = load_checkpoint(path, fingerprint(settings), settings)
     if int(state["step"]) != int(state["total"]):
         raise ValueError(f"{path}: checkpoint at step {state['step']} of {state['total']}; finish that run with "
                          "colu run --resume before aligning it")
@@ -264,7 +285,7 @@ def run_align(exp, cfg, options) -> dict:
             for seed in (seed_a, seed_b):
                 train_run(exp, cfg, act, seed, data, device=device, info=info,
                           ckpt_path=checkpoint_path(out, act.label(), seed), log_path=log_path, resume=False,
-                          show_progress=show)
+                          show_progress=show, show_lines=not quiet and not show)
     ckpt_dir = source or out
     runs = []
     for act in acts:
@@ -440,7 +461,13 @@ def summary_table(results) -> str:
 def main(argv=None) -> int:
     try:
         exp, cfg, options = parse_args(argv)
-        results = run_align(exp, cfg, options)
+        with RunFolder(options["out"]) as folder:
+            folder.lock("colu align " + " ".join(argv if argv is not None else sys.argv[2:]))
+            prepare_folder(folder, resume=False, overwrite=options["overwrite"])
+            results = run_align(exp, cfg, options)
+    except (Interrupted, KeyboardInterrupt):
+        print("\ncolu align: interrupted; rerun the command with --overwrite to start over", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as exc:
         return _fail(exc, "colu align")
     print(f"\n{results['experiment']} ({results['data']['description']})")

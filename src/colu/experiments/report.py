@@ -52,7 +52,7 @@ def _widths(results) -> dict:
 
 
 def _steps_per_run(results):
-    steps = {r.get("steps") for r in results["runs"]}
+    steps = {r.get("steps") for r in results.get("runs", [])}
     return steps.pop() if len(steps) == 1 else None
 
 
