@@ -359,3 +359,17 @@ def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_setting
     ckpt.write_bytes((other / "checkpoints" / "relu-seed1.pt").read_bytes())
     assert align_cmd.main(args + ["--overwrite"]) == 2
     assert "relu-seed1.pt" in capsys.readouterr().err
+
+
+def test_report_waits_for_no_one_but_refuses_a_live_run(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert _run(out) == 0
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        assert report_main([str(out)]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert report_main([str(out)]) == 0  # the dead owner's lock is taken over

@@ -65,8 +65,14 @@ def report_main(argv=None) -> int:
     args = p.parse_args(argv)
     from . import report
 
+    from .rundir import RunFolder
+
+    if not os.path.isdir(args.dir):
+        return _fail(ValueError(f"{args.dir!r} is not a directory; point colu report at a run's --out"), "colu report")
     try:
-        results = report.rebuild(args.dir)
+        with RunFolder(args.dir) as folder:  # a live run in the folder would overwrite what this writes
+            folder.lock("colu report " + args.dir)
+            results = report.rebuild(args.dir)
     except (ValueError, OSError) as exc:
         return _fail(exc, "colu report")
     print(report.summary_table(results))
