@@ -361,7 +361,7 @@ def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_setting
     assert "relu-seed1.pt" in capsys.readouterr().err
 
 
-def test_report_waits_for_no_one_but_refuses_a_live_run(tmp_path, capsys):
+def test_report_refuses_a_folder_a_live_run_holds(tmp_path, capsys):
     out = tmp_path / "x"
     assert _run(out) == 0
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
