@@ -87,7 +87,13 @@ static int pick_threads(i64 numel, int nthreads) {
  * into one contiguous span per thread, as schedule(static) would. With one
  * thread OpenMP is not entered at all: libgomp sets up a region even when
  * its if() clause is false, about 0.4 us, a tenth of a (64, 512) call. The
- * caller names its thread count nt. */
+ * caller names its thread count nt.
+ * The statements are compiled once, as a nested function (GNU C, called
+ * directly, so no trampoline and no executable stack) that both branches
+ * call: pasted into each branch they were compiled twice, and on some
+ * -march targets the two copies contracted different products into FMAs,
+ * so one and two threads gave results 1 ulp apart. */
+#if defined(__clang__) /* no nested functions: the statements are pasted into both branches */
 #define PAR_SPANS(N, ...)                                                        \
     do {                                                                         \
         const i64 n_ = (N);                                                      \
@@ -103,6 +109,22 @@ static int pick_threads(i64 numel, int nthreads) {
             __VA_ARGS__;                                                         \
         }                                                                        \
     } while (0)
+#else
+#define PAR_SPANS(N, ...)                                                        \
+    do {                                                                         \
+        const i64 n_ = (N);                                                      \
+        __attribute__((noinline)) void span_(const i64 lo, const i64 hi) { __VA_ARGS__; } \
+        if (nt > 1) {                                                            \
+            _Pragma("omp parallel num_threads(nt)")                              \
+            {                                                                    \
+                const i64 t_ = omp_get_thread_num(), k_ = omp_get_num_threads(); \
+                span_(n_ * t_ / k_, n_ * (t_ + 1) / k_);                         \
+            }                                                                    \
+        } else {                                                                 \
+            span_(0, n_);                                                        \
+        }                                                                        \
+    } while (0)
+#endif
 
 /* expf in a form the compiler vectorises (libm's expf is a call per element
  * unless -ffast-math, which the NaN rules forbid). Cody-Waite reduction to
