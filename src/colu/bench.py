@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import random
 import statistics
-import tempfile
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 import colu
-
+from colu.files import atomic_write_json
+from colu.ops.dispatch import BACKENDS, select
 
 CPU_SHAPES = "4096x1024,64x512"
 # 1 GiB in float32: (4096, 1024) fits in the 50 MB L2 of recent GPUs and would time the cache, not memory
 GPU_LARGE = "32768x8192"
+CONE_DIMS, REPEATS, WARMUP = "4,8,16", 30, 5
+# --quick: a tiny shape and few repeats; options given explicitly still win
+QUICK = dict(shapes="64x48", cone_dims="4", repeats=3, warmup=1)
+SCALINGS = ("hard", "soft", "firm")
+# the MLP of the model rows: its hidden width must be a multiple of the cone dimension it uses
+MODEL_WIDTH, QUICK_MODEL_WIDTH = 2048, 64
+
+
+class UsageError(ValueError):
+    """A bad option value; main() prints it as one line and exits with status 2."""
 
 
 def _parse(argv):
@@ -38,22 +48,102 @@ def _parse(argv):
         help=f"comma-separated NxC shapes (default: {CPU_SHAPES} on CPU; on CUDA also {GPU_LARGE}, "
         "larger than a GPU's L2 cache, so that it measures memory bandwidth)",
     )
-    p.add_argument("--cone-dims", default="4,8,16", help="comma-separated S values (default: %(default)s)")
-    p.add_argument("--scalings", default="hard,soft", help="comma-separated scalings (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"], help="dtype")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device (default: %(default)s)")
-    p.add_argument("--backend", default="auto", help="CoLU backend to time (auto, closed_form, cpu, triton)")
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats per row (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up calls per row (default: %(default)s)")
+    p.add_argument("--cone-dims", default=None,
+                   help=f"comma-separated cone dimensions S >= 2; a shape whose channel count S does not divide "
+                   f"skips that S (default: {CONE_DIMS})")
+    p.add_argument("--scalings", default="hard,soft",
+                   help=f"comma-separated scalings, of {', '.join(SCALINGS)} (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+                   help="dtype of the timed tensors and the MLP (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to time on, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    p.add_argument("--backend", default="auto",
+                   help=f"CoLU backend to time, one of {', '.join(BACKENDS)} (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per row (default: {REPEATS})")
+    p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up calls per row (default: {WARMUP})")
     p.add_argument("--no-model", action="store_true", help="skip the MLP training-step rows")
-    p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (for tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny shape and few repeats, for tests (options given explicitly still apply)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     args = p.parse_args(argv)
-    if args.quick:
-        args.shapes, args.cone_dims, args.repeats, args.warmup = "64x48", "4", 3, 1
+    defaults = QUICK if args.quick else dict(shapes=None, cone_dims=CONE_DIMS, repeats=REPEATS, warmup=WARMUP)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.shapes is None:
         args.shapes = CPU_SHAPES + ("," + GPU_LARGE if args.device.startswith("cuda") else "")
     return args
+
+
+def _parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        if not item:
+            continue
+        try:
+            shape = tuple(int(v) for v in item.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise UsageError(f"--shapes: {item!r} is not a shape; give positive sizes like 4096x1024,64x512 "
+                             "(the last size is the channel count)")
+        shapes.append(shape)
+    if not shapes:
+        raise UsageError(f"--shapes: {text!r} names no shape; give e.g. 4096x1024,64x512")
+    return shapes
+
+
+def _parse_cone_dims(text):
+    cone_dims = []
+    for item in text.split(","):
+        if not item:
+            continue
+        try:
+            S = int(item)
+        except ValueError:
+            raise UsageError(
+                f"--cone-dims: {item!r} is not an integer; give cone dimensions S >= 2, e.g. 4,8,16"
+            ) from None
+        if S < 2:
+            raise UsageError(f"--cone-dims: S={S} is out of range; a cone needs S >= 2 channels "
+                             "(its axis and at least one more), e.g. 4,8,16")
+        cone_dims.append(S)
+    if not cone_dims:
+        raise UsageError(f"--cone-dims: {text!r} names no cone dimension; give S >= 2, e.g. 4,8,16")
+    return cone_dims
+
+
+def _check_options(args):
+    """Turn the text options into lists and reject what cannot run, before any timing starts.
+
+    Returns the shapes and the device; sets ``args.cone_dims``/``args.scalings`` to lists.
+    """
+    shapes = _parse_shapes(args.shapes)
+    args.cone_dims = _parse_cone_dims(args.cone_dims)
+    args.scalings = [s for s in args.scalings.split(",") if s]
+    for scaling in args.scalings:
+        if scaling not in SCALINGS:
+            raise UsageError(f"--scalings: unknown scaling {scaling!r}; expected {', '.join(SCALINGS)}")
+    if not args.scalings:
+        raise UsageError("--scalings names no scaling; give e.g. hard,soft")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UsageError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats} and {args.warmup})")
+    if args.backend not in BACKENDS:
+        raise UsageError(f"--backend: unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device: {args.device!r} is not a torch device; give e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    # ask the dispatcher itself whether the backend runs here (triton installed, a CUDA tensor, the C kernel
+    # built, COLU_BACKEND valid), so that its reason is shown now rather than as a traceback mid-run
+    try:
+        select(torch.empty(0, device=device, dtype=getattr(torch, args.dtype)), args.backend)
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--backend {args.backend} cannot run on {args.device}: {reason}") from None
+    return shapes, device
 
 
 class _Timer:
@@ -103,6 +193,13 @@ def _interleaved(cases, timer, repeats, warmup):
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def _split_cone_dims(channels, cone_dims):
+    """The cone dimensions that divide ``channels``, and the reasons the others are left out."""
+    fitting = [S for S in cone_dims if channels % S == 0]
+    reasons = {S: f"{channels} channels are not a multiple of S={S}" for S in cone_dims if channels % S}
+    return fitting, reasons
+
+
 def _activations(S_list, scalings, backend):
     acts = {"relu": torch.relu, "silu": F.silu, "gelu": F.gelu}
     for S in S_list:
@@ -112,11 +209,23 @@ def _activations(S_list, scalings, backend):
     return acts
 
 
-def _shape_rows(shape, args, device, dtype, timer):
+def _dropped(where, reasons, scalings):
+    """JSON records of the rows left out at ``where``: one per cone dimension, naming its rows and why."""
+    return [
+        dict(where=where, cone_dim=S, reason=reason,
+             activations=[f"{kind} S={S} {sc}" for kind in ("colu", "rcolu") for sc in scalings])
+        for S, reason in reasons.items()
+    ]
+
+
+def _shape_rows(shape, args, device, dtype, timer, dropped):
+    """Rows of one shape; appends to ``dropped`` the cone dimensions that do not fit its channel count."""
     x = torch.randn(shape, device=device, dtype=dtype)
     xg = x.clone().requires_grad_(True)
     grad = torch.randn_like(x)
-    acts = _activations([S for S in args.cone_dims if shape[-1] % S == 0], args.scalings, args.backend)
+    fitting, reasons = _split_cone_dims(shape[-1], args.cone_dims)
+    dropped += _dropped("shape " + "x".join(map(str, shape)), reasons, args.scalings)
+    acts = _activations(fitting, args.scalings, args.backend)
     fwd = {n: (lambda f=f: f(x)) for n, f in acts.items()}
 
     def fb(f):
@@ -150,9 +259,21 @@ def _shape_rows(shape, args, device, dtype, timer):
     return rows
 
 
-def _model_rows(args, device, dtype, timer):
+def _model_rows(args, device, dtype, timer, dropped=None):
+    """The MLP train-step rows, with the first cone dimension that divides the MLP's width.
+
+    If none divides it, returns no rows and appends the reason to ``dropped``.
+    """
     batch = 64 if args.quick else 1024
-    width = 64 if args.quick else 2048
+    width = QUICK_MODEL_WIDTH if args.quick else MODEL_WIDTH
+    model_name = f"MLP 784-{width}-{width}-10 batch {batch} train step"
+    fitting, reasons = _split_cone_dims(width, args.cone_dims)
+    if not fitting:
+        if dropped is not None:
+            listed = ",".join(map(str, reasons))
+            dropped.append(dict(where=model_name, cone_dim=None, activations=["relu", f"colu S={listed} hard"],
+                                reason=f"its width {width} is not a multiple of any of S={listed}"))
+        return []
     x = torch.randn(batch, 784, device=device, dtype=dtype)
     target = torch.randint(0, 10, (batch,), device=device)
 
@@ -170,7 +291,7 @@ def _model_rows(args, device, dtype, timer):
 
         return step
 
-    S = args.cone_dims[0]
+    S = fitting[0]
     cases = {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S))}
     # the module has no backend argument; --backend reaches it through COLU_BACKEND
     saved = os.environ.get("COLU_BACKEND")
@@ -184,7 +305,7 @@ def _model_rows(args, device, dtype, timer):
         else:
             os.environ["COLU_BACKEND"] = saved
     return [
-        dict(model=f"MLP 784-{width}-{width}-10 batch {batch} train step", activation=n, step_ms=v, vs_relu=v / t["relu"])
+        dict(model=model_name, activation=n, step_ms=v, vs_relu=v / t["relu"])
         for n, v in t.items()
     ]
 
@@ -216,18 +337,8 @@ def _print_table(result):
         print(line)
     for r in result.get("model_rows", []):
         print(f"# {r['model']}: {r['activation']:<14} {r['step_ms']:8.2f} ms  x{r['vs_relu']:.3f} vs ReLU")
-
-
-def _write_json(path, result):
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".colu-bench-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    for d in result.get("dropped", []):
+        print(f"# dropped {', '.join(d['activations'])} at {d['where']}: {d['reason']}")
 
 
 def _keep_freed_buffers() -> bool:
@@ -253,18 +364,10 @@ def _keep_freed_buffers() -> bool:
 def main(argv=None) -> int:
     args = _parse(argv)
     try:
-        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",") if s]
-        args.cone_dims = [int(v) for v in args.cone_dims.split(",") if v]
-    except ValueError:
-        print(f"colu bench: --shapes must look like 4096x1024,64x512 and --cone-dims like 4,8 "
-              f"(got {args.shapes!r}, {args.cone_dims!r})")
+        shapes, device = _check_options(args)
+    except UsageError as err:
+        print(f"colu bench: {err}", file=sys.stderr)
         return 2
-    args.scalings = [s for s in args.scalings.split(",") if s]
-    for s in args.scalings:
-        if s not in ("hard", "soft", "firm"):
-            print(f"colu bench: unknown scaling {s!r}; expected hard, soft or firm")
-            return 2
-    device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     timer = _Timer(device)
     kept = _keep_freed_buffers() if device.type == "cpu" else False
@@ -281,12 +384,18 @@ def main(argv=None) -> int:
         ),
         copy_gbs=_copy_gbs(device, dtype, timer) if device.type == "cuda" else None,
         rows=[],
+        dropped=[],
     )
     for shape in shapes:
-        result["rows"] += _shape_rows(shape, args, device, dtype, timer)
+        result["rows"] += _shape_rows(shape, args, device, dtype, timer, result["dropped"])
     if not args.no_model:
-        result["model_rows"] = _model_rows(args, device, dtype, timer)
+        result["model_rows"] = _model_rows(args, device, dtype, timer, result["dropped"])
     _print_table(result)
     if args.json:
-        _write_json(args.json, result)
+        try:
+            atomic_write_json(args.json, result, indent=2)
+        except OSError as err:
+            print(f"colu bench: cannot write --json {args.json}: {err.strerror or err}; "
+                  "the table above has the results", file=sys.stderr)
+            return 1
     return 0

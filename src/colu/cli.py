@@ -4,12 +4,20 @@ Each subcommand lives in its own module and is imported only when it is run,
 so ``colu bench`` never pays for matplotlib and ``colu --help`` stays fast.
 A command is ``"module:function"`` where ``function(argv) -> int`` parses its
 own arguments.
+
+A plain ``pip install colu`` brings only torch and numpy. Commands that need
+more name the modules they import and the extra that installs them, and are
+refused up front when one is missing, rather than failing half-way through.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
+
+# import names of what pyproject's `experiments` extra installs (pyyaml is `yaml`, scikit-learn `sklearn`)
+EXPERIMENTS_NEEDS = ("scipy", "matplotlib", "tqdm", "yaml", "sklearn")
 
 COMMANDS = {
     "demo": ("colu.experiments.demo:main", "train small networks with ReLU vs CoLU on built-in data"),
@@ -22,12 +30,50 @@ COMMANDS = {
     "align": ("colu.experiments.align_cmd:main", "align two trained seeds and measure loss barriers"),
 }
 
+# command -> (the extra that installs them, the modules it imports beyond torch and numpy); every command is
+# listed, so that a new one has to say what it needs
+NEEDS = {
+    "bench": (None, ()),
+    "convert-check": (None, ()),
+    "demo": ("experiments", EXPERIMENTS_NEEDS),
+    "run": ("experiments", EXPERIMENTS_NEEDS),
+    "sweep": ("experiments", EXPERIMENTS_NEEDS),
+    "report": ("experiments", EXPERIMENTS_NEEDS),
+    "align": ("experiments", EXPERIMENTS_NEEDS),
+    "plot": ("tools", ("matplotlib",)),
+}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: colu COMMAND [options]   (colu COMMAND --help for a command's options)", "", "commands:"]
+    lines = [
+        "usage: colu COMMAND [options]   (colu COMMAND --help for a command's options)",
+        "       colu --version",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        # ValueError: already imported without a spec (e.g. injected into sys.modules), so it is there
+        return module in sys.modules
+
+
+def missing_modules(name: str) -> list:
+    """The modules command ``name`` imports that are not installed."""
+    _, modules = NEEDS[name]
+    return [m for m in modules if not _installed(m)]
 
 
 def main(argv=None) -> int:
@@ -35,9 +81,18 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"colu {_version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"colu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    missing = missing_modules(name)
+    if missing:
+        extra = NEEDS[name][0]
+        print(f"colu {name}: needs {', '.join(missing)} (not installed): pip install 'colu[{extra}]'",
+              file=sys.stderr)
         return 2
     module, function = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), function)(rest) or 0)

@@ -34,6 +34,9 @@ so you can see what stays component-wise.
 
 from __future__ import annotations
 
+import inspect
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -393,3 +396,23 @@ def _mismatch(report: ConversionReport, on_mismatch: str, name: str, reason: str
             f"or pass on_mismatch='skip' to keep the original activation there"
         )
     report.skipped.append(Skip(name, reason))
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its own :func:`convert`.
+
+    ``colu.convert(model, ...)`` is the documented entry point, and
+    ``colu.convert.ConversionReport`` (or ``import colu.convert``) must reach
+    this module: a package attribute cannot be both a function and a module,
+    so the module forwards calls to the function instead of the function
+    hiding the module.
+    """
+
+    def __call__(self, *args, **kwargs) -> ConversionReport:
+        # forwarded untouched, so a wrong call fails with convert()'s own TypeError
+        return convert(*args, **kwargs)
+
+
+# inspect.signature(colu.convert) reads this, so introspection shows the function's parameters
+__signature__ = inspect.signature(convert)
+sys.modules[__name__].__class__ = _CallableModule

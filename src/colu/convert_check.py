@@ -38,14 +38,22 @@ def _loss(model, x, y):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="colu convert-check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--activation", choices=("relu", "silu"), default="relu", help="activation to train with")
-    parser.add_argument("--width", type=int, default=64, help="hidden width (a multiple of --cone-dim)")
-    parser.add_argument("--cone-dim", type=int, default=4)
-    parser.add_argument("--scaling", choices=("hard", "soft", "firm"), default="hard")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps before conversion")
-    parser.add_argument("--finetune-steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--activation", choices=("relu", "silu"), default="relu",
+                        help="activation to train with (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=64,
+                        help="hidden width, a multiple of --cone-dim (default: %(default)s)")
+    parser.add_argument("--cone-dim", type=int, default=4,
+                        help="channels per cone S of the CoLU that replaces the activation (default: %(default)s)")
+    parser.add_argument("--scaling", choices=("hard", "soft", "firm"), default="hard",
+                        help="CoLU scaling (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="training steps before conversion (default: %(default)s)")
+    parser.add_argument("--finetune-steps", type=int, default=600,
+                        help="fine-tuning steps after conversion (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="Adam learning rate of training; fine-tuning uses a third of it (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data and the initial weights (default: %(default)s)")
     args = parser.parse_args(argv)
 
     g = torch.Generator().manual_seed(args.seed)
