@@ -373,3 +373,17 @@ def test_report_refuses_a_folder_a_live_run_holds(tmp_path, capsys):
         sleeper.kill()
         sleeper.wait()
     assert report_main([str(out)]) == 0  # the dead owner's lock is taken over
+
+
+def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
+    from colu.experiments import demo
+
+    out = tmp_path / "demo"
+    (out / "hemisphere").mkdir(parents=True)
+    (out / "hemisphere" / "config.json").write_text(json.dumps({"experiment": "hemisphere", "command": "colu demo"}))
+    assert demo._holds_a_demo(str(out / "hemisphere"))
+    (out / "hemisphere" / "config.json").write_text(json.dumps({"experiment": "hemisphere",
+                                                                "command": "colu run hemisphere"}))
+    assert not demo._holds_a_demo(str(out / "hemisphere"))
+    assert demo.main(["--out", str(out), "--seeds", "1", "--quiet"]) == 2
+    assert "already holds results" in capsys.readouterr().err
