@@ -220,7 +220,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
                 else nullcontext())
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     tag = f"[{exp.name}] {act.label()} seed {seed}"
-    bar = _progress(total, step, tag[1:].replace("]", ""), show_progress and info.main)
+    bar = _progress(total, step, f"{exp.name} {act.label()} seed {seed}", show_progress and info.main)
     started = time.time()
     order, order_epoch = None, -1
     model.train()
