@@ -198,7 +198,12 @@ def test_select_and_overrides(monkeypatch):
     with pytest.raises(ValueError, match="backend='gpu'"):
         colu.colu(x, 4, backend="gpu")
     monkeypatch.delenv("COLU_BACKEND")
-    with pytest.raises(RuntimeError, match="needs a CUDA tensor"):
+    # without triton the request fails earlier, on the missing package
+    expected = "needs a CUDA tensor" if dispatch._triton_installed() else "triton is not installed"
+    with pytest.raises(RuntimeError, match=expected):
+        colu.colu(x, 4, backend="triton")
+    monkeypatch.setattr(dispatch, "_triton_installed", lambda: False)
+    with pytest.raises(RuntimeError, match="triton is not installed"):
         colu.colu(x, 4, backend="triton")
 
 

@@ -30,7 +30,7 @@ def test_import_stays_light():
 def test_spec_partitions_channels(layout, share):
     C = 13 if share else 12
     spec = colu.ConeSpec.resolve(C, cone_dim=4, share_axis=share, layout=layout)
-    assert (spec.num_cones, spec.cone_dim) == (4, 4) if share else (3, 4)
+    assert (spec.num_cones, spec.cone_dim) == ((4, 4) if share else (3, 4))
     axes = spec.axis_channels().unique().tolist()
     sections = spec.section_channels().flatten().tolist()
     assert sorted(axes + sections) == list(range(C))  # every channel exactly once
