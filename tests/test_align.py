@@ -419,6 +419,7 @@ def test_mismatched_widths_are_reported():
         align.interpolate(a, b, 0.5)
 
 
+@pytest.mark.slow
 def test_importing_align_does_not_import_scipy():
     code = "import sys, colu, colu.align; assert 'scipy' not in sys.modules, 'scipy imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

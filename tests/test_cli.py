@@ -133,6 +133,7 @@ _WITHOUT_EXTRAS = (
 )
 
 
+@pytest.mark.slow
 def test_core_only_install_refuses_run_and_runs_convert_check():
     refused = _python(_WITHOUT_EXTRAS + (
         "rc = cli.main(['run', 'hemisphere', '--quick'])\n"
@@ -151,6 +152,7 @@ def test_core_only_install_refuses_run_and_runs_convert_check():
 # --- lazy submodules and colu.convert ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_submodules_load_on_first_use():
     code = (
         "import sys, colu\n"

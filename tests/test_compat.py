@@ -22,6 +22,7 @@ def _conv_model():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), colu.CoLU(num_cones=4, dim=1, scaling="firm"), nn.Conv2d(16, 4, 1))
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_matches_eager_forward_and_backward():
     torch._dynamo.reset()
     model = _model()
@@ -52,6 +53,7 @@ def test_export_matches_eager():
     torch.testing.assert_close(torch.export.export(model, (x2,)).module()(x2), model(x2))
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -167,6 +167,7 @@ def _copy(m):
     return copy.deepcopy(m)
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_and_compile():
     model = _conv_net().eval()
     x = torch.randn(2, 3, 6, 6)
@@ -184,6 +185,7 @@ def test_state_dict_round_trip_and_compile():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_import_colu_stays_light():
     code = (
         "import sys, colu; heavy = [m for m in ('matplotlib', 'diffusers', 'transformers') if m in sys.modules];"
@@ -210,6 +212,7 @@ def _round_trip(build, convert_kwargs, args, output):
     return a, ra, ya
 
 
+@pytest.mark.slow
 def test_diffusers_unet_silus_become_soft_colu_with_32_cones():
     diffusers = pytest.importorskip("diffusers")
 

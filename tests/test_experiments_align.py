@@ -82,6 +82,7 @@ def test_command_is_registered():
     assert getattr(importlib.import_module(module), function) is align_cmd.main
 
 
+@pytest.mark.slow
 def test_mlp_end_to_end(mlp_run):
     res, _ = _check(mlp_run, "mnist-mlp", [("loss", "")])
     # the training log and the runner-layout checkpoints are there, and the saved naive barrier is what
@@ -101,6 +102,7 @@ def test_mlp_end_to_end(mlp_run):
         assert again["barrier"] == pytest.approx(run["metrics"]["barrier_naive"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_from_reuses_checkpoints(mlp_run, tmp_path):
     out = tmp_path / "again"
     assert align_cmd.main(["mnist-mlp", "--from", str(mlp_run), "--num-points", "5", "--quiet",
@@ -113,6 +115,7 @@ def test_from_reuses_checkpoints(mlp_run, tmp_path):
             assert r2["metrics"][f"barrier_{method}"] == pytest.approx(r1["metrics"][f"barrier_{method}"], rel=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (["--epochs", "3"], "epochs=3"),
     (["--activations", "silu"], "silu-seed0.pt"),
@@ -124,6 +127,7 @@ def test_from_refuses_mismatches(mlp_run, tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_options_name_the_value(mlp_run, capsys):
     assert align_cmd.main(["mnist-mlp", "--from", str(mlp_run), "--out", str(mlp_run)]) == 2
     assert "is the --from directory" in capsys.readouterr().err

@@ -42,6 +42,7 @@ def _check_outputs(out, experiment, metrics, n_runs):
     return res, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment, metrics", [
     ("hemisphere", ["test_mse", "max_test_error"]),
     ("mnist-mlp", ["train_loss", "test_accuracy"]),
@@ -65,6 +66,7 @@ def test_quick_mode_end_to_end(tmp_path, experiment, metrics):
     assert (out / "report.md").exists() and _results(out)["summary"] == before
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path):
     args = ["mnist-mlp", "--quiet", "--seeds", "1", "--steps", "14", "--batch-size", "64", "--eval-every", "3",
             "--ckpt-every", "4", "--activations", "relu", "colu:S=4,soft,share", "--set", "width=64"]
@@ -88,6 +90,7 @@ def _torchrun(args, out):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment, extra", [
     ("mnist-mlp", ["--activations", "colu:S=4", "--set", "width=64", "--batch-size", "64"]),
     ("mnist-vae", ["--activations", "colu:G=10,soft,share", "--set", "hidden=40", "--batch-size", "32"]),

@@ -250,6 +250,7 @@ def test_export_decomposes_to_aten():
     torch.testing.assert_close(ep.module()(x), M()(x))
 
 
+@pytest.mark.slow
 def test_onnx_export(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
@@ -263,6 +264,7 @@ def test_onnx_export(tmp_path):
     assert onnx.load(str(path)).graph.node
 
 
+@pytest.mark.slow
 def test_no_compiler_falls_back_once(tmp_path):
     script = textwrap.dedent(
         """
@@ -470,6 +472,7 @@ def _cpu_flags() -> str:
         return ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="builds the kernel for other x86-64 levels")
 @pytest.mark.parametrize("march", sorted(_ISA_BUILDS))
 def test_builds_for_other_cpus_match_reference(tmp_path, march):
@@ -562,6 +565,7 @@ def test_python_entry_rejects_bad_calls():
         call(0, False, x)
 
 
+@pytest.mark.slow
 def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeypatch):
     """Where Python.h is missing only the kernel is built; calls, planned ones included, go through ctypes."""
     from colu import functional

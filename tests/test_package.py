@@ -13,6 +13,7 @@ import colu
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_import_stays_light():
     # compare with what torch itself loads (torch imports tqdm when it is installed)
     code = (
@@ -69,6 +70,7 @@ def _readme_python_blocks():
     return re.findall(r"```python\n(.*?)```", readme, re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
 def test_readme_python_examples_run(index, capsys):
     pytest.importorskip("scipy")

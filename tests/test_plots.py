@@ -9,6 +9,7 @@ from colu import cli, plots  # noqa: E402
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_colu_plot_writes_three_pngs(tmp_path, capsys):
     out = tmp_path / "figs"
     assert cli.main(["plot", "--out", str(out)]) == 0

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,6 +59,7 @@ def _cone_parts(y, cfg):
     return yl[..., spec.axis_channels()], yl[..., spec.section_channels()]
 
 
+@pytest.mark.slow
 @given(cone_configs())
 def test_hard_output_in_cone(cfg):
     y = colu.colu(cfg["x"], cone_dim=cfg["S"], share_axis=cfg["share"], layout=cfg["layout"], dim=cfg["dim"])
@@ -91,6 +93,7 @@ def test_hard_rcolu_is_idempotent(cfg):
     torch.testing.assert_close(colu.rcolu(y, **kw), y, rtol=1e-9, atol=1e-9 * cfg["x"].abs().max().item())
 
 
+@pytest.mark.slow
 @given(cone_configs(), st.sampled_from(["hard", "soft", "firm"]), st.sampled_from(["identity", "relu", "silu"]))
 def test_colu_equivariant_under_cone_group(cfg, scaling, act):
     spec = colu.ConeSpec.resolve(cfg["C"], cfg["S"], share_axis=cfg["share"], layout=cfg["layout"])
@@ -102,6 +105,7 @@ def test_colu_equivariant_under_cone_group(cfg, scaling, act):
     torch.testing.assert_close(lhs, rhs, rtol=1e-9, atol=1e-9 * x.abs().max().item())
 
 
+@pytest.mark.slow
 @given(cone_configs(kind="rcolu"), st.sampled_from(["hard", "soft", "firm"]))
 def test_rcolu_equivariant_under_rotations_fixing_e(cfg, scaling):
     S, G = cfg["S"], cfg["G"]
@@ -125,6 +129,7 @@ def test_rcolu_equivariant_under_rotations_fixing_e(cfg, scaling):
     )
 
 
+@pytest.mark.slow
 @given(st.integers(0, 2**31 - 1))
 def test_relu_is_not_rotation_equivariant(seed):
     """Lemma 4.8(1): a rotation of a section breaks ReLU, which CoLU absorbs."""

@@ -34,6 +34,7 @@ def _log_rows(out):
 
 
 # ------------------------------------------------------------------ stale results
+@pytest.mark.slow
 def test_fresh_run_refuses_a_folder_with_results_and_overwrite_clears_it(tmp_path, capsys):
     out = tmp_path / "x"
     assert _run(out, "--lr", "0.001") == 0
@@ -58,6 +59,7 @@ def test_quick_halted_run_cannot_land_on_a_finished_folder(tmp_path, capsys):
     assert "already holds results" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_refuses_records_and_checkpoints_of_other_settings(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _run(a, "--lr", "0.001", "--activations", "relu", "silu") == 0
@@ -84,6 +86,7 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
     assert run_main([*SMALL, "--quiet", "--out", str(tmp_path / "e"), "--resume", "--overwrite"]) == 2
 
 
+@pytest.mark.slow
 def test_resume_may_add_seeds_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "x"
     assert _run(out) == 0
@@ -94,6 +97,7 @@ def test_resume_may_add_seeds_and_reuses_finished_runs(tmp_path):
     assert res["config"]["seeds"] == 2
 
 
+@pytest.mark.slow
 def test_log_holds_each_step_once_after_kill_and_resume(tmp_path):
     full, h2, h4 = tmp_path / "full", tmp_path / "h2", tmp_path / "h4"
     assert _run(full) == 0
@@ -128,6 +132,7 @@ def test_a_live_lock_stops_a_second_writer(tmp_path, capsys):
         sleeper.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_and_tmp_debris_cleaned(tmp_path, capsys):
     out = tmp_path / "x"
     assert _run(out, "--halt-after", "2") == 3
@@ -192,6 +197,7 @@ def test_yaml_and_set_values_are_checked_too(tmp_path, capsys):
     assert "width 0 is out of range" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_steps_override_epochs(tmp_path):
     out = tmp_path / "x"
     assert run_main([*SMALL, "--quiet", "--out", str(out), "--epochs", "3"]) == 0  # SMALL gives --steps 6
@@ -291,6 +297,7 @@ def test_damaged_files_name_themselves_and_suggest_overwrite(tmp_path, capsys, v
 
 
 # ------------------------------------------------------------------ defaults train
+@pytest.mark.slow
 def test_default_mlp_budget_trains_on_the_digits(tmp_path):
     out = tmp_path / "x"
     assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--seeds", "1",
@@ -304,6 +311,7 @@ def test_default_mlp_budget_trains_on_the_digits(tmp_path):
 
 
 # ------------------------------------------------------------------ what users see
+@pytest.mark.slow
 def test_progress_lines_off_a_terminal_and_sweep_estimate(tmp_path, capsys):
     out = tmp_path / "s"
     assert sweep_main([*SMALL[:-4], "--activations", "relu", "silu", "--set", "width=16", "--out", str(out)]) == 0
@@ -340,6 +348,7 @@ def test_first_kernel_compile_is_announced(tmp_path):
     assert "compiling" not in again.stderr  # cached: silent
 
 
+@pytest.mark.slow
 def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_settings(tmp_path, capsys):
     from colu.experiments import align_cmd
 
@@ -361,6 +370,7 @@ def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_setting
     assert "relu-seed1.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_refuses_a_folder_a_live_run_holds(tmp_path, capsys):
     out = tmp_path / "x"
     assert _run(out) == 0

@@ -103,6 +103,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_triton_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("COLU_BACKEND", None)
@@ -111,6 +112,7 @@ def test_triton_kernels_under_interpreter():
     assert "TRITON-OK 104" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_core_import_does_not_import_triton():
     code = "import sys, torch, colu; x = torch.randn(4, 8); colu.colu(x, 4); print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
