@@ -11,7 +11,11 @@ and F).
   :func:`match_states` (Algorithm 2, state matching) find one group element
   per hidden state and return an :class:`Alignment`;
   ``alignment.apply(model_b)`` gives a copy of model B, moved by those
-  elements, that computes exactly the same function.
+  elements, that computes exactly the same function; it checks that on one
+  small probe batch (``apply(model_b, probe=batch)``, or the first rows of
+  the state-matching data, or random rows for the first ``nn.Linear``) and
+  raises a ``ValueError`` naming the largest output difference if the
+  hidden states it was given do not describe the model.
 * :func:`interpolate`, :func:`loss_curve` and :func:`loss_barrier` evaluate the
   linear path between two models (eq. 11); :func:`kl_standard_normal` is the
   KL term for a VAE's KL barrier (Figure 14).
@@ -21,8 +25,10 @@ and F).
 (columns of ``fc_out.weight``). An element ``P`` of the activation's group acts
 on every one of them along the hidden axis (``W_in <- P W_in``,
 ``b_in <- P b_in``, ``W_out <- W_out P^T``). ``nn.Sequential`` stacks of
-``nn.Linear`` and activation modules are read automatically; anything else is
-described by a *spec* (:class:`HiddenState`)::
+``nn.Linear`` and activation modules are read automatically (one activation
+module object placed at several positions gives a hidden state at each, named
+by its position); anything else is described by a *spec*
+(:class:`HiddenState`)::
 
     spec = [
         HiddenState("enc", group="enc_act",                # the activation module's name
@@ -71,6 +77,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -343,10 +350,15 @@ class _Resolved:
     pre: Optional[str]
     post: Optional[str]
     state_dim: int
+    override: Optional[str] = None  # why a change of function is expected (a group other than the activation's)
 
 
 def _flatten_sequential(model: nn.Sequential, prefix: str = ""):
-    for name, child in model.named_children():
+    # every position, also a module object placed at several of them (named_children() would
+    # yield it once, and the hidden state at its later positions would lose its activation)
+    for name, child in model._modules.items():
+        if child is None:
+            continue
         full = f"{prefix}{name}"
         if isinstance(child, nn.Sequential):
             yield from _flatten_sequential(child, full + ".")
@@ -362,7 +374,10 @@ def infer_spec(model: nn.Module) -> list:
     between them give its group (none or ``nn.Identity``: the identity, so
     O(C); ``nn.Dropout`` is ignored since it is the identity in eval mode).
     Modules before the first and after the last linear layer do not touch a
-    hidden state and may be anything.
+    hidden state and may be anything. One activation module object placed at
+    several positions (``act = CoLU(...); nn.Sequential(lin1, act, lin2, act,
+    lin3)``) gives one hidden state per position, each with that module's
+    group, named by the position (``"1"`` and ``"3"``).
     """
     pairs = getattr(type(model), "HIDDEN_STATES", None)
     if isinstance(pairs, dict):
@@ -413,8 +428,13 @@ def infer_spec(model: nn.Module) -> list:
     return spec
 
 
+def _modules_by_name(model: nn.Module) -> dict:
+    """Every module of ``model`` under every name it is registered as (a shared module under each)."""
+    return dict(model.named_modules(remove_duplicate=False))
+
+
 def _spec_from_pairs(model: nn.Module, pairs: dict) -> list:
-    modules = dict(model.named_modules())
+    modules = _modules_by_name(model)
     spec = []
     for act, pair in pairs.items():
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -444,8 +464,12 @@ def resolve_spec(model: nn.Module, spec=None) -> list:
         spec = _spec_from_pairs(model, spec)
     if not isinstance(spec, (list, tuple)) or not spec:
         raise ValueError(f"spec must be a non-empty list of HiddenState, got {spec!r}")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    modules = dict(model.named_modules())
+    params = model.state_dict(keep_vars=True)
+    shapes = {k: v.shape for k, v in params.items()}
+    keys_of = {}  # id of a tensor -> its state_dict keys (several when one tensor sits at several places)
+    for k, v in params.items():
+        keys_of.setdefault(id(v), []).append(k)
+    modules = _modules_by_name(model)
     resolved, seen = [], {}
     for entry in spec:
         if isinstance(entry, dict):
@@ -486,16 +510,36 @@ def resolve_spec(model: nn.Module, spec=None) -> list:
             if (k, a) in seen:
                 raise ValueError(f"{k!r} axis {a} is listed by both {seen[k, a]!r} and {entry.name!r}")
             seen[k, a] = entry.name
-        group = entry.group
-        if isinstance(group, str) and group in modules and group.lower() not in _GROUP_NAMES:
-            group = modules[group]
-        group = group_of(group, C)
+            aliases = keys_of[id(params[k])]
+            if len(aliases) > 1:
+                others = " and ".join(repr(o) for o in aliases if o != k)
+                raise ValueError(
+                    f"hidden state {entry.name!r}: {k!r} and {others} are the same tensor (one module placed "
+                    f"at several positions, or tied weights); moving it for one hidden state would move it for "
+                    f"the other too, so the aligned model would compute a different function. Use separate "
+                    f"module instances (e.g. copy.deepcopy(layer)) for the layers around hidden states"
+                )
+        given = entry.group
+        if isinstance(given, str) and given in modules and given.lower() not in _GROUP_NAMES:
+            given = modules[given]
+        group = group_of(given, C)
+        override = None
+        if not isinstance(given, nn.Module) and entry.post in modules:
+            # a group stated outright for a state whose activation module has another one: a deliberate
+            # choice (e.g. a permutation-only baseline for CoLU), which may change the function
+            try:
+                own = group_of(modules[entry.post], C)
+            except ValueError:
+                own = None
+            if own is not None and own != group:
+                override = (f"hidden state {entry.name!r} is given {group} while its activation {entry.post!r} "
+                            f"({type(modules[entry.post]).__name__}) has {own}")
         pre = entry.pre if entry.pre is not None else _owner(tensors[0][0])
         for label, mod in (("pre", pre), ("post", entry.post)):
             if mod is not None and mod not in modules:
                 raise ValueError(f"hidden state {entry.name!r}: {label}={mod!r} is not a module of the model")
         resolved.append(_Resolved(entry.name, group, tuple(tensors), len(entry.producers), pre, entry.post,
-                                  entry.state_dim))
+                                  entry.state_dim, override))
     names = [r.name for r in resolved]
     if len(set(names)) != len(names):
         raise ValueError(f"hidden-state names must be unique, got {names}")
@@ -564,9 +608,31 @@ class Alignment:
     method: str
     groups: dict = field(default_factory=dict)
     _states: tuple = field(default=(), repr=False)
+    _probe: Any = field(default=None, repr=False, compare=False)
+    _forward: Optional[Callable] = field(default=None, repr=False, compare=False)
 
-    def apply(self, model_b: nn.Module) -> nn.Module:
-        """A deep copy of ``model_b`` moved by :attr:`transforms`; it computes the same function."""
+    def apply(self, model_b: nn.Module, probe=None, *, forward: Optional[Callable] = None) -> nn.Module:
+        """A deep copy of ``model_b`` moved by :attr:`transforms`; it computes the same function.
+
+        The copy is checked on one small probe batch: both models run on it
+        (in eval mode, without gradients, with the same random seed), and if
+        their outputs differ by more than rounding allows (relative to the
+        largest output: 1e-4 in float32, 1e-9 in float64, 1e-2 in float16,
+        5e-2 in bfloat16) a ``ValueError`` names the largest difference and
+        the probe. The probe is ``probe`` if given (a batch as
+        :func:`match_states` takes it, fed by ``forward(model, batch)``,
+        default ``model(batch)``); else the first rows of the data given to
+        :func:`match_states`; else 8 random rows as wide as the input of the
+        ``nn.Linear`` producing the first hidden state. When there is none of
+        these, or ``model_b`` does not accept the random rows (its input is
+        not that layer's input: an embedding or a convolution first), the
+        check is skipped; pass ``probe=`` to have it.
+
+        A spec that states a group other than the one of a hidden state's
+        activation (e.g. ``group="permutation"`` for CoLU, a permutation-only
+        baseline) changes the function on purpose: then a difference is a
+        warning, not an error.
+        """
         out = copy.deepcopy(model_b)
         sd = out.state_dict()
         work = {}
@@ -583,7 +649,73 @@ class Alignment:
         with torch.no_grad():
             for key, t in work.items():
                 sd[key].copy_(t.to(sd[key].dtype))
+        self._verify(model_b, out, probe, forward, [sd[key].dtype for key in work])
         return out
+
+    def _verify(self, model_b, moved, probe, forward, dtypes) -> None:
+        """Raise (or warn, for a deliberate group override) if ``moved`` computes another function than ``model_b``."""
+        forward = forward or self._forward or _default_forward
+        guessed = False
+        if probe is not None:
+            source = f"the probe you passed ({_describe_batch(probe)})"
+        elif self._probe is not None:
+            probe = self._probe
+            source = f"the first rows of the data given to match_states ({_describe_batch(probe)})"
+        else:
+            probe, source = _random_probe(model_b, self._states)
+            if probe is None:
+                return
+            guessed = True
+        with _EvalMode(model_b, moved), torch.no_grad():
+            try:
+                expected = _flat_outputs(_run_seeded(model_b, forward, probe))
+            except Exception:
+                if guessed:
+                    return  # the model's input is not what the first linear layer takes: nothing to probe with
+                raise
+            got = _flat_outputs(_run_seeded(moved, forward, probe))
+        if len(got) != len(expected):
+            raise ValueError(f"the aligned model returned {len(got)} tensors on {source}, model_b {len(expected)}")
+        if not expected:
+            return
+        dtypes = list(dtypes) + [t.dtype for t in expected]
+        rtol = max(_rtol(d) for d in dtypes)
+        scale = max((float(t[torch.isfinite(t)].abs().max()) if torch.isfinite(t).any() else 0.0)
+                    for t in (e.double() for e in expected))
+        worst, where = 0.0, 0
+        for i, (a, b) in enumerate(zip(expected, got)):
+            if a.shape != b.shape:
+                raise ValueError(f"the aligned model's output {i} has shape {tuple(b.shape)} on {source}, "
+                                 f"model_b's {tuple(a.shape)}")
+            if a.numel() == 0:
+                continue
+            a, b = a.double(), b.double()
+            same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+            diff = torch.where(same, torch.zeros_like(a), (a - b).abs().nan_to_num(nan=math.inf))
+            d = float(diff.max())
+            if d > worst:
+                worst, where = d, i
+        tol = rtol * scale
+        if worst <= tol:
+            return
+        output = f" (in output {where} of {len(expected)})" if len(expected) > 1 else ""
+        message = (
+            f"the aligned model does not compute the same function as model_b: largest |difference| "
+            f"{worst:.4g}{output}, against a tolerance of {tol:.3g} ({rtol:g} x the largest |output| "
+            f"{scale:.4g}), on {source}"
+        )
+        overrides = [s.override for s in self._states if s.override]
+        if overrides:
+            warnings.warn(f"{message}. Expected: {'; '.join(overrides)}, and only the activation's own group "
+                          f"keeps the function", UserWarning, stacklevel=3)
+            return
+        raise ValueError(
+            f"{message}. The hidden states this alignment was computed with do not describe the model: a group "
+            f"that is not the activation's, a tensor reading or producing a hidden state that is missing from "
+            f"producers=/consumers=, or a transform changed after matching. Check align.resolve_spec(model_b) "
+            f"against the model's forward pass and pass a corrected spec=[HiddenState(...), ...] to the "
+            f"matching function (see help(colu.align))"
+        )
 
     def summary(self) -> dict:
         """A JSON-serialisable record: method, objective trace and the group of each hidden state."""
@@ -591,9 +723,97 @@ class Alignment:
                 "groups": dict(self.groups), "iterations": max(len(self.objective) - 1, 0)}
 
 
-def _make_alignment(states, transforms, objective, method) -> Alignment:
+def _make_alignment(states, transforms, objective, method, probe=None, forward=None) -> Alignment:
     return Alignment(dict(transforms), list(objective), method, {s.name: str(s.group) for s in states},
-                     tuple(states))
+                     tuple(states), probe, forward)
+
+
+_PROBE_ROWS = 8
+_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _rtol(dtype) -> float:
+    """Relative tolerance for comparing outputs of two models that differ by rounding in ``dtype``."""
+    if dtype in _RTOL:
+        return _RTOL[dtype]
+    if dtype.is_floating_point or dtype.is_complex:
+        return max(1e-9, 1e3 * torch.finfo(dtype).eps)
+    return 0.0
+
+
+def _first_rows(batch, rows: int = _PROBE_ROWS):
+    """The first ``rows`` rows of a batch (a tensor, or a tuple/list/dict of them), copied; None if none."""
+    leading = []
+
+    def find(obj):
+        if isinstance(obj, torch.Tensor):
+            if obj.dim() >= 1:
+                leading.append(obj.shape[0])
+        elif isinstance(obj, (tuple, list)):
+            for o in obj:
+                find(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                find(o)
+
+    find(batch)
+    if not leading:
+        return None
+    n = leading[0]
+
+    def cut(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj[:rows].clone() if obj.dim() >= 1 and obj.shape[0] == n else obj
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*(cut(o) for o in obj))
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(cut(o) for o in obj)
+        if isinstance(obj, dict):
+            return {k: cut(o) for k, o in obj.items()}
+        return obj
+
+    return cut(batch)
+
+
+def _describe_batch(batch) -> str:
+    if isinstance(batch, torch.Tensor):
+        return f"shape {tuple(batch.shape)}"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {', '.join(_describe_batch(b) for b in batch)}"
+    if isinstance(batch, dict):
+        return "a dict of " + ", ".join(f"{k!r}: {_describe_batch(v)}" for k, v in batch.items())
+    return type(batch).__name__
+
+
+def _random_probe(model, states):
+    """8 random rows for the ``nn.Linear`` producing the first hidden state, and their description."""
+    if not states or not states[0].tensors:
+        return None, ""
+    owner = _owner(states[0].tensors[0][0])
+    layer = _modules_by_name(model).get(owner)
+    if not isinstance(layer, nn.Linear) or not layer.weight.is_floating_point():
+        return None, ""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(_PROBE_ROWS, layer.in_features, generator=gen, dtype=torch.float64)
+    x = x.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    return x, f"a random probe of shape {tuple(x.shape)} built from the {layer.in_features} inputs of {owner!r}"
+
+
+def _run_seeded(model, forward, batch, seed: int = 0):
+    with _rng_scope(model):
+        torch.manual_seed(seed)
+        return forward(model, batch)
+
+
+def _flat_outputs(output) -> list:
+    """The tensors in a model's output (a tensor, or nested tuples/lists/dicts of them), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output.detach()]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _flat_outputs(o)]
+    if isinstance(output, dict):
+        return [t for o in output.values() for t in _flat_outputs(o)]
+    return []
 
 
 def match_weights(
@@ -749,6 +969,7 @@ def match_states(
     if where not in ("pre", "post"):
         raise ValueError(f"where={where!r}; use 'pre' (after the linear map) or 'post' (after the activation)")
     states = _resolve_pair(model_a, model_b, spec)
+    forward_given = forward
     forward = forward or _default_forward
     targets = []
     for s in states:
@@ -758,12 +979,22 @@ def match_states(
                 f"hidden state {s.name!r} has no post= module, so where='post' cannot read it; "
                 f"give post='<activation module name>' in its HiddenState or use where='pre'"
             )
+        if name in targets:
+            other = states[targets.index(name)].name
+            raise ValueError(
+                f"hidden states {other!r} and {s.name!r} both read the output of module {name!r} "
+                f"(where={where!r}), so their states cannot be told apart; give each hidden state its own "
+                f"{where}= module (a separate module instance per position), or use "
+                f"where={'pre' if where == 'post' else 'post'!r}"
+            )
         targets.append(name)
     corr = [torch.zeros(s.group.channels, s.group.channels, dtype=torch.float64) for s in states]
-    count = 0
+    count, probe = 0, None
     batches = _batches(data)
     with _EvalMode(model_a, model_b), torch.no_grad():
         for batch in batches:
+            if probe is None:
+                probe = _first_rows(batch)  # what Alignment.apply checks the aligned model on
             captured = []
             for model in (model_a, model_b):
                 caught = _capture(model, states, targets, forward, batch, seed)
@@ -782,28 +1013,48 @@ def match_states(
         transforms[s.name] = P
         before += float(torch.diagonal(corr[h]).sum())
         after += value
-    return _make_alignment(states, transforms, [before / count, after / count], "states")
+    return _make_alignment(states, transforms, [before / count, after / count], "states",
+                           probe=probe, forward=forward_given)
 
 
 def _capture(model, states, targets, forward, batch, seed):
-    modules = dict(model.named_modules())
+    named = list(model.named_modules(remove_duplicate=False))
+    modules = dict(named)
     outputs = {h: [] for h in range(len(states))}
+
+    def record(h, output):
+        s, name = states[h], targets[h]
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"hidden state {s.name!r}: module {name!r} returned {type(output).__name__}, not a tensor; "
+                f"point pre=/post= at a module that outputs the state"
+            )
+        x = output.detach().movedim(s.state_dim, -1)
+        if x.shape[-1] != s.group.channels:
+            raise ValueError(
+                f"hidden state {s.name!r}: module {name!r} outputs {x.shape[-1]} channels on axis "
+                f"{s.state_dim}, expected {s.group.channels}; fix state_dim= or pre=/post="
+            )
+        outputs[h].append(x.reshape(-1, x.shape[-1]).double())
+
+    # A module object placed at several positions is hooked once; its k-th call in a forward pass is
+    # attributed to the k-th of its names in registration order (modulo their number): the order in
+    # which an nn.Sequential calls them.
+    hooked = {}  # id(module) -> (module, names in registration order, [state indices], call counter)
+    for h, name in enumerate(targets):
+        module = modules[name]
+        if id(module) not in hooked:
+            hooked[id(module)] = (module, [n for n, m in named if m is module], [], [0])
+        hooked[id(module)][2].append(h)
     handles = []
-    for h, (s, name) in enumerate(zip(states, targets)):
-        def hook(_module, _inputs, output, h=h, s=s, name=name):
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"hidden state {s.name!r}: module {name!r} returned {type(output).__name__}, not a tensor; "
-                    f"point pre=/post= at a module that outputs the state"
-                )
-            x = output.detach().movedim(s.state_dim, -1)
-            if x.shape[-1] != s.group.channels:
-                raise ValueError(
-                    f"hidden state {s.name!r}: module {name!r} outputs {x.shape[-1]} channels on axis "
-                    f"{s.state_dim}, expected {s.group.channels}; fix state_dim= or pre=/post="
-                )
-            outputs[h].append(x.reshape(-1, x.shape[-1]).double())
-        handles.append(modules[name].register_forward_hook(hook))
+    for module, names, indices, calls in hooked.values():
+        def hook(_module, _inputs, output, names=names, indices=indices, calls=calls):
+            current = names[calls[0] % len(names)]
+            calls[0] += 1
+            for h in indices:
+                if targets[h] == current:
+                    record(h, output)
+        handles.append(module.register_forward_hook(hook))
     try:
         with _rng_scope(model):
             torch.manual_seed(seed)
@@ -811,6 +1062,13 @@ def _capture(model, states, targets, forward, batch, seed):
     finally:
         for handle in handles:
             handle.remove()
+    for module, names, indices, calls in hooked.values():
+        if len(names) > 1 and calls[0] % len(names):
+            raise ValueError(
+                f"module {names[0]!r} ({type(module).__name__}) is placed at {len(names)} positions "
+                f"({', '.join(map(repr, names))}) but was called {calls[0]} times in one forward pass, so its "
+                f"calls cannot be matched to its positions; use a separate module instance at each position"
+            )
     for h, s in enumerate(states):
         if not outputs[h]:
             raise ValueError(f"hidden state {s.name!r}: module {targets[h]!r} was not called by the forward pass")
