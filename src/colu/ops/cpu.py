@@ -6,12 +6,23 @@ installed, ``cpu_entry.c`` is built into the same library: a CPython function
 through which planned calls (:mod:`colu.functional`) skip ctypes, about half a
 microsecond a call; without the headers everything goes through ctypes.
 
-The shared library is cached under ``$COLU_CACHE_DIR`` (default
-``~/.cache/colu``) in a directory named by a hash of the sources, the flags,
-the compiler's identity and the CPU (the build uses ``-march=native``), so an
-edit, another compiler or another machine gets its own build and concurrent
-first uses cannot see a half-written file (it is written under a temporary
-name and renamed).
+The shared library is cached under :func:`cache_dir` (``$COLU_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/colu``, else ``~/.cache/colu``) in a directory named by
+a hash of the sources, the flags, the compiler's identity and the CPU (the
+build uses ``-march=native``), so an edit, another compiler or another machine
+gets its own build. A build is written under a temporary name, fsynced and
+renamed, its SHA-256 digest is recorded next to it (``colu_cpu.so.sha256``,
+in ``sha256sum`` format), and one process at a time builds or loads in a
+directory (an flock on its ``lock`` file).
+
+Loading a library runs its code, so it is loaded only from directories that
+belong to the user and that no one else can write; colu creates them with
+mode 0700. A cache directory failing that check is left untouched: a warning
+names it and says why, and the kernel is built in a fresh private temporary
+directory for the process instead (the fast kernel, at the cost of a compile
+in every process until the directory is fixed). A cached library that does
+not match its recorded digest (truncated, emptied, replaced, or built by an
+older colu) is rebuilt, with a one-line notice on stderr.
 
 Where no compiler works the package still runs: :func:`load` returns ``None``
 after one warning and dispatch uses the closed-form backend.
@@ -19,6 +30,7 @@ after one warning and dispatch uses the closed-form backend.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -26,6 +38,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -36,6 +49,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent first uses each build (still written atomically)
+    fcntl = None
+
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 ENTRY_SOURCE = Path(__file__).with_name("cpu_entry.c")
 ENTRY_MODULE = "_colu_cpu"  # cpu_entry.c's module name (its PyInit__colu_cpu)
@@ -43,6 +61,9 @@ ENTRY_MODULE = "_colu_cpu"  # cpu_entry.c's module name (its PyInit__colu_cpu)
 # kernels rely on NaN comparisons behaving as IEEE says.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 ABI_VERSION = 3
+LIBRARY = "colu_cpu.so"
+DIGEST_FILE = LIBRARY + ".sha256"
+LOCK_FILE = "lock"
 
 _SCALING = {"hard": 0, "soft": 1, "firm": 2}
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # the kernel converts these itself where it can (colu_run_half)
@@ -61,6 +82,18 @@ class KernelUnavailable(RuntimeError):
     """The CPU kernel could not be built or loaded (the reason is in the message)."""
 
 
+class _BuildFailed(KernelUnavailable):
+    """The compiler failed on the sources."""
+
+
+class _NotPrivate(KernelUnavailable):
+    """A cache directory that others could write into, so nothing in it is loaded."""
+
+    def __init__(self, path: Path, reason: str, fix: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.fix = path, reason, fix
+
+
 _state = {"lib": None, "error": None, "warned": False}
 
 
@@ -73,11 +106,52 @@ def compiler() -> str | None:
 
 
 def cache_dir() -> Path:
+    """Where builds are cached: ``$COLU_CACHE_DIR``, else ``$XDG_CACHE_HOME/colu`` (only an absolute
+    ``XDG_CACHE_HOME`` counts, as the XDG spec says), else ``~/.cache/colu``; always an absolute path."""
     env = os.environ.get("COLU_CACHE_DIR")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(os.path.abspath(os.path.expanduser(env)))
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "colu"
+
+
+def _uid() -> int | None:
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def _dir_problem(st: os.stat_result, uid: int | None) -> str | None:
+    """Why a directory with this ``stat`` is no place to load code from for user ``uid``; ``None`` if it is."""
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if uid is not None and st.st_uid != uid:
+        return f"it is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if mode & stat.S_IWOTH:
+        return f"it is writable by other users (mode {mode:o})"
+    if mode & stat.S_IWGRP:
+        return f"it is writable by its group (mode {mode:o})"
+    return None
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700 unless it exists; raise :class:`_NotPrivate` if others could write into it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # whatever the umask
+    st, uid = os.stat(path), _uid()
+    problem = _dir_problem(st, uid)
+    if problem is not None:
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            fix = f"run `chmod go-w {path}`, or set COLU_CACHE_DIR to a directory only you can write"
+        else:
+            fix = "set COLU_CACHE_DIR to a directory of your own that only you can write"
+        raise _NotPrivate(path, problem, fix)
 
 
 def _cpu_identity() -> str:
@@ -95,8 +169,137 @@ def _python_include() -> str | None:
     return include if include and os.path.isfile(os.path.join(include, "Python.h")) else None
 
 
-def _build(cc: str, python_include: str | None = None) -> Path:
-    """Build (or find in the cache) the kernel library, with cpu_entry.c when given the Python headers' directory."""
+def _sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+# What the recorded digest is for. Other users are kept out by the directory
+# check, not by the digest: only the owner of a directory that no one else can
+# write (and root) can create, replace or rename files in it, so a library and
+# the digest beside it there can only come from the user's own processes. A
+# digest kept anywhere else, or keyed with a secret, would rest on the same
+# permissions of the user's own files and add nothing against other users. What
+# the digest catches is what the user's processes and the machine leave behind:
+# a library truncated or emptied by a full disk or a crash (loading a truncated
+# one crashes the process with SIGBUS on its first call; an empty one fails to
+# load), one copied over by hand, one from an older colu that recorded none.
+# Directories above the cache directory are not checked: whoever can rename
+# entries there could swap the cache directory between the check and the load,
+# so COLU_CACHE_DIR belongs in a directory where others cannot rename the
+# user's entries (the user's own, or a sticky one like /tmp).
+_ABSENT = "is missing"
+
+
+def _library_problem(path: Path) -> str | None:
+    """Why the library at ``path`` is not the build recorded beside it (:data:`_ABSENT` when there is
+    none); ``None`` when it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return _ABSENT
+    except OSError as err:
+        return f"cannot be opened ({err.strerror})"
+    try:
+        st, uid = os.fstat(fd), _uid()
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file"
+        if uid is not None and st.st_uid != uid:
+            return f"is owned by uid {st.st_uid}, not by you (uid {uid})"
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"is writable by others than its owner (mode {mode:o})"
+        if st.st_size == 0:
+            return "is empty"
+        try:
+            recorded = (path.parent / DIGEST_FILE).read_text().split()[0]
+        except (OSError, UnicodeDecodeError, IndexError):
+            return f"has no recorded SHA-256 digest ({DIGEST_FILE}; built by an older colu, or not by colu)"
+        if _sha256(fd) != recorded:
+            return f"does not match the SHA-256 digest recorded when it was built ({st.st_size} bytes: truncated or replaced)"
+        return None
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system syncs directories
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write ``path`` read-only, through a synced temporary file renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o400)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """Hold ``directory``'s lock: one process at a time checks, builds and loads there."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _compile(cc: str, sources: list[Path], extra: list[str], target: Path, cached: bool) -> None:
+    """Compile into ``target`` (synced, read-only, renamed into place) and record its digest beside it."""
+    # the first call would otherwise stall for 10-40 s without a word
+    if cached:
+        print(f"colu: compiling the CPU kernel once with {cc} (cached in {target.parent})", file=sys.stderr, flush=True)
+    else:
+        print(f"colu: compiling the CPU kernel with {cc} for this process only (in {target.parent})", file=sys.stderr, flush=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *FLAGS, *extra, *map(str, sources), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            names = " and ".join(src.name for src in sources)
+            raise _BuildFailed(f"{cc} failed to build {names} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+            digest = _sha256(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o500)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _write_file(target.parent / DIGEST_FILE, f"{digest}  {LIBRARY}\n")
+    _sync_dir(target.parent)
+
+
+def _build_and_open(cc: str, root: Path, python_include: str | None, cached: bool):
+    """Open the library under ``root`` (with cpu_entry.c when given the Python headers' directory),
+    building it first where it is missing or does not match its recorded digest."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     sources, extra = [SOURCE], []
     if python_include is not None:
@@ -107,26 +310,51 @@ def _build(cc: str, python_include: str | None = None) -> Path:
             [*(src.read_text() for src in sources), " ".join([*FLAGS, *extra]), cc, version, _cpu_identity(), platform.machine()]
         ).encode()
     ).hexdigest()[:16]
-    target_dir = cache_dir() / key
-    target = target_dir / "colu_cpu.so"
-    if target.exists():
-        return target
-    target_dir.mkdir(parents=True, exist_ok=True)
-    # the first call would otherwise stall for 10-40 s without a word
-    print(f"colu: compiling the CPU kernel once with {cc} (cached in {target_dir})", file=sys.stderr, flush=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target_dir)
-    os.close(fd)
+    target_dir = root / key
+    _private_dir(target_dir)
+    target = target_dir / LIBRARY
+    with _locked(target_dir):
+        problem = _library_problem(target)
+        if problem is not None:
+            if problem is not _ABSENT:
+                print(f"colu: the cached CPU kernel {target} {problem}; rebuilding it", file=sys.stderr, flush=True)
+            _compile(cc, sources, extra, target, cached)
+            problem = _library_problem(target)
+            if problem is not None:
+                raise KernelUnavailable(f"{target} {problem} right after it was built")
+        return _open(target)
+
+
+def _load_in(cc: str, root: Path, cached: bool):
+    """The library with the CPython entry where the headers are there and it builds, else the kernel alone."""
+    _private_dir(root)
+    include = _python_include()
+    if include is not None:
+        try:
+            return _build_and_open(cc, root, include, cached)
+        except _BuildFailed:
+            pass  # the kernel alone reports its own error if it fails too
+    return _build_and_open(cc, root, None, cached)
+
+
+def _load_built(cc: str):
+    """The opened library from the cache; from a private temporary directory, removed once it is loaded,
+    where the cache directory is not private."""
     try:
-        cmd = [cc, *FLAGS, *extra, *map(str, sources), "-o", tmp, "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            names = " and ".join(src.name for src in sources)
-            raise KernelUnavailable(f"{cc} failed to build {names} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-        os.replace(tmp, target)
+        return _load_in(cc, cache_dir(), cached=True)
+    except _NotPrivate as err:
+        warnings.warn(
+            f"colu: not loading the CPU kernel from {err.path}: {err.reason}, so others could put code there that "
+            f"would run as you. Building it in a private temporary directory for this process instead (a compile "
+            f"in every process). To cache it again, {err.fix}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    tmp = tempfile.mkdtemp(prefix="colu-kernel-")
+    try:
+        return _load_in(cc, Path(tmp), cached=False)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _open(path: Path):
@@ -216,17 +444,6 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
     return True
 
 
-def _build_any(cc: str) -> Path:
-    """The library with the CPython entry where the headers are there and it builds, else the kernel alone."""
-    include = _python_include()
-    if include is not None:
-        try:
-            return _build(cc, include)
-        except KernelUnavailable:
-            pass  # the kernel alone reports its own error if it fails too
-    return _build(cc)
-
-
 def load():
     """The kernel's entry points ``{"run", "run_half", "half_ok", "call"}``, building it on first use;
     ``None`` if unavailable. ``call`` is cpu_entry.c's function, ``None`` where it was not built.
@@ -242,7 +459,7 @@ def load():
             raise KernelUnavailable(
                 f"no C compiler found (CC={os.environ.get('CC')!r}; tried cc and gcc on PATH)"
             )
-        _state["lib"] = _open(_build_any(cc))
+        _state["lib"] = _load_built(cc)
     except (KernelUnavailable, OSError, subprocess.SubprocessError, AttributeError) as err:
         _state["error"] = err
         if not _state["warned"]:
