@@ -275,4 +275,7 @@ def _resolve(channels, cone_dim, num_cones, share_axis, layout, kind) -> ConeSpe
     return make(num_cones, channels // num_cones)
 
 
-_resolve_cached = functools.lru_cache(maxsize=1024)(_resolve)
+# typed: 4, 4.0, True and numpy's 4 are equal keys to a plain cache, so an accepted
+# cone_dim=4 would let cone_dim=4.0 (or num_cones=True after num_cones=1) through
+# unchecked; with the types in the key every new type goes through the checks.
+_resolve_cached = functools.lru_cache(maxsize=1024, typed=True)(_resolve)

@@ -7,7 +7,9 @@ so the autograd Function keeps one input-sized tensor, like ReLU does.
 Both functions take and return tensors of shape ``(outer, C, inner)``: the
 channel axis in the middle, so that an ``(N, C)`` activation is
 ``(N, C, 1)`` and a contiguous ``NCHW`` activation is ``(N, C, H*W)`` without
-any copy. Kernels share this interface.
+any copy. Kernels share this interface; like theirs, the forward's result is a
+tensor of its own rather than a view of a temporary, so in-place ops on the
+output work the same on every backend.
 
 Per cone, with axis value ``a``, section ``s`` and ``n = ||s||``::
 
@@ -68,15 +70,30 @@ def _channels_middle(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(-1, 1).contiguous()
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor of its own rather than a view of the buffer it was assembled in.
+
+    The result is built by ``torch.cat`` and brought back to ``(outer, C,
+    inner)`` by views; ``.contiguous()`` copies only where ``inner > 1``, so
+    for ``inner == 1`` it is a view. Returned from the autograd Function, a
+    view makes autograd refuse in-place ops on the output (``y.mul_(2)``,
+    ``nn.Dropout(inplace=True)``), which the kernels' outputs accept.
+    ``detach()`` drops the view relation without copying (nothing else holds
+    the buffer). A result that is itself being differentiated (``torch.func``
+    transforms differentiate through the forward) is returned as it is.
+    """
+    return t if t.requires_grad else t.detach()
+
+
 def cone_forward(x: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     xl = _channels_last(x)
     if spec.kind == "rcolu":
-        return _channels_middle(_rcolu_forward(xl, spec, scaling, eps, axis_activation))
+        return _own(_channels_middle(_rcolu_forward(xl, spec, scaling, eps, axis_activation)))
     axes, sections = spec.split(xl)
     axes_out = _axis_act(axes, axis_activation)
     norm = torch.linalg.vector_norm(sections, dim=-1)
     w, _ = _weight_and_slope(axes_out / (norm + eps), scaling)
-    return _channels_middle(spec.merge(axes_out, w.unsqueeze(-1) * sections))
+    return _own(_channels_middle(spec.merge(axes_out, w.unsqueeze(-1) * sections)))
 
 
 def cone_backward(
