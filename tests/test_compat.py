@@ -37,6 +37,7 @@ def test_compile_fullgraph_matches_eager_forward_and_backward():
         torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_conv_channels_dim():
     torch._dynamo.reset()
     model = _conv_model()

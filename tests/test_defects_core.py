@@ -312,6 +312,7 @@ def _check_expected(result, expected):
         assert pattern in result["message"], result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn,shape,primers,candidate,expected", HISTORY_CASES, ids=HISTORY_IDS)
 def test_first_call_of_a_process(fresh_outcomes, fn, shape, primers, candidate, expected):
     _check_expected(fresh_outcomes[f"{fn}-{candidate}"], expected)

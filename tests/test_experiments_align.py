@@ -137,6 +137,7 @@ def test_bad_options_name_the_value(mlp_run, capsys):
     assert "--num-points 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_vae_end_to_end(tmp_path):
     out = tmp_path / "vae"
     assert align_cmd.main(VAE_ARGS + ["--out", str(out)]) == 0
