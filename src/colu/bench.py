@@ -75,42 +75,34 @@ def _parse(argv):
     return args
 
 
-def _parse_shapes(text):
-    shapes = []
-    for item in text.split(","):
-        if not item:
-            continue
-        try:
-            shape = tuple(int(v) for v in item.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not shape or min(shape) < 1:
-            raise UsageError(f"--shapes: {item!r} is not a shape; give positive sizes like 4096x1024,64x512 "
-                             "(the last size is the channel count)")
-        shapes.append(shape)
-    if not shapes:
-        raise UsageError(f"--shapes: {text!r} names no shape; give e.g. 4096x1024,64x512")
-    return shapes
+def _comma_list(text, option, parse_one, example):
+    """``parse_one`` of each comma-separated item of ``text``; at least one item."""
+    items = [parse_one(item) for item in text.split(",") if item]
+    if not items:
+        raise UsageError(f"{option}: {text!r} names nothing; give e.g. {example}")
+    return items
 
 
-def _parse_cone_dims(text):
-    cone_dims = []
-    for item in text.split(","):
-        if not item:
-            continue
-        try:
-            S = int(item)
-        except ValueError:
-            raise UsageError(
-                f"--cone-dims: {item!r} is not an integer; give cone dimensions S >= 2, e.g. 4,8,16"
-            ) from None
-        if S < 2:
-            raise UsageError(f"--cone-dims: S={S} is out of range; a cone needs S >= 2 channels "
-                             "(its axis and at least one more), e.g. 4,8,16")
-        cone_dims.append(S)
-    if not cone_dims:
-        raise UsageError(f"--cone-dims: {text!r} names no cone dimension; give S >= 2, e.g. 4,8,16")
-    return cone_dims
+def _parse_shape(item):
+    try:
+        shape = tuple(int(v) for v in item.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise UsageError(f"--shapes: {item!r} is not a shape; give positive sizes like 4096x1024,64x512 "
+                         "(the last size is the channel count)")
+    return shape
+
+
+def _parse_cone_dim(item):
+    try:
+        S = int(item)
+    except ValueError:
+        raise UsageError(f"--cone-dims: {item!r} is not an integer; give cone dimensions S >= 2, e.g. 4,8,16") from None
+    if S < 2:
+        raise UsageError(f"--cone-dims: S={S} is out of range; a cone needs S >= 2 channels "
+                         "(its axis and at least one more), e.g. 4,8,16")
+    return S
 
 
 def _check_options(args):
@@ -118,8 +110,8 @@ def _check_options(args):
 
     Returns the shapes and the device; sets ``args.cone_dims``/``args.scalings`` to lists.
     """
-    shapes = _parse_shapes(args.shapes)
-    args.cone_dims = _parse_cone_dims(args.cone_dims)
+    shapes = _comma_list(args.shapes, "--shapes", _parse_shape, "4096x1024,64x512")
+    args.cone_dims = _comma_list(args.cone_dims, "--cone-dims", _parse_cone_dim, "4,8,16")
     args.scalings = [s for s in args.scalings.split(",") if s]
     for scaling in args.scalings:
         if scaling not in SCALINGS:
