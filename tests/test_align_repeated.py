@@ -9,7 +9,8 @@ from torch import nn
 import colu
 from colu import align
 from colu.align import HiddenState
-from colu.symmetry import group_element, random_orthogonal, transform_hidden
+from colu.symmetry import random_orthogonal, transform_hidden
+from test_align import max_weight_gap, moved_copy, weight_distance  # the same helpers, for the same models
 
 D_IN, C, D_OUT = 8, 16, 4
 
@@ -25,22 +26,6 @@ def shared_mlp(make_act, seed):
     torch.manual_seed(seed)
     act = make_act()
     return nn.Sequential(nn.Linear(D_IN, C), act, nn.Linear(C, C), act, nn.Linear(C, D_OUT))
-
-
-def moved_copy(model, group_kwargs, seed=1):
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    for i, j in [(0, 2), (2, 4)]:
-        transform_hidden(out[i], out[j], group_element(C, generator=gen, **group_kwargs))
-    return out
-
-
-def max_weight_gap(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-def weight_distance(a, b):
-    return sum(((p - q) ** 2).sum() for p, q in zip(a.state_dict().values(), b.state_dict().values())).sqrt().item()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +83,7 @@ def test_shared_activation_keeps_function_and_moves_towards_a(method, name, make
 @pytest.mark.parametrize("name,make_act,group_kwargs", SHARED, ids=SHARED_IDS)
 def test_shared_activation_recovers_group_transformed_copy(method, name, make_act, group_kwargs, x):
     a = shared_mlp(make_act, 0)
-    b = moved_copy(a, group_kwargs)
+    b = moved_copy(a, C, group_kwargs)
     assert max_weight_gap(a, b) > 0.1
     alignment = _match(method, a, b, x)
     assert set(alignment.transforms) == {"1", "3"}
