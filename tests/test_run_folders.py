@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from colu.experiments import hemisphere, runner
 from colu.experiments.commands import report_main, run_main, sweep_main
