@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from colu import bench
+from colu.tools import bench
 from colu.ops import cpu
 from colu.spec import ConeSpec
 

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from colu import bench, cli
+from colu.tools import bench, cli
 
 COLUMNS = {"shape", "activation", "fwd_ms", "fwdbwd_ms", "fwd_vs_relu", "fwdbwd_vs_relu", "fwd_vs_silu",
            "fwdbwd_vs_silu", "fwd_gbs", "fwdbwd_gbs", "saved_bytes"}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import colu
-from colu import bench, cli
+from colu.tools import bench, cli
 from colu.convert import ConversionReport
 
 
@@ -129,7 +129,7 @@ _WITHOUT_EXTRAS = (
     "import sys\n"
     "for name in ('scipy', 'matplotlib', 'tqdm', 'yaml', 'sklearn'):\n"
     "    sys.modules[name] = None\n"
-    "from colu import cli\n"
+    "from colu.tools import cli\n"
 )
 
 
@@ -157,9 +157,9 @@ def test_submodules_load_on_first_use():
     code = (
         "import sys, colu\n"
         "assert 'colu.align' not in sys.modules and 'colu.experiments' not in sys.modules\n"
-        "colu.align.match_weights; colu.symmetry.group_element; colu.bench.main; colu.plots.main; colu.ops.dispatch\n"
+        "colu.align.match_weights; colu.symmetry.group_element; colu.tools.bench.main; colu.tools.plots.main; colu.ops.dispatch\n"
         "print(colu.experiments.__name__)\n"
-        "print(all(name in dir(colu) for name in ('align', 'symmetry', 'experiments', 'bench', 'plots', 'ops')))\n"
+        "print(all(name in dir(colu) for name in ('align', 'symmetry', 'experiments', 'tools', 'ops')))\n"
     )
     done = _python(code)
     assert done.returncode == 0, done.stderr

@@ -298,7 +298,7 @@ def test_transformers_gpt2_new_gelu_becomes_colu():
 
 
 def test_convert_check_shows_the_jump_and_the_recovery(capsys):
-    from colu import convert_check
+    from colu.tools import convert_check
 
     assert convert_check.main(["--steps", "300", "--finetune-steps", "120", "--width", "32"]) == 0
     out = capsys.readouterr().out

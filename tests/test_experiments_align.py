@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from colu import align
-from colu.cli import COMMANDS
+from colu.tools.cli import COMMANDS
 from colu.experiments import align_cmd, mnist_mlp, mnist_vae
 from colu.experiments.activations import parse_activation
 from colu.experiments.config import build_config, fingerprint, result_settings

@@ -85,7 +85,7 @@ def test_resume_is_bit_identical(tmp_path):
 def _torchrun(args, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "colu.cli", "run", *args, "--out", str(out)]
+           "-m", "colu", "run", *args, "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 

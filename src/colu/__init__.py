@@ -20,7 +20,7 @@ __all__ = ["colu", "rcolu", "CoLU", "RCoLU", "ConeSpec", "reference", "convert",
 
 # Submodules imported on first attribute access (PEP 562): `colu.align.match_weights` works after a bare
 # `import colu`, while `import colu` itself stays free of scipy, matplotlib and the experiments package.
-_LAZY_SUBMODULES = ("align", "bench", "cli", "convert_check", "experiments", "files", "ops", "plots", "symmetry")
+_LAZY_SUBMODULES = ("align", "experiments", "files", "ops", "symmetry", "tools")
 
 
 def __getattr__(name):

@@ -21,9 +21,9 @@ EXPERIMENTS_NEEDS = ("scipy", "matplotlib", "tqdm", "yaml", "sklearn")
 
 COMMANDS = {
     "demo": ("colu.experiments.demo:main", "train small networks with ReLU vs CoLU on built-in data"),
-    "bench": ("colu.bench:main", "time CoLU/RCoLU against ReLU/SiLU/GELU"),
-    "plot": ("colu.plots:main", "draw the explanatory figures (conic projection, weightings, symmetry) as PNGs"),
-    "convert-check": ("colu.convert_check:main", "convert a trained ReLU/SiLU model to CoLU and fine-tune the loss back"),
+    "bench": ("colu.tools.bench:main", "time CoLU/RCoLU against ReLU/SiLU/GELU"),
+    "plot": ("colu.tools.plots:main", "draw the explanatory figures (conic projection, weightings, symmetry) as PNGs"),
+    "convert-check": ("colu.tools.convert_check:main", "convert a trained ReLU/SiLU model to CoLU and fine-tune the loss back"),
     "run": ("colu.experiments.commands:run_main", "run a paper experiment (hemisphere, mnist-mlp, mnist-vae)"),
     "sweep": ("colu.experiments.commands:sweep_main", "run an experiment over its grid of activations x seeds"),
     "report": ("colu.experiments.commands:report_main", "rebuild report.md and plots of a run directory"),
@@ -45,7 +45,7 @@ NEEDS = {
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -21,8 +21,8 @@ from typing import List
 
 import torch
 
-from .functional import colu, rcolu
-from .symmetry import equivariance_error, group_element, random_orthogonal
+from ..functional import colu, rcolu
+from ..symmetry import equivariance_error, group_element, random_orthogonal
 
 
 def _pyplot():

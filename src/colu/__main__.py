@@ -1,0 +1,7 @@
+"""``python -m colu ...`` is the ``colu`` command (so ``torchrun -m colu run ...`` works without the script)."""
+
+import sys
+
+from .tools.cli import main
+
+sys.exit(main())
