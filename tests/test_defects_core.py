@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import colu
-from colu import reference
+from colu import ConeSpec, reference
 from colu.ops import cpu, dispatch
 
 
@@ -357,3 +357,23 @@ def test_share_axis_flag_values_give_the_same_result():
     for flag in (True, 1, torch.tensor(1).item()):
         torch.testing.assert_close(colu.colu(x, cone_dim=4, share_axis=flag), want)
     assert colu.CoLU(cone_dim=4, share_axis=1).share_axis is True
+
+
+@pytest.mark.parametrize("value", ["no", 2, 0.0, None])
+def test_share_axis_must_be_a_bool(value):
+    # a truthiness check read share_axis="no" as True
+    with pytest.raises(ValueError, match=r"share_axis must be True or False \(or 1/0\), got share_axis="):
+        colu.colu(torch.randn(2, 7), 4, share_axis=value)
+
+
+def test_the_spec_states_its_geometry():
+    assert ConeSpec.resolve(8, 2).componentwise and not ConeSpec.resolve(8, 2, kind="rcolu").componentwise
+    assert ConeSpec.resolve(8, 4).contiguous and ConeSpec.resolve(8, 4, kind="rcolu").contiguous
+    assert not ConeSpec.resolve(8, 4, layout="axes_first").contiguous
+    assert not ConeSpec.resolve(7, 4, share_axis=True).contiguous
+    assert ConeSpec.resolve(4, 4, layout="axes_first").contiguous  # one cone: axis 0, section 1..3
+    basis = ConeSpec.resolve(8, 4, kind="rcolu").homogeneous_basis()
+    torch.testing.assert_close(basis[:, 0], torch.full((4,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(basis.T @ basis, torch.eye(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="RCoLU's geometry"):
+        ConeSpec.resolve(8, 4).homogeneous_basis()

@@ -28,6 +28,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 SCALINGS = ("hard", "soft", "firm")
@@ -102,6 +103,9 @@ class ConeSpec:
         ``cone_dim=4``. Raises ``ValueError`` naming the offending values and a
         valid alternative.
         """
+        if not (isinstance(share_axis, (bool, np.bool_)) or (_is_int(share_axis) and share_axis in (0, 1))):
+            # a truthiness check would read share_axis="no" as True
+            raise ValueError(f"share_axis must be True or False (or 1/0), got share_axis={share_axis!r}")
         args = (channels, cone_dim, num_cones, bool(share_axis), layout, kind)
         # torch.compile traces the plain function (the cache would only draw a warning there)
         return _resolve(*args) if torch.compiler.is_compiling() else _resolve_cached(*args)
@@ -122,6 +126,35 @@ class ConeSpec:
         if self.kind == "rcolu":
             return 0
         return 1 if self.share_axis else self.num_cones
+
+    @property
+    def componentwise(self) -> bool:
+        """CoLU with S = 2, which the paper (Section 3.2) defines as the component-wise activation
+        (ReLU for hard, SiLU for soft scaling): every path computes it channel by channel and its
+        symmetry group is Perm(C), not Perm(G) x O(1)^G."""
+        return self.kind == "colu" and self.cone_dim == 2
+
+    @property
+    def contiguous(self) -> bool:
+        """Cone ``g`` is the ``S`` consecutive channels ``g*S ... g*S+S-1``, axis first (always for
+        RCoLU; for CoLU the grouped layout without a shared axis, or a single cone in any layout).
+        The kernels' flat fast paths and RCoLU's group blocks rely on it."""
+        if self.is_identity:
+            return False
+        if self.kind == "rcolu" or self.num_cones == 1:
+            return True
+        return self.layout == "grouped" and not self.share_axis
+
+    def homogeneous_basis(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """RCoLU's cone geometry: an ``S x S`` orthonormal basis (columns) of one group whose first
+        column is the homogeneous axis ``(1, ..., 1)/sqrt(S)``; the others span the section.
+
+        RCoLU's output in these coordinates is CoLU's on ``x @ basis``, and its symmetry group acts as
+        ``basis @ diag(1, Q) @ basis.T`` with ``Q`` in O(S-1).
+        """
+        if self.kind != "rcolu" or self.is_identity:
+            raise ValueError(f"homogeneous_basis is RCoLU's geometry; {self} has none")
+        return _homogeneous_basis(self.cone_dim).to(dtype=dtype, device=device)
 
     def channel_map(self):
         """``(axis_base, axis_step, section_base, section_step)``: every layout is affine in the cone index.
@@ -190,6 +223,18 @@ class ConeSpec:
         extra = ", shared axis" if self.share_axis else ""
         layout = "" if self.kind == "rcolu" else f", {self.layout}"
         return f"ConeSpec({self.kind}: C={self.channels}, G={self.num_cones}, S={self.cone_dim}{layout}{extra})"
+
+
+@functools.lru_cache(maxsize=64)
+def _homogeneous_basis_cached(S: int) -> torch.Tensor:
+    m = torch.eye(S, dtype=torch.float64)
+    m[:, 0] = 1.0
+    q, _ = torch.linalg.qr(m)
+    return q * torch.sign(q[0, 0])  # first column (1, ..., 1)/sqrt(S), not its negative
+
+
+def _homogeneous_basis(S: int) -> torch.Tensor:
+    return _homogeneous_basis_cached(S).clone()  # callers may write into it; the cached one stays intact
 
 
 def validate_cone_args(cone_dim, num_cones) -> None:
