@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import colu
+from colu import align, groups
 from colu import symmetry as sym
 
 F64 = torch.float64
@@ -94,6 +95,45 @@ def test_group_element_is_reproducible_and_checks_kind():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="kind='bogus'"):
         sym.group_element(12, kind="bogus")
+
+
+@pytest.mark.parametrize("name,kind", [("relu", "permutation"), ("Componentwise", "permutation"),
+                                       ("perm", "permutation"), ("identity", "orthogonal"), ("RCoLU", "rcolu")])
+def test_one_vocabulary_of_kinds(name, kind):
+    assert groups.group_kind(name) == kind
+    # symmetry and align read the same names
+    P = sym.group_element(12, cone_dim=3, kind=name, generator=_gen(6))
+    Q = groups.group_of(colu.ConeSpec.resolve(12, cone_dim=3, kind=kind), 12) if kind in ("colu", "rcolu") \
+        else groups.group_of(name, 12)
+    assert torch.equal(P, Q.sample(_gen(6)))
+    with pytest.raises(ValueError, match="cone group needs its cones"):
+        groups.group_of("colu", 12)
+
+
+def test_one_list_of_componentwise_modules():
+    x = torch.randn(16, 6, generator=_gen(7), dtype=F64)
+    for cls in groups.COMPONENTWISE:
+        act = cls() if cls is not nn.Threshold else cls(0.1, -1.0)
+        P = sym.group_element_for(act, 6, generator=_gen(8))
+        assert sym.equivariance_error(act, x, P) < 1e-12, cls.__name__
+        assert align.group_of(act, 6) == groups.Group("permutation", 6)
+
+
+def test_dropout_has_a_group_only_in_evaluation_mode():
+    # alignment compares models in evaluation mode, where dropout is the identity
+    assert align.group_of(nn.Dropout(), 6).kind == "orthogonal"
+    # an element applied to weights must keep the function in training mode too
+    with pytest.raises(TypeError, match="Dropout is random in training mode"):
+        sym.group_element_for(nn.Dropout(), 6)
+    assert sym.group_element_for(nn.Identity(), 6, generator=_gen(9)).shape == (6, 6)
+
+
+def test_unknown_group_error_is_a_type_and_a_value_error():
+    for error in (TypeError, ValueError):
+        with pytest.raises(error, match="Softmax"):
+            groups.group_of(nn.Softmax(-1), 4)
+    with pytest.raises(ValueError, match="cone spec exactly when"):
+        groups.Group("colu", 4)
 
 
 def test_equivariance_error_along_channel_dim_of_images():

@@ -4,7 +4,8 @@ CoLU with G cones of dimension S commutes with every matrix of
 Perm(G) x O(S-1)^G acting on the channels (paper Theorem 4.7): permute whole
 cones, rotate or reflect each section. RCoLU commutes with permutations of its
 groups and rotations fixing each group's all-ones axis; a component-wise
-activation only with permutations (Corollary 4.6).
+activation only with permutations (Corollary 4.6). The groups themselves
+(which one an activation has, drawing an element) live in :mod:`colu.groups`.
 
 A hidden state ``h = act(W_in x + b_in)`` feeding ``W_out h`` can be moved by
 any such ``P`` without changing the network: ``W_in <- P W_in``,
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from .spec import ConeSpec
+from .groups import Group, group_kind, group_of, random_orthogonal
+from .spec import KINDS as CONE_KINDS
+from .spec import ConeSpec, check_choice
 
 __all__ = [
     "group_element",
@@ -48,27 +51,6 @@ __all__ = [
     "Witness",
 ]
 
-_KINDS = ("colu", "rcolu", "relu")
-
-
-def random_orthogonal(n: int, *, generator: Optional[torch.Generator] = None, dtype=torch.float64) -> torch.Tensor:
-    """A Haar-random ``n x n`` orthogonal matrix (QR of a Gaussian with the sign fix)."""
-    if n == 0:
-        return torch.zeros(0, 0, dtype=dtype)
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    # without the sign fix QR is not Haar-distributed
-    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(n, dtype=torch.float64))
-    return q.to(dtype)
-
-
-def _homogeneous_basis(S: int) -> torch.Tensor:
-    """Orthonormal basis of R^S whose first column is e = (1, ..., 1)/sqrt(S)."""
-    m = torch.eye(S, dtype=torch.float64)
-    m[:, 0] = 1.0
-    q, _ = torch.linalg.qr(m)
-    return q * torch.sign(q[0, 0])
-
-
 def group_element(
     C: int,
     cone_dim: Optional[int] = None,
@@ -85,48 +67,33 @@ def group_element(
     ``P`` satisfies ``act(x @ P.T) == act(x) @ P.T`` for the activation
     described by the arguments (the same cone arguments as :func:`colu.colu`):
 
-    * ``kind="colu"``: a random permutation of the cones and a Haar-random
-      orthogonal matrix on each section (Perm(G) x O(S-1)^G). With a shared
-      axis the axis stays fixed. ``cone_dim=2`` is component-wise, so its
-      group is the permutations of all channels.
+    * ``kind="colu"`` (default): a random permutation of the cones and a
+      Haar-random orthogonal matrix on each section (Perm(G) x O(S-1)^G).
+      With a shared axis the axis stays fixed. ``cone_dim=2`` is
+      component-wise, so its group is the permutations of all channels.
     * ``kind="rcolu"``: a random permutation of the groups and, inside each,
       a random orthogonal matrix fixing the all-ones axis.
-    * ``kind="relu"``: a random permutation matrix.
+    * ``kind="permutation"`` (or ``"relu"``): a random permutation matrix;
+      ``kind="orthogonal"`` (or ``"identity"``): a Haar-random element of
+      O(C). Both ignore the cone arguments.
 
     ``num_cones=0`` (the identity activation) gives a Haar-random element of O(C).
+
+    Args:
+        C: the number of channels.
+        cone_dim, num_cones, share_axis, layout: the cone arguments (defaults
+            as for :func:`colu.colu`: ``cone_dim=4``, grouped, no shared axis).
+        generator: the random source (default: torch's global one).
+        kind: the group's kind, see :mod:`colu.groups` (default ``"colu"``).
+        dtype: of the result (default float64).
     """
-    if kind not in _KINDS:
-        raise ValueError(f"unknown kind={kind!r}; expected one of {', '.join(map(repr, _KINDS))}")
-    if kind == "relu":
-        perm = torch.randperm(C, generator=generator)
-        return torch.eye(C, dtype=dtype)[perm]
-    spec = ConeSpec.resolve(
-        C, cone_dim, num_cones, share_axis=share_axis, layout=layout, kind="rcolu" if kind == "rcolu" else "colu"
-    )
-    if spec.is_identity:
-        return random_orthogonal(C, generator=generator, dtype=dtype)
-    if kind == "colu" and spec.cone_dim == 2:
-        return group_element(C, kind="relu", generator=generator, dtype=dtype)
-    G, S = spec.num_cones, spec.cone_dim
-    P = torch.zeros(C, C, dtype=torch.float64)
-    perm = torch.randperm(G, generator=generator)
-    if kind == "rcolu":
-        basis = _homogeneous_basis(S)
-        groups = spec.cone_channels()
-        for g in range(G):
-            inner = torch.eye(S, dtype=torch.float64)
-            inner[1:, 1:] = random_orthogonal(S - 1, generator=generator)
-            rows, cols = groups[perm[g]], groups[g]
-            P[rows[:, None], cols] = basis @ inner @ basis.T
-        return P.to(dtype)
-    axes, sections = spec.axis_channels(), spec.section_channels()
-    if share_axis:
-        P[0, 0] = 1.0
-    for g in range(G):
-        if not share_axis:
-            P[axes[perm[g]], axes[g]] = 1.0
-        P[sections[perm[g]][:, None], sections[g]] = random_orthogonal(S - 1, generator=generator)
-    return P.to(dtype)
+    kind = group_kind(kind)
+    if kind in CONE_KINDS:
+        spec = ConeSpec.resolve(C, cone_dim, num_cones, share_axis=share_axis, layout=layout, kind=kind)
+        group = group_of(spec, C)
+    else:
+        group = Group(kind, C)
+    return group.sample(generator, dtype)
 
 
 @torch.no_grad()
@@ -195,7 +162,8 @@ def in_cone(
     a negative axis has a zero section. Per vector along ``dim`` this tests,
     for every cone, ``|section| <= max(axis, 0) * (1 + tol) + tol``. For
     ``kind="rcolu"`` the axis value of a group ``x`` is ``t = x . e`` with
-    ``e = (1, ..., 1)/sqrt(S)`` and the section is ``x - t e``.
+    ``e = (1, ..., 1)/sqrt(S)`` and the section is ``x - t e``
+    (:meth:`colu.ConeSpec.homogeneous_basis`).
 
     Hard-scaled outputs satisfy this (the soft and firm weightings leave some
     section behind at a zero axis, so their outputs generally do not).
@@ -208,8 +176,7 @@ def in_cone(
     Returns:
         A bool tensor of ``y``'s shape without ``dim``; ``.all()`` for one answer.
     """
-    if kind not in ("colu", "rcolu"):
-        raise ValueError(f"unknown kind={kind!r}; expected 'colu' or 'rcolu'")
+    check_choice("kind", kind, CONE_KINDS)
     if tol is None:
         tol = 16 * torch.finfo(y.dtype).eps
     moved = y.movedim(dim, -1)
@@ -219,8 +186,9 @@ def in_cone(
         return torch.ones(moved.shape[:-1], dtype=torch.bool, device=y.device)
     if kind == "rcolu":
         groups = moved.reshape(*moved.shape[:-1], spec.num_cones, spec.cone_dim)
-        axis = groups.sum(-1) / math.sqrt(spec.cone_dim)
-        section = groups - (axis / math.sqrt(spec.cone_dim))[..., None]
+        # coordinates in the basis (e, e_perp): the first is the axis value, the others the section
+        coords = groups @ spec.homogeneous_basis(groups.dtype, groups.device)
+        axis, section = coords[..., 0], coords[..., 1:]
     else:
         axes, section = spec.split(moved.contiguous())
         # with a shared axis every cone is measured against channel 0
@@ -230,11 +198,6 @@ def in_cone(
 
 
 # ------------------------------------------------- weights of whole models
-_COMPONENTWISE = (
-    nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Mish, nn.Hardswish, nn.ReLU6,
-)
-
-
 def group_element_for(
     act: nn.Module, C: int, *, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
@@ -242,26 +205,22 @@ def group_element_for(
 
     :class:`colu.CoLU`/:class:`colu.RCoLU` use their own cone arguments,
     ``nn.Identity`` gives a Haar-random O(C) element, and the component-wise
-    torch activations a random permutation. Other modules raise ``TypeError``
-    (their group is not known here).
-    """
-    from .modules import CoLU, RCoLU
+    torch activations (:data:`colu.groups.COMPONENTWISE`) a random
+    permutation. The element keeps the function in training mode too, so
+    ``nn.Dropout`` (random there) has none. Other modules raise
+    :class:`colu.groups.UnknownGroupError`, a ``TypeError``: build ``P``
+    yourself and call :func:`transform_hidden`.
 
-    if isinstance(act, CoLU):
-        return group_element(
-            C, act.cone_dim, act.num_cones, share_axis=act.share_axis, layout=act.layout,
-            generator=generator, kind="colu", dtype=dtype,
-        )
-    if isinstance(act, RCoLU):
-        return group_element(C, act.cone_dim, act.num_cones, generator=generator, kind="rcolu", dtype=dtype)
-    if isinstance(act, nn.Identity):
-        return random_orthogonal(C, generator=generator, dtype=dtype)
-    if isinstance(act, _COMPONENTWISE):
-        return group_element(C, kind="relu", generator=generator, dtype=dtype)
-    raise TypeError(
-        f"no symmetry group known for {type(act).__name__}; use colu.CoLU/RCoLU, nn.Identity or a "
-        f"component-wise torch activation, or build P yourself and call transform_hidden"
-    )
+    Args:
+        act: the activation module.
+        C: the width of the hidden state it acts on.
+        generator: the random source (default: torch's global one).
+        dtype: of the result (default float64).
+    """
+    if not isinstance(act, nn.Module):
+        raise TypeError(f"act must be an activation module, got {type(act).__name__} ({act!r}); for a group "
+                        f"named by its kind use group_element(C, kind=...)")
+    return group_of(act, C, training=True).sample(generator, dtype)
 
 
 def _has_weight(module) -> bool:
