@@ -10,7 +10,13 @@
   ``split_from_test=K`` only the two t10k files are needed: they are split into
   10000-K training and K test examples (and reports say so).
 * ``cifar10``: the standard python-pickle batches (``data_batch_1`` ..
-  ``data_batch_5``, ``test_batch``), validated the same way.
+  ``data_batch_5``, ``test_batch``), read by an unpickler that builds only
+  numpy arrays and plain containers (a pickle naming anything else is
+  refused, not run) and validated the same way.
+* ``mnist32``: real MNIST digits padded to 32x32 (1 or 3 channels), a
+  CPU-sized stand-in where a CIFAR network is to be run.
+* character corpora: a UTF-8 text file (tiny Shakespeare's ``input.txt``)
+  as token ids with its vocabulary, split 90/10 (:func:`load_char_corpus`).
 * hemisphere points are generated (:func:`hemisphere`).
 """
 
@@ -21,6 +27,7 @@ import math
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,23 +78,70 @@ class Data:
 
 
 # ------------------------------------------------------------------- IDX files
-def _open_bytes(path: str) -> bytes:
+MAX_IDX_BYTES = 1 << 30
+"""Largest IDX payload :func:`read_idx` accepts by default (1 GiB; MNIST's training images are 47 MB)."""
+
+_READ_CHUNK = 1 << 20  # stream in 1 MiB pieces so that memory follows the bytes that exist, not a header's claim
+
+
+def _read_exactly(f, n: int) -> bytes:
+    """Up to ``n`` bytes from ``f``, fewer only at the end of the stream, in chunks.
+
+    A single ``f.read(n)`` would reserve ``n`` bytes up front, so a header
+    claiming a gigabyte would cost a gigabyte even when the file holds a few
+    bytes.
+    """
+    buf = bytearray()
+    while len(buf) < n:
+        piece = f.read(min(_READ_CHUNK, n - len(buf)))
+        if not piece:
+            break
+        buf += piece
+    return bytes(buf)
+
+
+def read_idx(path: str, expected_magic: int | None = None, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (raw or .gz) of unsigned bytes, checking magic, dimensions and size.
+
+    The file is read as a stream: first the 4-byte magic number, then the
+    dimensions, then exactly the number of bytes they declare, so a
+    compressed file never expands to more than its header announces (a small
+    ``.gz`` that inflates to gigabytes is rejected after reading at most
+    ``max_bytes`` + 1 bytes, and one whose header lies is rejected before
+    that).
+
+    Args:
+        path: the file; a name ending in ``.gz`` is read through gzip.
+        expected_magic: the magic number required (``IMAGE_MAGIC`` 2051 or
+            ``LABEL_MAGIC`` 2049); ``None`` accepts any unsigned-byte IDX file.
+        max_bytes: the largest payload (product of the dimensions) accepted,
+            default :data:`MAX_IDX_BYTES` (1 GiB).
+
+    Returns:
+        A read-only ``uint8`` array of the declared dimensions.
+
+    Raises:
+        DataError: naming ``path`` and what is wrong: unreadable, too short
+            for a header, wrong magic number, an implausible size, truncated
+            data, or trailing bytes after the declared data.
+    """
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        f = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc}); replace it with an intact copy") from exc
+    try:
+        with f:
+            return _read_idx_stream(f, path, expected_magic, max_bytes)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # a corrupt gzip stream surfaces here, wherever in the file the damage is
         raise DataError(f"{path}: cannot read ({exc}); replace it with an intact copy") from exc
 
 
-def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
-    """Read an IDX file (raw or .gz) of unsigned bytes, checking magic, dimensions and size."""
-    raw = _open_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: file is {len(raw)} bytes, too short for an IDX header (truncated?)")
-    magic = struct.unpack(">I", raw[:4])[0]
+def _read_idx_stream(f, path, expected_magic, max_bytes):
+    head = _read_exactly(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: file is {len(head)} bytes, too short for an IDX header (truncated?)")
+    magic = struct.unpack(">I", head)[0]
     if expected_magic is not None and magic != expected_magic:
         kind = {IMAGE_MAGIC: "images", LABEL_MAGIC: "labels"}.get(expected_magic, "IDX")
         raise DataError(f"{path}: magic number {magic}, expected {expected_magic} for an IDX {kind} file "
@@ -95,16 +149,27 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
     if magic >> 8 != 0x08:  # type byte 0x08 = unsigned byte
         raise DataError(f"{path}: magic number {magic} is not an unsigned-byte IDX file")
     ndim = magic & 0xFF
+    if ndim == 0:
+        raise DataError(f"{path}: magic number {magic} declares 0 dimensions; not an IDX data file")
+    raw_dims = _read_exactly(f, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: header truncated ({4 + len(raw_dims)} bytes, need {4 + 4 * ndim})")
+    dims = struct.unpack(">" + "I" * ndim, raw_dims)
+    size = math.prod(dims)
+    if size > max_bytes:
+        raise DataError(f"{path}: header declares dimensions {dims}, {size} bytes of data, more than the "
+                        f"{max_bytes}-byte limit; the file is corrupt or not an MNIST-like IDX file "
+                        "(raise max_bytes only for a genuinely larger dataset)")
+    payload = _read_exactly(f, size)
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: header truncated ({len(raw)} bytes, need {header})")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    expected = header + math.prod(dims)
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: {what}: {len(raw)} bytes, dimensions {dims} need {expected}; "
-                        "replace it with an intact copy")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(payload) < size:
+        raise DataError(f"{path}: truncated: {header + len(payload)} bytes, dimensions {dims} need "
+                        f"{header + size}; replace it with an intact copy")
+    extra = f.read(1)
+    if extra:
+        raise DataError(f"{path}: has trailing bytes after the {header + size} bytes that dimensions {dims} "
+                        "declare (wrong header or a damaged file); replace it with an intact copy")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _find(directory: str, stem: str) -> str | None:
@@ -172,43 +237,229 @@ def load_mnist(directory: str | None, split_from_test: int | None = None) -> Dat
 
 
 # ---------------------------------------------------------------- CIFAR-10
+CIFAR_SOURCE = ("the CIFAR-10 'python version' (cifar-10-python.tar.gz from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html), extracted; pass --data with the folder holding "
+                "data_batch_1..5 and test_batch")
+CIFAR_SUBDIR = "cifar-10-batches-py"  # the folder the official archive extracts to
+
+
+class _NdarrayMarker:
+    """Stands in for ``numpy.ndarray`` inside a batch: usable only as ``_reconstruct``'s first argument.
+
+    Handing the pickle the real class would let it call ``ndarray(shape)``
+    directly and allocate whatever size it names.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(f"numpy.ndarray called with {args!r}: numpy's pickles never build arrays "
+                                     "that way")
+
+
+def _reconstruct(subtype, shape, typecode):
+    """numpy's ``_reconstruct`` for the one call its pickles make: an empty array that ``__setstate__`` then fills."""
+    if subtype is not _NdarrayMarker or shape != (0,) or typecode not in (b"b", "b"):
+        raise pickle.UnpicklingError(f"array reconstruction ({subtype!r}, {shape!r}, {typecode!r}) is not how "
+                                     "numpy pickles arrays")
+    return np.empty(0, dtype=np.int8)  # a placeholder: __setstate__ sets the real shape, dtype and bytes
+
+
+def _dtype(spec, align=False, copy=True):
+    """``numpy.dtype`` for plain numbers only: no object arrays, whose elements pickle could build freely."""
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii", "replace")
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain type code")
+    try:
+        dt = np.dtype(spec)
+    except TypeError as exc:
+        raise pickle.UnpicklingError(f"dtype {spec!r}: {exc}") from exc
+    if dt.kind not in "biuf" or dt.hasobject:
+        raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric type")
+    return np.dtype(spec, align, copy)
+
+
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # pickles written by numpy 1.x (and Python 2)
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # pickles written by numpy 2.x
+    ("numpy", "ndarray"): _NdarrayMarker,
+    ("numpy", "dtype"): _dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR batch without running anything it names.
+
+    A pickle is a program: every ``module.name`` it mentions is imported and
+    may be called. A CIFAR batch needs only numpy's array reconstruction;
+    dicts, lists, bytes, strings and ints are built by the pickle machine
+    itself without ``find_class``. Anything else (``os.system``,
+    ``builtins.eval``, ...) is refused before it is looked up.
+    """
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing {module}.{name}: a CIFAR-10 batch holds only a dict of arrays, lists and bytes, "
+                "so this file is not an official CIFAR-10 python batch (re-saved by other software, or "
+                "tampered with)") from None
+
+
 def _read_cifar_batch(path: str):
+    """One CIFAR-10 batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``, validated."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR-10 pickle batch ({exc})") from exc
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        if "truncated" in str(exc):
+            raise DataError(f"{path}: truncated ({exc}); replace it with an intact copy of " + CIFAR_SOURCE) from exc
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({exc}); it was not loaded. Use "
+                        + CIFAR_SOURCE) from exc
+    except EOFError as exc:
+        raise DataError(f"{path}: truncated (the pickle ends early); replace it with an intact copy of "
+                        + CIFAR_SOURCE) from exc
+    except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 pickle batch ({type(exc).__name__}: {exc}); use "
+                        + CIFAR_SOURCE) from exc
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a dict, got {type(batch).__name__}")
-    keys = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    keys = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     for key in ("data", "labels"):
         if key not in keys:
-            raise DataError(f"{path}: missing key {key!r} (has {sorted(keys)})")
-    data, labels = keys["data"], np.asarray(keys["labels"])
+            raise DataError(f"{path}: missing key {key!r} (has {sorted(map(str, keys))})")
+    data, labels = keys["data"], keys["labels"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}"
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
+    if isinstance(labels, np.ndarray):
+        ok = labels.dtype.kind in "iu"
+    else:
+        ok = isinstance(labels, list) and all(type(v) is int for v in labels)
+    if not ok:
+        raise DataError(f"{path}: 'labels' must be a list of ints, got {type(labels).__name__}")
+    labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {labels.shape} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+        bad = int(labels[(labels < 0) | (labels > 9)][0])
+        raise DataError(f"{path}: label {bad} outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(directory: str) -> Data:
-    """CIFAR-10 from the python-pickle batches, images (N, 3, 32, 32) in [0, 1]."""
+@dataclass
+class ImageData(Data):
+    """:class:`Data` for images ``(N, C, H, W)`` in [0, 1], with per-channel statistics of the training images.
+
+    ``mean``/``std`` (shape ``(C,)``) are for normalising ``(x - mean) /
+    std`` per channel; they come from the training split only.
+    """
+
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return int(math.prod(self.x_train.shape[1:]))
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out["image_shape"] = list(self.x_train.shape[1:])
+        if self.mean is not None:
+            out["channel_mean"] = [round(float(v), 6) for v in self.mean]
+            out["channel_std"] = [round(float(v), 6) for v in self.std]
+        return out
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of ``(N, C, H, W)`` images, each of shape ``(C,)``.
+
+    Computed in float64 so that 50000 images sum without rounding drift.
+    """
+    flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+    return flat.mean(1).float(), flat.std(1).float()
+
+
+def _cifar_directory(directory: str) -> str:
+    """``directory`` itself, or its ``cifar-10-batches-py`` subfolder when the batches are there."""
+    names = CIFAR_TRAIN + [CIFAR_TEST]
+    if not any(os.path.isfile(os.path.join(directory, n)) for n in names):
+        sub = os.path.join(directory, CIFAR_SUBDIR)
+        if os.path.isdir(sub):
+            return sub
+    return directory
+
+
+def load_cifar10(directory: str) -> ImageData:
+    """CIFAR-10 from the official python batches, validated, without running any code they contain.
+
+    Args:
+        directory: the folder holding ``data_batch_1`` .. ``data_batch_5`` and
+            ``test_batch``, or the folder that holds ``cifar-10-batches-py/``.
+
+    Returns:
+        :class:`ImageData`: images ``(N, 3, 32, 32)`` float32 in [0, 1]
+        (50000 train, 10000 test for the full set), int64 labels, and the
+        per-channel mean/std of the training images.
+
+    Raises:
+        DataError: a file is missing, truncated, not a CIFAR batch (including
+            a pickle that names anything beyond numpy arrays: it is refused,
+            not run), or holds data of the wrong shape or labels outside 0..9.
+    """
+    if directory is None or not os.path.isdir(directory):
+        raise DataError(f"--data {directory!r} is not a directory; CIFAR-10 needs " + CIFAR_SOURCE)
+    directory = _cifar_directory(directory)
     names = CIFAR_TRAIN + [CIFAR_TEST]
     missing = [n for n in names if not os.path.isfile(os.path.join(directory, n))]
     if missing:
-        raise DataError(f"CIFAR-10 files not found in {os.path.abspath(directory)!r}: need {', '.join(missing)} "
-                        "(the 'python version' batches, e.g. from cifar-10-batches-py/). Nothing is downloaded.")
+        raise DataError(f"CIFAR-10 files not found in {os.path.abspath(directory)!r}: need {', '.join(missing)}. "
+                        f"Nothing is downloaded; get {CIFAR_SOURCE}.")
     parts = [_read_cifar_batch(os.path.join(directory, n)) for n in CIFAR_TRAIN]
     x_te, y_te = _read_cifar_batch(os.path.join(directory, CIFAR_TEST))
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     img = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)
-    return Data("cifar10", img(x_tr), torch.from_numpy(y_tr), img(x_te), torch.from_numpy(y_te),
-                f"CIFAR-10 from {directory}: {len(y_tr)} train / {len(y_te)} test")
+    x_train = img(x_tr)
+    mean, std = channel_stats(x_train)
+    return ImageData("cifar10", x_train, torch.from_numpy(y_tr), img(x_te), torch.from_numpy(y_te),
+                     f"CIFAR-10 from {directory}: {len(y_tr)} train / {len(y_te)} test", mean=mean, std=std)
+
+
+def load_mnist_padded(directory: str | None, split_from_test: int | None = 2000, channels: int = 3) -> ImageData:
+    """Real MNIST digits as 32x32 images, a CPU-sized stand-in where a CIFAR-10 network is to be run.
+
+    The 28x28 digits are zero-padded by 2 pixels on each side to 32x32 and,
+    with ``channels=3``, repeated on three channels so that a network built
+    for CIFAR's RGB input runs unchanged. The numbers it gives are not
+    comparable to CIFAR-10 results, and the notes say so.
+
+    Args:
+        directory: the folder with the MNIST IDX files (see :func:`load_mnist`).
+        split_from_test: split the t10k files into train/test with this many
+            test examples (default 2000), so only the two t10k files are
+            needed; ``None`` uses the official 60000/10000 split.
+        channels: 1 or 3 (default 3).
+
+    Returns:
+        :class:`ImageData` with images ``(N, channels, 32, 32)`` in [0, 1]
+        and the per-channel mean/std of its training images.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels={channels!r}: the padded MNIST stand-in has 1 or 3 channels")
+    base = load_mnist(directory, split_from_test)
+
+    def to_image(flat):
+        x = torch.nn.functional.pad(flat.reshape(-1, 1, 28, 28), (2, 2, 2, 2))
+        return x.expand(-1, channels, -1, -1).contiguous()
+
+    x_train = to_image(base.x_train)
+    mean, std = channel_stats(x_train)
+    notes = list(base.notes) + [
+        f"MNIST digits padded to 32x32 ({channels} channel{'s' if channels > 1 else ''}) stand in for CIFAR-10: "
+        "not comparable to the paper's CIFAR-10 numbers."]
+    return ImageData("mnist32", x_train, base.y_train, to_image(base.x_test), base.y_test,
+                     base.description + f", padded to 32x32 with {channels} channel(s)", notes, mean=mean, std=std)
 
 
 # ------------------------------------------------------------------ digits
@@ -235,7 +486,8 @@ def recognise_dataset(directory: str) -> str | None:
         raise DataError(f"--data {directory!r} is not a directory; point it at the folder holding the dataset files")
     if any(_find(directory, stem) for stem in MNIST_FILES.values()):
         return "mnist"
-    if any(os.path.isfile(os.path.join(directory, n)) for n in CIFAR_TRAIN + [CIFAR_TEST]):
+    cifar_dir = _cifar_directory(directory)
+    if any(os.path.isfile(os.path.join(cifar_dir, n)) for n in CIFAR_TRAIN + [CIFAR_TEST]):
         return "cifar10"
     return None
 
@@ -283,3 +535,101 @@ def hemisphere(n_lat: int = 200, n_lon: int = 200, test_fraction: float = 0.2) -
     return Data("hemisphere", f(x[tr]), f(y[tr]), f(x[te]), f(y[te]),
                 f"{n_lat}x{n_lon} polar grid on the unit hemisphere z>=0 ({n} points) and its image under "
                 f"R = Rz(45)Ry(45)Rx(45); {len(tr)} train / {len(te)} test (fixed split, seed {SPLIT_SEED})")
+
+
+# -------------------------------------------------------- character corpus
+CHAR_CORPUS_SOURCE = ("get tiny Shakespeare's input.txt (e.g. data/tinyshakespeare/input.txt in Andrej Karpathy's "
+                      "char-rnn repository) and pass --data PATH/input.txt")
+
+
+@dataclass
+class CharCorpus:
+    """A character-level corpus: token tensors and the vocabulary that maps them to text.
+
+    Attributes:
+        train: int64 token ids, the first ``1 - val_fraction`` of the text.
+        val: int64 token ids, the rest.
+        vocab: the sorted distinct characters; token ``i`` is ``vocab[i]``.
+        path: the file it was read from.
+    """
+
+    train: torch.Tensor
+    val: torch.Tensor
+    vocab: list
+    path: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids (int64) of ``text``; every character must be in the vocabulary."""
+        index = {c: i for i, c in enumerate(self.vocab)}
+        try:
+            return torch.tensor([index[c] for c in text], dtype=torch.int64)
+        except KeyError as exc:
+            raise ValueError(f"character {exc.args[0]!r} is not in the corpus vocabulary of {len(self.vocab)} "
+                             "characters; use only characters that occur in the training text") from None
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of token ids (a tensor or a list of ints)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        n = len(self.vocab)
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary 0..{n - 1}")
+        return "".join(self.vocab[i] for i in ids)
+
+    def summary(self) -> dict:
+        return {"name": "char", "path": self.path, "train_tokens": int(self.train.numel()),
+                "val_tokens": int(self.val.numel()), "vocab_size": self.vocab_size, "vocab": "".join(self.vocab)}
+
+
+def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1) -> CharCorpus:
+    """A UTF-8 text file as a character corpus, split into train (first 90%) and validation (last 10%).
+
+    The split is contiguous, as in the standard char-level setup, so the
+    validation text is a passage the model never saw rather than characters
+    scattered through the training text.
+
+    Args:
+        path: the text file, e.g. tiny Shakespeare's ``input.txt``.
+        block_size: the context length the corpus will be cut into (default
+            64); both parts must hold at least one window of ``block_size + 1``
+            characters.
+        val_fraction: share of the text held out for validation (default 0.1).
+
+    Raises:
+        DataError: the file is missing, not UTF-8, empty, or too short for
+            ``block_size``; the message names the file and what to get.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction!r}: must be between 0 and 1 (exclusive)")
+    if not os.path.isfile(path):
+        raise DataError(f"character corpus {os.path.abspath(path)!r} not found; nothing is downloaded: "
+                        + CHAR_CORPUS_SOURCE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); a character corpus must be a "
+                        "UTF-8 text file, e.g. tiny Shakespeare's input.txt") from exc
+    if not text:
+        raise DataError(f"{path}: the file is empty; " + CHAR_CORPUS_SOURCE)
+    n_train = int(len(text) * (1 - val_fraction))  # int(n * 0.9), as the standard char-level preparation
+    n_val = len(text) - n_train
+    need = block_size + 1
+    if min(n_train, n_val) < need:
+        at_least = max(math.ceil(need / val_fraction), math.ceil(need / (1 - val_fraction)))
+        raise DataError(f"{path}: {len(text)} characters is too short: with a {val_fraction:g} validation share "
+                        f"and block size {block_size} each part needs at least {need} characters, so the text "
+                        f"needs at least {at_least}")
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    return CharCorpus(ids[:n_train].clone(), ids[n_train:].clone(), vocab, path)
