@@ -74,12 +74,12 @@ def test_width_errors_and_duplicates():
 def test_yaml_config_and_precedence(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nactivations: [relu, 'colu:S=4']\nwidth: 64\n")
-    cfg, explicit = build_config(mnist_mlp.Config, {"epochs": 1, "seeds": 1}, load_yaml(str(path)),
-                                 {"width": "32", "quick": True})
+    cfg, explicit = build_config(mnist_mlp.Config, {"quick": {"epochs": 1, "seeds": 1}}, load_yaml(str(path)),
+                                 {"width": "32", "preset": "quick"})
     assert (cfg.epochs, cfg.seeds, cfg.width, cfg.activations) == (3, 1, 32, ["relu", "colu:S=4"])
     assert "epochs" in explicit and "seeds" not in explicit
     path.write_text("epochz: 3\n")
     with pytest.raises(ValueError, match=r"unknown config key 'epochz'; valid keys: .*epochs"):
-        build_config(mnist_mlp.Config, {}, load_yaml(str(path)), {})
+        build_config(mnist_mlp.Config, None, load_yaml(str(path)), {})
     with pytest.raises(ValueError, match="lr='fast' is not a valid float"):
-        build_config(mnist_mlp.Config, {}, {}, {"lr": "fast"})
+        build_config(mnist_mlp.Config, None, {}, {"lr": "fast"})

@@ -36,7 +36,7 @@ def _check(out, experiment, losses):
     assert res["experiment"] == "align-" + experiment and res["base_experiment"] == experiment
     assert res["config"]["seed_pair"] == [0, 1] and res["config"]["num_points"] == 5
     labels = [r["activation"] for r in res["runs"]]
-    assert labels == align_cmd.DEFAULT_ACTIVATIONS[experiment]
+    assert labels == list(EXPERIMENTS[experiment].align.activations)
     names = align_cmd.metric_names(EXPERIMENTS[experiment])
     for run in res["runs"]:
         assert {"activation", "seed", "seed_b", "width", "metrics", "curve", "alignment"} <= set(run)
@@ -90,11 +90,11 @@ def test_mlp_end_to_end(mlp_run):
     lines = (mlp_run / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line)["seed"] for line in lines} == {0, 1}
     saved = {k: v for k, v in res["config"].items() if k in mnist_mlp.Config.__dataclass_fields__}
-    cfg, _ = build_config(mnist_mlp.Config, {}, saved, {})
+    cfg, _ = build_config(mnist_mlp.Config, None, saved, {})
     data = mnist_mlp.load_data(cfg)
     for run in res["runs"]:
         act = parse_activation(run["activation"])
-        a, b = (align_cmd.load_final(mnist_mlp, cfg, act, data,
+        a, b = (align_cmd.load_final(mnist_mlp.EXPERIMENT, cfg, act, data,
                                      align_cmd.checkpoint_path(str(mlp_run), act.label(), seed))[0]
                 for seed in (0, 1))
         again = align.loss_barrier(a, b, lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]),
@@ -152,9 +152,9 @@ def test_vae_kl_is_the_experiments_kl():
     torch.manual_seed(0)
     model = ToyVAE(12, 9, cfg.latent, torch.nn.ReLU(), torch.nn.ReLU())
     x = (torch.rand(50, 12) > 0.5).float()
-    kl_fn = align_cmd.make_losses(mnist_vae, cfg)["kl"]
+    kl_fn = mnist_vae.EXPERIMENT.align.losses(cfg)["kl"]
     expected, n = 0.0, 0
-    chunks = align_cmd._vae_chunks(50, 16)
+    chunks = mnist_vae.eval_chunks(50, 16)
     assert chunks == [(0, 16), (16, 32), (32, 48), (48, 50)]
     with torch.no_grad():
         for i, j in chunks:
@@ -163,7 +163,7 @@ def test_vae_kl_is_the_experiments_kl():
             expected += kl.item() * (j - i)
             n += j - i
         assert kl_fn(model, (x, None)) == pytest.approx(expected / n, rel=1e-4)
-    assert align_cmd._vae_chunks(49, 16)[-1] == (34, 49)  # no batch of one
+    assert mnist_vae.eval_chunks(49, 16)[-1] == (34, 49)  # no batch of one
 
 
 def test_unfinished_checkpoint_is_refused(tmp_path):
@@ -174,4 +174,4 @@ def test_unfinished_checkpoint_is_refused(tmp_path):
     torch.save({"model": {}, "optimizer": {}, "step": 3, "total": 10, "curve": [],
                 "fingerprint": fingerprint(settings), "settings": settings}, path)
     with pytest.raises(ValueError, match="step 3 of 10"):
-        align_cmd.load_final(mnist_mlp, cfg, parse_activation("relu"), None, str(path))
+        align_cmd.load_final(mnist_mlp.EXPERIMENT, cfg, parse_activation("relu"), None, str(path))

@@ -13,7 +13,8 @@ Grammar: ``NAME`` or ``NAME:OPT,OPT,...``.
 
 A spec does not know the width of the layer it will sit in; experiments pick
 the width (:meth:`ActivationSpec.fit_width` or
-:meth:`ActivationSpec.paper_width`) and then call :meth:`ActivationSpec.build`.
+:meth:`ActivationSpec.paper_width`) and then call :meth:`ActivationSpec.build`
+with it and the channel axis (``dim=1`` for ``NCHW`` images).
 """
 
 from __future__ import annotations
@@ -128,22 +129,26 @@ class ActivationSpec:
         return channels
 
     # --------------------------------------------------------------- build
-    def build(self, channels: int) -> nn.Module:
-        """The activation module for a hidden layer of width ``channels`` (validated first)."""
+    def build(self, channels: int, dim: int = -1) -> nn.Module:
+        """The activation module for a hidden layer of width ``channels`` (validated first).
+
+        ``dim`` is the channel axis the cones tile: -1 (default) for ``(N, *, C)``
+        features, 1 for ``NCHW`` images. Component-wise activations ignore it.
+        """
         self.check_width(channels)
         if self.name in COMPONENTWISE:
             return COMPONENTWISE[self.name]()
         if self.name == "colu":
             return colu.CoLU(
                 self.cone_dim, self.num_cones, share_axis=self.share_axis, scaling=self.scaling,
-                axis_activation=self.axis_activation,
+                axis_activation=self.axis_activation, dim=dim,
             )
-        return colu.RCoLU(self.cone_dim, self.num_cones, scaling=self.scaling)
+        return colu.RCoLU(self.cone_dim, self.num_cones, scaling=self.scaling, dim=dim)
 
-    def factory(self, base: int):
-        """``(C, make)``: the fitted width and a zero-argument module constructor."""
+    def factory(self, base: int, dim: int = -1):
+        """``(C, make)``: the fitted width and a zero-argument module constructor (channel axis ``dim``)."""
         channels = self.fit_width(base)
-        return channels, lambda: self.build(channels)
+        return channels, lambda: self.build(channels, dim=dim)
 
 
 def _positive_int(token: str, key: str, value: str, spec: str, allow_zero: bool = False) -> int:

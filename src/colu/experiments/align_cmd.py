@@ -9,11 +9,11 @@ barrier (eq. 11) is measured three ways for each activation:
 * ``states``: B moved by state matching (Algorithm 2) on the training set,
   ``match_states(A, B, train batches)``.
 
-The loss is the experiment's own test loss on the whole test set: softmax
-cross-entropy for ``mnist-mlp``, the full VAE loss (BCE + α·KL on batch
-statistics of z, batches of the training batch size) for ``mnist-vae``, which
-also gets the KL barrier of Figure 14. The moved copies must compute B's
-function; the largest output difference on the test set is recorded.
+The loss is the experiment's own test loss on the whole test set, and any
+further losses it names (each with its own barrier), all from the ``align``
+hooks of its :class:`colu.experiments.contract.Experiment`; only experiments
+that have them can be aligned. The moved copies must compute B's function;
+the largest output difference on the test set is recorded.
 
 The two models are trained here with the runner (seeds 0 and 1, or
 ``--seed-pair``), or loaded with ``--from DIR`` from the final checkpoints a
@@ -27,26 +27,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .. import align
 from . import paper, report
 from .activations import parse_activations
-from .config import (_fail, build_config, config_to_dict, fingerprint, load_yaml, parse_set_items, resolve_dataset,
-                     result_settings)
+from .config import (_fail, build_config, cli_values, config_to_dict, fingerprint, load_yaml, parse_set_items,
+                     preset_table, resolve_dataset, result_settings)
 from .rundir import RunFolder
 from .runner import (DistInfo, Interrupted, _slug, atomic_write_json, atomic_write_text, clean, load_checkpoint,
                      prepare_folder, resolve_device, train_run)
 
-ALIGNABLE = ("mnist-mlp", "mnist-vae")
-# ReLU against the CoLU the experiment itself leads with (Table 3's S=4; Table 1's G=50 soft shared axis)
-DEFAULT_ACTIVATIONS = {"mnist-mlp": ["relu", "colu:S=4"], "mnist-vae": ["relu", "colu:G=50,soft,share"]}
 METHODS = ("naive", "weights", "states")
 METHOD_NAMES = {"naive": "naive (as trained)", "weights": "weight matching", "states": "state matching"}
 STATE_BATCH = 2048  # rows per forward pass while accumulating state correlations (bounds memory, not results)
@@ -55,10 +50,17 @@ FROM_OVERRIDABLE = {"data", "device"}
 
 
 # ------------------------------------------------------------------ the CLI
+def alignable() -> dict:
+    """name -> experiment, for the experiments with ``align`` hooks."""
+    from .registry import EXPERIMENTS
+
+    return {name: exp for name, exp in EXPERIMENTS.items() if exp.align is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="colu align", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=ALIGNABLE, help="which experiment's models to align")
+    p.add_argument("experiment", choices=sorted(alignable()), help="which experiment's models to align")
     p.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="load the final checkpoints of a finished `colu run EXPERIMENT --out DIR` instead of "
                         "training (its saved config decides the data and the model)")
@@ -66,19 +68,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="the two seeds (default 0 1); A stays fixed, B is aligned to it")
     p.add_argument("--activations", nargs="+", metavar="SPEC",
                    help="activation specs (default: " + "; ".join(
-                       f"{e}: {' '.join(a)}" for e, a in DEFAULT_ACTIVATIONS.items()) + ")")
+                       f"{name}: {' '.join(e.align.activations)}" for name, e in alignable().items()) + ")")
     p.add_argument("--out", help="output directory (default runs/align-EXPERIMENT); must hold no earlier results "
                                  "unless --overwrite is given")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the results of an earlier run in --out first (other files are left alone)")
     p.add_argument("--num-points", type=int, default=11, help="points s on the path, ends included (default 11)")
     p.add_argument("--max-iter", type=int, default=100, help="weight matching: at most this many sweeps (default 100)")
-    p.add_argument("--dataset", help="digits (built in, default) or mnist (needs --data)")
-    p.add_argument("--data", help="directory with the MNIST IDX files (the dataset is recognised from the files "
-                                  "unless --dataset is given); never downloaded")
+    p.add_argument("--dataset", help="which data set --data holds (" + "; ".join(
+        f"{name}: {', '.join(e.datasets)}" for name, e in alignable().items() if e.datasets) + ")")
+    p.add_argument("--data", help=" ".join(dict.fromkeys(e.data_help for e in alignable().values() if e.data_help))
+                   + " The dataset is recognised from the files unless --dataset is given; never downloaded")
     p.add_argument("--split-from-test", type=int, metavar="K",
-                   help="MNIST only: carve K test examples (rest train) out of the t10k files alone")
-    p.add_argument("--quick", action="store_true", default=None, help="the experiment's small --quick settings")
+                   help="carve K test examples (rest train) out of the test files alone (for data sets that "
+                        "allow it, see colu run --help)")
+    p.add_argument("--quick", action="store_const", const="quick", dest="quick_preset",
+                   help="the experiment's quick preset (small settings)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size")
@@ -90,16 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_TRAIN_KEYS = ["dataset", "data", "split_from_test", "quick", "epochs", "steps", "batch_size", "device"]
+_TRAIN_KEYS = ["dataset", "data", "split_from_test", "epochs", "steps", "batch_size", "device"]
 
 
 def parse_args(argv):
     """-> (experiment module, training config, options dict)."""
-    from .registry import EXPERIMENTS
-
     args = _parser().parse_args(argv)
-    exp = EXPERIMENTS[args.experiment]
-    cli = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
+    exp = alignable()[args.experiment]
+    cli = cli_values(args, _TRAIN_KEYS)
     cli.update(parse_set_items(args.set))
     for key in ("seeds", "seed_offset", "activations"):
         if key in cli:
@@ -126,8 +129,8 @@ def parse_args(argv):
             saved = json.load(f)
         if saved.get("experiment") != exp.name:
             raise ValueError(f"--from {args.from_dir!r} holds a {saved.get('experiment')!r} run, not {exp.name!r}")
-        cfg, _ = build_config(exp.Config, {}, saved["config"], {}, saved_path)
-        wanted, _ = build_config(exp.Config, {}, saved["config"], cli, saved_path)
+        cfg, _ = build_config(exp.Config, None, saved["config"], {}, saved_path)
+        wanted, _ = build_config(exp.Config, None, saved["config"], cli, saved_path)
         changed = [f"{k}={getattr(wanted, k)!r} (saved: {getattr(cfg, k)!r})" for k in config_to_dict(cfg)
                    if k not in FROM_OVERRIDABLE and getattr(wanted, k) != getattr(cfg, k)]
         if changed:
@@ -136,40 +139,13 @@ def parse_args(argv):
         cfg = wanted
     else:
         yaml_values = load_yaml(args.config) if args.config else {}
-        cfg, explicit = build_config(exp.Config, exp.quick_settings, yaml_values, cli, args.config or "config")
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
         resolve_dataset(exp, cfg, explicit)
     cfg.seeds, cfg.seed_offset = 2, seed_a
-    cfg.activations = [a.label() for a in parse_activations(args.activations or DEFAULT_ACTIVATIONS[exp.name])]
+    cfg.activations = [a.label() for a in parse_activations(args.activations or exp.align.activations)]
     options = {"seed_pair": [seed_a, seed_b], "num_points": args.num_points, "max_iter": args.max_iter,
                "from": args.from_dir, "out": out, "quiet": args.quiet, "overwrite": args.overwrite}
     return exp, cfg, options
-
-
-# ------------------------------------------------------------ losses
-def _vae_chunks(n: int, batch: int):
-    # the batching of mnist_vae's evaluation, so a KL on batch statistics means what it means there
-    if n % batch == 1:
-        batch += 1
-    return [(i, min(i + batch, n)) for i in range(0, n, batch)]
-
-
-def make_losses(exp, cfg):
-    """name -> loss_fn(model, batch) for align.loss_curve; ``batch`` is the whole test set ``(x, y)``."""
-    cpu = torch.device("cpu")
-    if exp.name == "mnist-mlp":
-        from .mnist_mlp import _batched_logits
-
-        return {"loss": lambda model, batch: F.cross_entropy(_batched_logits(model, batch[0], cpu), batch[1])}
-    from .mnist_vae import _dataset_loss
-
-    def kl(model, batch):
-        x, total = batch[0], 0.0
-        for i, j in _vae_chunks(x.shape[0], cfg.batch_size):
-            z = model.encode(x[i:j]).float()
-            total += align.kl_standard_normal(z.mean(0), z.var(0, unbiased=True).log()).item() * (j - i)
-        return total / x.shape[0]
-
-    return {"loss": lambda model, batch: _dataset_loss(model, batch[0], cfg, cpu), "kl": kl}
 
 
 def _outputs(model, x):
@@ -179,7 +155,7 @@ def _outputs(model, x):
 
 
 def max_output_diff(model, moved, x) -> float:
-    """Largest |f_B(x) - f_moved(x)| over the test set and every output (logits, and z for the VAE)."""
+    """Largest |f_B(x) - f_moved(x)| over the test set and every output (all of a tuple output)."""
     model.eval()
     moved.eval()
     return max(float((a - b).abs().max()) for a, b in zip(_outputs(model, x), _outputs(moved, x)))
@@ -235,7 +211,7 @@ def measure(exp, cfg, model_a, model_b, data, *, num_points: int, max_iter: int,
     t2 = time.time()
     ends = {"naive": model_b, "weights": by_weights.apply(model_b), "states": by_states.apply(model_b)}
     metrics = {f"max_output_diff_{m}": max_output_diff(model_b, ends[m], x_test) for m in ("weights", "states")}
-    losses = make_losses(exp, cfg)
+    losses = exp.align.losses(cfg)
     points = [{"s": i / (num_points - 1)} for i in range(num_points)]
     for loss_name, loss_fn in losses.items():
         prefix = "" if loss_name == "loss" else loss_name + "_"
@@ -253,8 +229,8 @@ def measure(exp, cfg, model_a, model_b, data, *, num_points: int, max_iter: int,
 
 def metric_names(exp) -> list:
     names = [f"barrier_{m}" for m in METHODS]
-    if exp.name == "mnist-vae":
-        names += [f"kl_barrier_{m}" for m in METHODS]
+    for loss_name in exp.align.extra_losses:
+        names += [f"{loss_name}_barrier_{m}" for m in METHODS]
     return names + ["max_output_diff_weights", "max_output_diff_states"]
 
 
@@ -320,16 +296,16 @@ def run_align(exp, cfg, options) -> dict:
 
 # ------------------------------------------------------------ plot and report
 def plot_barriers(results, out_dir: str) -> str:
-    """barriers.png: one column per activation; rows: test loss (and KL for the VAE) along s."""
+    """barriers.png: one column per activation; rows: test loss (and each further loss) along s."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    rows = [("loss", "test loss", "barrier")]
-    if results["base_experiment"] == "mnist-vae":
-        rows.append(("kl", "KL(N(μ_z, σ_z²) ‖ N(0, 1))", "kl_barrier"))
+    extra = alignable()[results["base_experiment"]].align.extra_losses
+    rows = [("loss", "test loss", "barrier")] + [(name, label, f"{name}_barrier") for name, (label, _) in
+                                                 extra.items()]
     fig, axes = plt.subplots(len(rows), len(runs), figsize=(4.2 * len(runs), 3.4 * len(rows)), squeeze=False,
                              sharey="row")
     for col, run in enumerate(runs):
@@ -382,8 +358,8 @@ def _verdicts(results) -> list:
             flatter.append((run["activation"], w <= s, w, s))
     seen = "; ".join(f"`{a}`: weights {_num(w)} vs states {_num(s)} ({'flatter' if ok else 'not flatter'})"
                      for a, ok, w, s in flatter)
-    scope = ("" if results["base_experiment"] == "mnist-vae"
-             else " The paper states this for the VAE; shown for information.")
+    scope = ("" if alignable()[results["base_experiment"]].align.flatter_claimed
+             else " The paper states this for another experiment; shown for information.")
     holds = flatter and all(ok for _, ok, _, _ in flatter)
     state = "holds here" if holds else "does not hold for every activation here"
     lines.append(f"- **{text}** ({source}; {paper.ALIGN_NO_NUMBER}): {state}. {seen}.{scope}")
@@ -395,6 +371,7 @@ def _verdicts(results) -> list:
 def render_report(results, plots) -> str:
     cfg, data, runs = results["config"], results["data"], results["runs"]
     base = results["base_experiment"]
+    hooks = alignable()[base].align
     a, b = cfg["seed_pair"]
     lines = [f"# {results['experiment']}: loss barriers between two seeds", "",
              f"Linear mode connectivity of `{base}` (paper Section 5.7, Appendix C eq. 11, Appendix D.5, "
@@ -410,7 +387,7 @@ def render_report(results, plots) -> str:
     else:
         lines.append("- models trained here with the experiment's runner (checkpoints in `checkpoints/`)")
     lines += [f"- {results['wall_seconds']:.1f} s wall; alignment and barriers on the CPU", ""]
-    loss_name = "cross-entropy" if base == "mnist-mlp" else "VAE loss (BCE + α·KL on batch statistics of z)"
+    loss_name = hooks.loss_description
     lines += ["## Barriers", "",
               f"Relative barrier of eq. (11), max over {cfg['num_points']} evenly spaced s, on the test-set "
               f"{loss_name}. 0.1 means the path's loss rises 10% above the straight line between its ends.", ""]
@@ -420,14 +397,14 @@ def render_report(results, plots) -> str:
         m = run["metrics"]
         lines.append("| " + " | ".join([f"`{run['activation']}`", str(run["width"])]
                                        + [_num(m[f"barrier_{k}"]) for k in METHODS] + [paper.ALIGN_NO_NUMBER]) + " |")
-    if base == "mnist-vae":
-        lines += ["", "KL barrier (Figure 14): the same relative barrier for the KL term alone, "
-                      "KL(N(μ_z, σ_z²) ‖ N(0, 1)) on batch statistics of z.", ""]
+    for extra_name, (_, paragraph) in hooks.extra_losses.items():
+        lines += ["", paragraph, ""]
         header = ["activation"] + [METHOD_NAMES[m] for m in METHODS] + ["paper"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for run in runs:
             m = run["metrics"]
-            lines.append("| " + " | ".join([f"`{run['activation']}`"] + [_num(m[f"kl_barrier_{k}"]) for k in METHODS]
+            lines.append("| " + " | ".join([f"`{run['activation']}`"]
+                                           + [_num(m[f"{extra_name}_barrier_{k}"]) for k in METHODS]
                                            + [paper.ALIGN_NO_NUMBER]) + " |")
     lines += ["", "## The models and the alignments", "",
               "| activation | end metrics A | end metrics B | max abs output diff, weights / states | "

@@ -1,13 +1,15 @@
 """Plain-dataclass configs, loadable from YAML, and the ``colu run/sweep/report`` command lines.
 
-Precedence, lowest first: dataclass defaults, ``--quick`` settings, the YAML
-file, explicit command-line options. The resulting config is saved with the
-results (``config.json`` and inside ``results.json``).
+Precedence, lowest first: dataclass defaults, the preset's settings
+(``--preset NAME``; ``--quick`` is ``--preset quick``), the YAML file,
+explicit command-line options (``--set`` included). The resulting config is
+saved with the results (``config.json`` and inside ``results.json``), the
+preset's name with it.
 
-Every value is checked where it is parsed (type and range, see
-``TrainConfig.LIMITS``), whether it came from the command line, ``--set`` or
-YAML, so a bad value stops the run with a message naming it instead of
-failing somewhere inside training.
+Every value is checked where it is parsed (type, range and choices, see
+``TrainConfig.LIMITS`` and ``TrainConfig.CHOICES``), whether it came from the
+command line, ``--set``, YAML or a preset, so a bad value stops the run with
+a message naming it instead of failing somewhere inside training.
 
 The training budget is ``steps`` or ``epochs``: whichever the highest layer
 that mentions either of them sets wins (``--epochs 5`` on the command line
@@ -17,7 +19,8 @@ replaces an experiment's default step budget; ``--steps`` wins over
 :func:`result_settings` is the part of a config that decides what a single
 (activation, seed) run computes, and :func:`fingerprint` its hash: each run
 record and checkpoint carries both, so results of different settings are
-never mixed in one folder.
+never mixed in one folder. A preset takes part only through the settings it
+produces: its name is a label, not a setting.
 """
 
 from __future__ import annotations
@@ -37,7 +40,28 @@ from typing import ClassVar, Optional
 
 @dataclass
 class TrainConfig:
-    """Settings every experiment shares (experiments subclass this and add their own)."""
+    """Settings every experiment shares (experiments subclass this and add their own).
+
+    Optimiser: ``optimizer`` adam (default; ``torch.optim.Adam``), adamw
+    (``torch.optim.AdamW``) or sgd (``torch.optim.SGD`` with ``momentum``,
+    default 0.9, no Nesterov). ``weight_decay`` (default 0) is applied as
+    ``weight_decay_mode``: ``l2`` adds ``weight_decay * w`` to the gradient
+    (what Adam's and SGD's own ``weight_decay`` do), ``decoupled`` shrinks the
+    weights by ``lr * weight_decay`` each step apart from the gradient
+    (AdamW); adam with decoupled decay is AdamW. Unset, the mode is the
+    optimiser's own: l2 for adam and sgd, decoupled for adamw.
+
+    Schedule (a function of the global step, so a resumed run follows it
+    exactly): ``schedule`` constant (default), cosine (from ``lr`` down to
+    ``lr * min_lr_ratio`` at the last step, default ratio 0) or step
+    (``lr`` times ``step_gamma``, default 0.1, at each step in
+    ``step_milestones``); ``warmup_steps`` (default 0) ramps the learning rate
+    linearly up to ``lr`` first. ``grad_clip`` (default 0: off) clips the
+    global gradient norm.
+
+    ``autocast``: off (default, float32), bf16 (bfloat16 autocast for the
+    training forward pass; CUDA only) or auto (bf16 on CUDA, off on CPU).
+    """
 
     seeds: int = 3
     seed_offset: int = 0
@@ -49,12 +73,21 @@ class TrainConfig:
     steps: Optional[int] = None  # total optimizer steps; overrides epochs when set
     batch_size: int = 128
     lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
+    weight_decay_mode: Optional[str] = None  # None: the optimiser's own (l2 for adam/sgd, decoupled for adamw)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine: the last step's lr as a fraction of lr
+    step_milestones: list[int] = field(default_factory=list)  # step: global steps at which lr is multiplied
+    step_gamma: float = 0.1  # step: the factor applied at each milestone
+    grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
     eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch (at most MAX_EVALS per run)
     ckpt_every: int = 500
     device: str = "auto"
-    bf16: bool = False
-    quick: bool = False
+    autocast: str = "off"
+    preset: Optional[str] = None  # the name of the preset the settings started from (a label only)
     halt_after: Optional[int] = None  # stop (checkpointed) after this many steps, as if interrupted
 
     # key -> (comparison, bound): the allowed range of each number. Subclasses add their own keys with
@@ -63,11 +96,44 @@ class TrainConfig:
         "seeds": (">=", 1), "seed_offset": (">=", 0), "epochs": (">=", 1), "steps": (">=", 1),
         "batch_size": (">=", 1), "lr": (">", 0.0), "weight_decay": (">=", 0.0), "eval_every": (">=", 0),
         "ckpt_every": (">=", 1), "halt_after": (">=", 1), "split_from_test": (">=", 1),
+        "momentum": (">=", 0.0), "warmup_steps": (">=", 0), "min_lr_ratio": (">=", 0.0),
+        "step_gamma": (">", 0.0), "grad_clip": (">=", 0.0),
     }
+    # key -> the values a text setting may take (subclasses extend it like LIMITS)
+    CHOICES: ClassVar[dict] = {
+        "optimizer": ("adam", "adamw", "sgd"), "weight_decay_mode": ("l2", "decoupled"),
+        "schedule": ("constant", "cosine", "step"), "autocast": ("off", "bf16", "auto"),
+        "device": ("auto", "cpu", "cuda"),
+    }
+
+    def __post_init__(self):
+        # settings that are only valid together; each message names both and a way out
+        if self.weight_decay_mode is None:
+            self.weight_decay_mode = "decoupled" if self.optimizer == "adamw" else "l2"
+        if self.optimizer == "adamw" and self.weight_decay_mode == "l2":
+            raise ValueError("optimizer=adamw with weight_decay_mode=l2: AdamW's decay is decoupled; use "
+                             "optimizer=adam for L2 decay, or drop weight_decay_mode")
+        if self.optimizer == "sgd" and self.weight_decay_mode == "decoupled":
+            raise ValueError("optimizer=sgd with weight_decay_mode=decoupled: SGD's weight decay is L2 "
+                             "(added to the gradient); use weight_decay_mode=l2, or optimizer=adamw")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"min_lr_ratio {self.min_lr_ratio!r} is out of range: it must be <= 1 "
+                             "(the last step's learning rate as a fraction of lr)")
+        milestones = list(self.step_milestones)
+        if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ValueError(f"step_milestones {milestones!r}: need increasing steps >= 1, e.g. "
+                             "step_milestones=32000,48000")
+        if self.schedule == "step" and not milestones:
+            raise ValueError("schedule=step needs step_milestones (the global steps at which lr is multiplied "
+                             "by step_gamma), e.g. --set step_milestones=32000,48000")
+        if milestones and self.schedule != "step":
+            raise ValueError(f"step_milestones {milestones!r} apply to schedule=step only (schedule is "
+                             f"{self.schedule}); drop them or set schedule=step")
 
 
 # Settings that may differ between a run and its --resume without changing any number it computes.
-RUNTIME_KEYS = {"device", "halt_after", "ckpt_every", "quick"}
+# ``preset`` is among them: a preset takes part in the fingerprint only through the settings it produces.
+RUNTIME_KEYS = {"device", "halt_after", "ckpt_every", "preset"}
 # Settings that choose which (activation, seed) runs a folder holds, not what one of them computes:
 # a --resume may change them (to add seeds or activations), finished runs are kept.
 SELECTION_KEYS = {"activations", "seeds", "seed_offset"}
@@ -92,6 +158,38 @@ def settings_diff(old: dict, new: dict) -> list[str]:
             if old.get(k) != new.get(k)]
 
 
+def optimizer_description(cfg: dict) -> str:
+    """Plain words for a saved config's optimiser, decay, schedule, clipping and precision (for reports)."""
+    name = cfg.get("optimizer", "adam")
+    mode = cfg.get("weight_decay_mode") or ("decoupled" if name == "adamw" else "l2")
+    torch_name = {"sgd": "SGD", "adamw": "AdamW"}.get(name, "AdamW" if mode == "decoupled" else "Adam")
+    text = f"{torch_name} (torch.optim.{torch_name}"
+    if name == "sgd":
+        text += f", momentum {cfg.get('momentum', 0.9)}, no Nesterov"
+    text += f"), lr {cfg.get('lr')}"
+    decay = cfg.get("weight_decay", 0.0)
+    if decay:
+        how = ("decoupled: weights shrink by lr × weight_decay each step" if mode == "decoupled"
+               else "L2: weight_decay × w added to the gradient")
+        text += f", weight decay {decay} ({how})"
+    else:
+        text += ", no weight decay"
+    schedule = cfg.get("schedule", "constant")
+    warmup = cfg.get("warmup_steps", 0)
+    if schedule == "cosine":
+        text += f"; cosine schedule down to {cfg.get('min_lr_ratio', 0.0)} × lr"
+    elif schedule == "step":
+        text += (f"; lr × {cfg.get('step_gamma')} at steps "
+                 f"{', '.join(str(m) for m in cfg.get('step_milestones', []))}")
+    else:
+        text += "; constant learning rate"
+    if warmup:
+        text += f" after {warmup} linear warm-up steps"
+    clip = cfg.get("grad_clip", 0.0)
+    text += f"; gradient norm clipped at {clip}" if clip else "; no gradient clipping"
+    return text
+
+
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -108,6 +206,9 @@ def option_name(key: str, source: str) -> str:
 
 def _check_range(cls, key: str, value, source: str) -> None:
     name = option_name(key, source)
+    choices = getattr(cls, "CHOICES", {}).get(key)
+    if choices is not None and value is not None and value not in choices:
+        raise ValueError(f"{source}: {name} {value!r} is not one of {', '.join(choices)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{source}: {name} {value!r} is not a finite number")
     limit = getattr(cls, "LIMITS", {}).get(key)
@@ -149,6 +250,10 @@ def _convert(kind, key: str, value, source: str):
                     return False
                 raise ValueError(value)
             return bool(value)
+        if typing.get_args(kind) == (int,) and typing.get_origin(kind) is list:
+            items = value.replace(";", ",").split(",") if isinstance(value, str) else value
+            items = [v.strip() if isinstance(v, str) else v for v in items]
+            return [_convert(int, key, v, source) for v in items if v != ""]
         if kind in (list, typing.List) or typing.get_origin(kind) is list:
             if isinstance(value, str):
                 return [v for v in (s.strip() for s in value.split(";")) if v]
@@ -178,12 +283,23 @@ def load_yaml(path: str) -> dict:
     return loaded.get("config", loaded) if "experiment" in loaded else loaded
 
 
-def build_config(cls, quick_settings: dict, yaml_values: dict, cli_values: dict, source: str = "config"):
-    """defaults < quick settings (if quick) < YAML < CLI; returns (config, explicitly set keys)."""
+def build_config(cls, presets, yaml_values: dict, cli_values: dict, source: str = "config"):
+    """defaults < preset < YAML < CLI; returns (config, explicitly set keys).
+
+    ``presets`` maps preset names to their settings; the ``preset`` key of the
+    YAML or CLI values picks one (CLI wins). ``presets=None`` applies none and
+    keeps ``preset`` as a label only (a saved config already holds what its
+    preset produced).
+    """
     yaml_values = {k: _coerce(cls, k, v, source) for k, v in yaml_values.items()}
     cli_values = {k: _coerce(cls, k, v, "command line") for k, v in cli_values.items()}
-    quick = {**yaml_values, **cli_values}.get("quick", False)
-    layers = [quick_settings if quick else {}, yaml_values, cli_values]  # lowest first
+    chosen = {**yaml_values, **cli_values}.get("preset")
+    preset_values = {}
+    if chosen is not None and presets is not None:
+        if chosen not in presets:
+            raise ValueError(f"--preset {chosen}: no such preset here (presets: {', '.join(presets) or 'none'})")
+        preset_values = {k: _coerce(cls, k, v, f"preset {chosen}") for k, v in presets[chosen].items()}
+    layers = [preset_values, yaml_values, cli_values]  # lowest first
     values = {}
     for layer in layers:
         values.update(layer)
@@ -199,40 +315,70 @@ def build_config(cls, quick_settings: dict, yaml_values: dict, cli_values: dict,
     return cfg, set(yaml_values) | set(cli_values)
 
 
+def preset_table(exp) -> dict:
+    """preset name -> settings, the form :func:`build_config` takes."""
+    return {name: preset.settings for name, preset in exp.presets.items()}
+
+
 # ---------------------------------------------------------------- CLI
+
+def _epilog(experiments) -> str:
+    lines = ["Experiments and their presets (--preset NAME; --quick is --preset quick):"]
+    for e in experiments.values():
+        lines.append(f"  {e.name:<11} {e.summary}")
+        lines += [f"      {name}: {preset.about}" for name, preset in e.presets.items()]
+    return "\n".join(lines)
+
 
 def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Experiments:\n" + "\n".join(f"  {e.name:<11} {e.summary}"
-                                                                   for e in experiments.values()))
+                                epilog=_epilog(experiments))
+    data_help = " ".join(dict.fromkeys(e.data_help for e in experiments.values() if e.data_help))
+    datasets = [f"{e.name}: {', '.join(e.datasets)}" for e in experiments.values() if e.datasets]
     p.add_argument("experiment", choices=sorted(experiments), help="which experiment to run")
+    p.add_argument("--preset", metavar="NAME",
+                   help="start from the experiment's named settings (listed below with how long they take): "
+                        "paper = exactly the paper's settings, cpu = a budget for a 2-core CPU, quick = a smoke "
+                        "test; options given explicitly win. The report says which preset ran")
     p.add_argument("--seeds", type=int, help="number of seeds per activation, >= 1 (default 3)")
     p.add_argument("--seed-offset", type=int, help="first seed, >= 0 (default 0)")
     p.add_argument("--out", help="output directory (default runs/EXPERIMENT); must be empty of earlier results "
                                  "unless --resume or --overwrite is given")
-    p.add_argument("--data", help="directory with the MNIST IDX files (train-/t10k-images-idx3-ubyte[.gz], "
-                                  "train-/t10k-labels-idx1-ubyte[.gz]); the dataset is recognised from the files "
-                                  "unless --dataset is given. Never downloaded")
-    p.add_argument("--dataset", help="mnist-mlp/mnist-vae: digits (built in, the default without --data) or mnist "
-                                        "(needs --data); hemisphere generates its own points")
+    p.add_argument("--data", help=(data_help + " " if data_help else "") + "The dataset is recognised from the "
+                                  "files unless --dataset is given. Never downloaded")
+    p.add_argument("--dataset", help="which data set --data holds (" + "; ".join(datasets) + "; digits is built "
+                                     "in and needs no --data); experiments not listed generate their own data")
     p.add_argument("--split-from-test", type=int, metavar="K",
                    help="MNIST only: carve K test examples (rest train) out of the t10k files alone "
                         "(1 <= K < the number of t10k images)")
     p.add_argument("--epochs", type=int, help="training epochs, >= 1 (replaces the experiment's default budget)")
     p.add_argument("--steps", type=int, help="total optimizer steps, >= 1 (overrides --epochs)")
     p.add_argument("--batch-size", type=int, help="global batch size, >= 1 (split across processes under torchrun)")
-    p.add_argument("--lr", type=float, help="Adam learning rate, > 0")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay, >= 0 (torch.optim.Adam, L2 added to grads)")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations, >= 0 (default 0: once per epoch, "
-                                                  f"at most {MAX_EVALS} times per run)")
+    p.add_argument("--lr", type=float, help="peak learning rate, > 0")
+    p.add_argument("--optimizer", help="adam (default), adamw or sgd (momentum: --set momentum=0.9, the default)")
+    p.add_argument("--weight-decay", type=float, help="weight decay, >= 0 (default 0; applied as --weight-decay-mode)")
+    p.add_argument("--weight-decay-mode",
+                   help="l2 (added to the gradient, as torch.optim.Adam/SGD do) or decoupled (AdamW's: weights "
+                        "shrink by lr * weight_decay each step); default: the optimizer's own (l2 for adam and "
+                        "sgd, decoupled for adamw). adam + decoupled is AdamW")
+    p.add_argument("--schedule", help="learning-rate schedule: constant (default), cosine (down to lr * "
+                                      "min_lr_ratio, --set min_lr_ratio=0.1) or step (--set step_milestones=A,B "
+                                      "step_gamma=0.1); all as a function of the global step")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up to --lr over this many steps, >= 0 (default 0)")
+    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this, >= 0 (default 0: off)")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations, >= 0 (default 0: once per epoch); "
+                                                  f"at most {MAX_EVALS} evaluations per run")
     p.add_argument("--ckpt-every", type=int, help="steps between checkpoints, >= 1 (also written at the end)")
     p.add_argument("--activations", nargs="+", metavar="SPEC",
                    help="activation specs, e.g. relu silu colu:S=4 colu:S=4,soft,share colu:G=50,soft rcolu:S=3")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="small settings that finish in under a minute on a laptop CPU")
+    p.add_argument("--quick", action="store_const", const="quick", dest="quick_preset",
+                   help="the quick preset: small settings that finish in under a minute on a laptop CPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default) uses CUDA when present")
-    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast for training (CUDA only)")
+    p.add_argument("--autocast", help="off (default: float32), bf16 (bfloat16 autocast for training; CUDA only) "
+                                      "or auto (bf16 on CUDA, off on CPU)")
+    p.add_argument("--bf16", action="store_const", const="bf16", dest="bf16_autocast",
+                   help="the same as --autocast bf16")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its checkpoints (uses the saved config; "
                         "--seeds, --seed-offset and --activations may change to add runs)")
@@ -248,8 +394,22 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     return p
 
 
-_CLI_KEYS = ["seeds", "seed_offset", "data", "dataset", "split_from_test", "epochs", "steps", "batch_size", "lr",
-             "weight_decay", "eval_every", "ckpt_every", "activations", "quick", "device", "bf16", "halt_after"]
+_CLI_KEYS = ["preset", "seeds", "seed_offset", "data", "dataset", "split_from_test", "epochs", "steps", "batch_size",
+             "lr", "optimizer", "weight_decay", "weight_decay_mode", "schedule", "warmup_steps", "grad_clip",
+             "eval_every", "ckpt_every", "activations", "device", "autocast", "halt_after"]
+
+
+def cli_values(args, keys) -> dict:
+    """The options given on the command line (``--quick`` and ``--bf16`` read as the settings they stand for)."""
+    values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    for flag, key, value in (("--quick", "preset", getattr(args, "quick_preset", None)),
+                             ("--bf16", "autocast", getattr(args, "bf16_autocast", None))):
+        if value is None:
+            continue
+        if values.get(key, value) != value:
+            raise ValueError(f"{flag} contradicts --{key} {values[key]}; give one of them")
+        values[key] = value
+    return values
 
 
 def parse_set_items(items) -> dict:
@@ -311,8 +471,10 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequ
 
     args = _parser(prog, description, EXPERIMENTS).parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
-    cli = {k: getattr(args, k) for k in _CLI_KEYS if getattr(args, k) is not None}
+    cli = cli_values(args, _CLI_KEYS)
     cli.update(parse_set_items(args.set))
+    if cli.get("preset") is not None and not args.resume:
+        exp.preset_settings(cli["preset"])  # an unknown name: the error lists this experiment's presets
     out = args.out or os.path.join("runs", exp.name + ("-sweep" if sweep else ""))
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
@@ -323,8 +485,17 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequ
         saved = read_saved_config(saved_path, out)
         if saved.get("experiment") != exp.name:
             raise ValueError(f"--resume: {out} holds a {saved.get('experiment')!r} run, not {exp.name!r}")
-        base, _ = build_config(exp.Config, {}, saved["config"], {}, saved_path)
-        cfg, _ = build_config(exp.Config, {}, {**saved["config"], **yaml_values}, cli, saved_path)
+        unknown = sorted(set(saved["config"]) - set(_field_types(exp.Config)))
+        if unknown:
+            raise ValueError(f"--resume: {saved_path} was written by another version of colu (settings "
+                             f"{', '.join(unknown)} do not exist here), so its runs cannot be continued: start "
+                             "over with --overwrite, or use another --out")
+        base, _ = build_config(exp.Config, None, saved["config"], {}, saved_path)
+        asked = {**yaml_values, **cli}.get("preset")
+        if asked is not None and asked != base.preset:
+            raise ValueError(f"--resume: --preset {asked} differs from the preset the saved run started from "
+                             f"({base.preset or 'none'}, in {saved_path}); resume without --preset/--quick")
+        cfg, _ = build_config(exp.Config, None, {**saved["config"], **yaml_values}, cli, saved_path)
         changed = [f"{k}={getattr(cfg, k)!r} (saved: {getattr(base, k)!r})" for k in dataclasses.asdict(cfg)
                    if k not in RUNTIME_KEYS | SELECTION_KEYS and getattr(cfg, k) != getattr(base, k)]
         if changed:
@@ -332,8 +503,7 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequ
                              "resume with the same options, or start a fresh run in another --out")
         cfg = dataclasses.replace(cfg, halt_after=cli.get("halt_after"))
     else:
-        cfg, explicit = build_config(exp.Config, exp.quick_settings, yaml_values, cli,
-                                     args.config or "config")
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
         resolve_dataset(exp, cfg, explicit)
         if sweep and "activations" not in explicit:
             cfg.activations = exp.sweep_grid(cfg)

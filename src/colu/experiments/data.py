@@ -480,6 +480,37 @@ def load_digits_data(test_fraction: float = 0.2) -> Data:
                 ["Built-in 8x8 digits stand in for MNIST: not comparable to the paper's MNIST numbers."])
 
 
+def load_digits_images(size: int = 32, channels: int = 3) -> ImageData:
+    """The built-in 8x8 digits as ``size x size`` images: a stand-in that needs no files, for smoke tests.
+
+    Each digit is enlarged by repeating pixels (nearest neighbour) to
+    ``size x size`` and, with ``channels=3``, repeated on three channels, so
+    that a network built for CIFAR's 32x32 RGB input runs unchanged. Not
+    comparable to CIFAR-10 (or MNIST) results; the notes say so.
+
+    Args:
+        size: the side of the images, a multiple of 8 (default 32).
+        channels: 1 or 3 (default 3).
+    """
+    if not (isinstance(size, int) and size >= 8 and size % 8 == 0):
+        raise DataError(f"size={size!r}: the digits are 8x8, so the image side must be a multiple of 8")
+    if channels not in (1, 3):
+        raise DataError(f"channels={channels!r}: the digit images have 1 or 3 channels")
+    base = load_digits_data()
+
+    def to_image(flat):
+        x = flat.reshape(-1, 1, 8, 8).repeat_interleave(size // 8, 2).repeat_interleave(size // 8, 3)
+        return x.expand(-1, channels, -1, -1).contiguous()
+
+    x_train = to_image(base.x_train)
+    mean, std = channel_stats(x_train)
+    notes = [f"The built-in 8x8 digits, enlarged to {size}x{size} ({channels} channel(s)), stand in for CIFAR-10: "
+             "not comparable to the paper's numbers."]
+    return ImageData("digits32", x_train, base.y_train, to_image(base.x_test), base.y_test,
+                     base.description + f", enlarged to {size}x{size} with {channels} channel(s)", notes,
+                     mean=mean, std=std)
+
+
 def recognise_dataset(directory: str) -> str | None:
     """``"mnist"`` or ``"cifar10"`` by the standard file names found in ``directory``, else ``None``."""
     if not os.path.isdir(directory):

@@ -66,7 +66,7 @@ def _demo(args) -> int:
     start = time.time()
     for name, values in plans:
         exp = EXPERIMENTS[name]
-        cfg, _ = build_config(exp.Config, {}, {}, values)
+        cfg, _ = build_config(exp.Config, None, {}, values)
         out = os.path.join(args.out, name)
         results = run_all(exp, cfg, out, quiet=args.quiet, overwrite=_holds_a_demo(out), command=DEMO_COMMAND)
         tables.append(f"== {name}: {results['data']['description']}\n{report.summary_table(results)}\n"

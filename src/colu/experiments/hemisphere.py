@@ -17,13 +17,11 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from .config import TrainConfig
+from .contract import Experiment, Preset
 from .models import TwoLayer
+from .paper import Claim, PaperReference
 
-name = "hemisphere"
-summary = "Sec. 4/5.1, Fig. 6: 3->3->3 net learns a 45-degree rotation of a hemisphere"
 metrics = {"test_mse": False, "max_test_error": False}  # metric -> higher is better
-curve_metrics = ("test_mse", "max_test_error")
-datasets = ()  # generates its own points; --data does not apply
 PROBE_LATITUDES = (60.0, 75.0, 85.0, 90.0)  # polar angles in degrees; 90 is the equator
 
 
@@ -42,13 +40,28 @@ class Config(TrainConfig):
     LIMITS: ClassVar[dict] = {**TrainConfig.LIMITS, "n_lat": (">=", 2), "n_lon": (">=", 1), "width": (">=", 1)}
 
 
-REPORT_NOTE = (
+report_note = (
     "Reading the max test error: the grid includes the equator itself (polar angle 90°). Without biases, a hard "
     "cone whose axis points at the pole sees axis value 0 there and collapses the point to the origin (error 1), "
     "so max_test_error can stay near 1 for CoLU/RCoLU even when the circles just above the equator are round; "
     "see latitudes.png for the shape of the outputs per latitude.")
 
-quick_settings = {"epochs": 10, "seeds": 2, "n_lat": 100, "n_lon": 100, "batch_size": 256}
+# The paper states no training settings for Figure 6, so there is no "paper" preset: the defaults are ours.
+presets = {
+    "cpu": Preset({}, "the defaults: 3 activations x 3 seeds x 40 epochs; under 5 min on a 2-core CPU"),
+    "quick": Preset({"epochs": 10, "seeds": 2, "n_lat": 100, "n_lon": 100, "batch_size": 256},
+                    "a smoke test; under a minute on a 2-core CPU"),
+}
+
+paper = PaperReference(
+    claims=(
+        Claim("CoLU (S=3) keeps rotational symmetry near the equator where ReLU cuts a triangle: "
+              "lower max test error", "Section 4, Figure 6", "max_test_error", "colu:S=3", ("relu",), False),
+        Claim("RCoLU (S=3) likewise beats ReLU on max test error", "Section 4, Figure 6", "max_test_error",
+              "rcolu:S=3", ("relu",), False),
+    ),
+    figure_only=True,  # Figure 6 gives no numbers and no training settings
+)
 
 
 def default_activations(cfg):
@@ -82,11 +95,6 @@ def train_loss(net, x, y, cfg, *, global_batch, world):
 def evaluate(model, data, cfg, device):
     err = model(data.x_test.to(device)).float() - data.y_test.to(device)
     return {"test_mse": err.pow(2).mean().item(), "max_test_error": err.norm(dim=1).max().item()}
-
-
-def final_metrics(curve):
-    last = curve[-1]
-    return {k: last[k] for k in metrics}
 
 
 def probe(model, data, cfg, device):
@@ -133,3 +141,16 @@ def extra_plots(results, out_dir):
     path = save_figure(fig, out_dir, "latitudes.png")
     plt.close(fig)
     return [path]
+
+
+EXPERIMENT = Experiment(
+    name="hemisphere",
+    summary="Sec. 4/5.1, Fig. 6: 3->3->3 net learns a 45-degree rotation of a hemisphere",
+    Config=Config, metrics=metrics, default_activations=default_activations, load_data=load_data,
+    build_model=build_model, train_loss=train_loss, evaluate=evaluate,
+    curve_metrics=("test_mse", "max_test_error"), log_metrics=("test_mse", "max_test_error"),
+    sweep_grid=sweep_grid, check_activation=check_activation,
+    datasets=(),  # generates its own points; --data does not apply
+    presets=presets, paper=paper, report_note=report_note, data_on_device=True, probe=probe,
+    extra_plots=extra_plots,
+)

@@ -1,9 +1,25 @@
-"""Experiment name -> module. Each module provides: name, summary, Config, quick_settings, metrics
-(name -> higher is better), curve_metrics, default_activations, sweep_grid, load_data, check_activation,
-build_model, train_loss, evaluate, final_metrics, and optionally probe / extra_plots."""
+"""The experiments ``colu run``, ``colu sweep``, ``colu report`` and ``colu align`` know, by name.
+
+Each is an :class:`colu.experiments.contract.Experiment` built by its own
+module (``EXPERIMENT``); nothing else in the package names one. To add an
+experiment, write its module and list it here (or :func:`register` it).
+"""
 
 from __future__ import annotations
 
 from . import hemisphere, mnist_mlp, mnist_vae
+from .contract import Experiment
 
-EXPERIMENTS = {m.name: m for m in (hemisphere, mnist_mlp, mnist_vae)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (hemisphere.EXPERIMENT, mnist_mlp.EXPERIMENT,
+                                                          mnist_vae.EXPERIMENT)}
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add ``experiment`` under its name; a name already taken by another experiment is an error."""
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f"register() takes an Experiment, not {type(experiment).__name__}")
+    known = EXPERIMENTS.get(experiment.name)
+    if known is not None and known is not experiment:
+        raise ValueError(f"an experiment named {experiment.name!r} is already registered; choose another name")
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment

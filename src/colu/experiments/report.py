@@ -1,7 +1,9 @@
 """Summaries, learning-curve plots and report.md, all computed from the run records.
 
 Nothing here types a number in: ours come from ``results.json``, the paper's
-from :mod:`colu.experiments.paper`.
+from the experiment's :class:`colu.experiments.paper.PaperReference`. Nothing
+here names an experiment either: what to compare, plot and note comes from its
+:class:`colu.experiments.contract.Experiment`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import shlex
 import statistics
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from . import paper
+from .config import optimizer_description
+
+
+def _experiment(name):
+    from .registry import EXPERIMENTS
+
+    return EXPERIMENTS[name]
 
 
 def summarize(runs, metrics) -> dict:
@@ -73,26 +81,28 @@ def budget_line(results) -> str:
 # ------------------------------------------------------------- comparability
 def comparability(results) -> list[str]:
     """Why these numbers cannot be set beside the paper's (empty list: they can)."""
-    name, cfg = results["experiment"], results["config"]
+    cfg = results["config"]
     reasons = []
-    for key, want in paper.SETTINGS.get(name, {}).items():
+    for key, want in _experiment(results["experiment"]).paper.settings.items():
         have = cfg.get(key)
         if key == "steps":  # the budget actually trained, however it was asked for (--epochs or --steps)
             have = _steps_per_run(results) or have
+        if key == "weight_decay_mode" and not cfg.get("weight_decay"):
+            continue  # no decay: how it would have been applied changes nothing
         if have != want:
             reasons.append(f"{key} = {have!r} (paper: {want!r})")
     if cfg.get("split_from_test"):
-        reasons.append(f"trained on {results['data']['train_examples']} examples carved from the MNIST test set "
-                       "(--split-from-test), not the 60000-image training set")
+        reasons.append(f"trained on {results['data']['train_examples']} examples carved from the test set "
+                       "(--split-from-test), not the full training set")
     return reasons
 
 
 def claim_verdicts(results) -> list[str]:
-    name, summary = results["experiment"], results["summary"]
+    reference, summary = _experiment(results["experiment"]).paper, results["summary"]
     reasons = comparability(results)
-    qualitative = name == "hemisphere"
+    qualitative = reference.figure_only
     lines = []
-    for claim in paper.CLAIMS.get(name, []):
+    for claim in reference.claims:
         present = claim.better in summary and all(t in summary for t in claim.than)
         head = f"- **{claim.text}** ({claim.source}): "
         if not present:
@@ -138,8 +148,11 @@ def save_figure(fig, out_dir: str, filename: str) -> str:
     return path
 
 
-def plot_curves(results, out_dir: str, metrics) -> list[str]:
-    """One PNG per metric: mean ± std over seeds against training epochs, one line per activation."""
+def plot_curves(results, out_dir: str, metrics, log_metrics=(), x: str = "epoch") -> list[str]:
+    """One PNG per metric: mean ± std over seeds against training epochs (or steps), one line per activation.
+
+    Metrics in ``log_metrics`` get a log scale when every value is positive.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +164,7 @@ def plot_curves(results, out_dir: str, metrics) -> list[str]:
         for act in dict.fromkeys(r["activation"] for r in results["runs"]):
             curves = [r["curve"] for r in results["runs"] if r["activation"] == act]
             length = min(len(c) for c in curves)
-            xs = [p["epoch"] for p in curves[0][:length]]
+            xs = [p[x] for p in curves[0][:length]]
             means, stds = [], []
             for i in range(length):
                 vals = [c[i][metric] for c in curves if c[i].get(metric) is not None]
@@ -160,9 +173,9 @@ def plot_curves(results, out_dir: str, metrics) -> list[str]:
             line, = ax.plot(xs, means, label=f"{act} (n={len(curves)})")
             ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.2)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer step" if x == "step" else "epoch")
         ax.set_ylabel(metric)
-        if metric in ("test_mse", "max_test_error", "train_loss") and all(
+        if metric in log_metrics and all(
                 p.get(metric) is None or p[metric] > 0 for r in results["runs"] for p in r["curve"]):
             ax.set_yscale("log")
         ax.set_title(f"{results['experiment']}: {metric} (mean ± std over seeds)")
@@ -174,12 +187,19 @@ def plot_curves(results, out_dir: str, metrics) -> list[str]:
 
 
 # ------------------------------------------------------------------ report
-def render_report(results, plots, out_dir: str) -> str:
-    from .registry import EXPERIMENTS
+def preset_line(exp, cfg) -> str:
+    """Which preset the settings started from, in words."""
+    name = cfg.get("preset")
+    if name is None:
+        return "preset: none (the experiment's defaults and the options given)"
+    about = exp.presets[name].about if name in exp.presets else "not a preset of this experiment any more"
+    return f"preset `{name}` ({about}); options given explicitly override it"
 
-    exp = EXPERIMENTS[results["experiment"]]
+
+def render_report(results, plots, out_dir: str) -> str:
+    exp = _experiment(results["experiment"])
     name, summary, widths = results["experiment"], results["summary"], _widths(results)
-    cited = paper.VALUES.get(name, {})
+    cited = exp.paper.values
     metrics = list(exp.metrics)
     lines = [f"# {name}: results", "", exp.summary + ".", ""]
     data = results["data"]
@@ -188,9 +208,12 @@ def render_report(results, plots, out_dir: str) -> str:
               f"{data['input_dim']}"]
     lines += [f"- **{note}**" for note in data.get("notes", [])]
     cfg = results["config"]
+    lines += ["", "## Settings", "", f"- {preset_line(exp, cfg)}"]
     if results["runs"]:
         lines.append(f"- {budget_line(results)}")
-    lines += [f"- device {results['device']}, {results['world_size']} process(es), "
+    lines.append(f"- {optimizer_description(cfg)}")
+    precision = f", {results['precision']}" if results.get("precision") else ""
+    lines += [f"- device {results['device']}{precision}, {results['world_size']} process(es), "
               f"{results['wall_seconds']:.1f} s wall", ""]
     lines += ["## Results (mean ± std over seeds)", ""]
     header = ["activation", "C", "seeds"] + [h for m in metrics for h in (m, f"paper {m}")]
@@ -202,18 +225,18 @@ def render_report(results, plots, out_dir: str) -> str:
         for m in metrics:
             cells += [_fmt(per_metric[m]), row_paper[m].text() if m in row_paper else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Paper values are quoted from the paper (see `colu/experiments/paper.py`); a row shows one only "
-              "when activation and width match the paper's row."]
-    if name in paper.SEEDS:
-        lines.append(f"The paper uses {paper.SEEDS[name]} seeds per configuration; this run used {cfg['seeds']}.")
+    lines += ["", f"Paper values are quoted from the paper (see `{exp.name}`'s module in `colu/experiments/`); a row "
+              "shows one only when activation and width match the paper's row."]
+    if exp.paper.seeds:
+        lines.append(f"The paper uses {exp.paper.seeds} seeds per configuration; this run used {cfg['seeds']}.")
     reasons = comparability(results)
     lines += ["", "## Claims", ""]
     if reasons:
         lines += [f"Settings differ from the paper's: {'; '.join(reasons)}. Numbers are therefore **not comparable** "
                   "to the paper's; the direction of each effect is shown for information.", ""]
     lines += claim_verdicts(results) or ["- (no claims listed for this experiment)"]
-    if getattr(exp, "REPORT_NOTE", None):
-        lines += ["", exp.REPORT_NOTE]
+    if exp.report_note:
+        lines += ["", exp.report_note]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
               f"Regenerate this report with `colu report {shlex.quote(out_dir)}`; raw numbers are in results.json "
@@ -222,11 +245,9 @@ def render_report(results, plots, out_dir: str) -> str:
 
 
 def write_report(results, out_dir: str) -> str:
-    from .registry import EXPERIMENTS
-
-    exp = EXPERIMENTS[results["experiment"]]
-    plots = plot_curves(results, out_dir, exp.curve_metrics)
-    if hasattr(exp, "extra_plots"):
+    exp = _experiment(results["experiment"])
+    plots = plot_curves(results, out_dir, exp.curve_metrics, exp.log_metrics, exp.curve_x)
+    if exp.extra_plots is not None:
         plots += exp.extra_plots(results, out_dir)
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, render_report(results, plots, out_dir))
@@ -235,9 +256,7 @@ def write_report(results, out_dir: str) -> str:
 
 def summary_table(results) -> str:
     """Plain-text summary for the terminal."""
-    from .registry import EXPERIMENTS
-
-    metrics = list(EXPERIMENTS[results["experiment"]].metrics)
+    metrics = list(_experiment(results["experiment"]).metrics)
     widths = _widths(results)
     rows = [["activation", "C"] + metrics]
     for act, per_metric in results["summary"].items():

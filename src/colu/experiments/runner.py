@@ -1,16 +1,21 @@
-"""One training loop for every experiment: batching, checkpoints, resume, DDP, logging.
+"""One training loop for every experiment: batching, optimiser, schedule, checkpoints, resume, DDP, logging.
 
-An experiment (see :mod:`colu.experiments.registry`) supplies the data, the
-model, the training loss and the evaluation; this module owns everything that
-must be identical across experiments for resume and multi-process runs to be
-exact:
+An experiment (:class:`colu.experiments.contract.Experiment`) supplies the
+data, the model, the batches, the training loss and the evaluation; this
+module owns everything that must be identical across experiments for resume
+and multi-process runs to be exact:
 
-* data order: epoch ``e`` of seed ``s`` visits the training set in the order
-  ``randperm(n)`` drawn from a generator seeded with ``(s, e)``, so the order is
-  a pure function of the step and nothing about it needs saving;
+* data order: the experiment's ``batches(data, cfg, seed, step)`` is a pure
+  function of the run seed and the global step (by default epoch ``e`` visits
+  the training set in the order ``randperm(n)`` drawn from a generator seeded
+  with ``(seed, e)``), so nothing about it needs saving;
 * a global batch is split across processes by striding, and each process's
   loss is scaled so DDP's gradient *average* equals the gradient of the mean
   loss over the global batch;
+* the learning rate of every step is :func:`lr_factor` of the global step
+  times each parameter group's starting rate, set before each update, so a
+  resumed run follows the schedule exactly; gradient clipping acts on the
+  averaged gradients, identically on every process;
 * checkpoints hold only tensors and plain containers (model, optimizer, RNG
   state, step, curve) and are read back with ``weights_only=True``;
 * no results of different settings in one folder: every run record and
@@ -25,6 +30,7 @@ exact:
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -122,9 +128,47 @@ class Halted(Exception):
     """Raised after --halt-after steps (checkpoint already written): the run stops as if interrupted."""
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + epoch)
-    return torch.randperm(n, generator=gen)
+def lr_factor(cfg, step: int, total: int) -> float:
+    """The learning rate of update ``step`` (0-based global step) as a fraction of ``cfg.lr``.
+
+    ``warmup_steps`` W: ``(step + 1) / W`` for the first W updates. Then
+    ``constant``: 1; ``cosine``: from 1 at step W down to ``min_lr_ratio`` at
+    step ``total`` along half a cosine; ``step``: ``step_gamma`` to the power
+    of the number of ``step_milestones`` <= ``step``. A pure function of its
+    arguments, so a resumed run sets exactly the rates an uninterrupted one
+    does.
+    """
+    factor = 1.0
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
+        factor = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif cfg.schedule == "step":
+        factor = cfg.step_gamma ** sum(1 for m in cfg.step_milestones if step >= m)
+    if step < cfg.warmup_steps:
+        factor *= (step + 1) / cfg.warmup_steps
+    return factor
+
+
+def build_optimizer(exp, model, cfg) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names, over the experiment's parameter groups (default: all parameters).
+
+    adam + l2: ``torch.optim.Adam(weight_decay=...)``; adam + decoupled and
+    adamw: ``torch.optim.AdamW``; sgd: ``torch.optim.SGD(momentum=...)`` with
+    L2 decay. Each group remembers its starting rate as ``base_lr``, which
+    the schedule scales.
+    """
+    groups = exp.parameter_groups(model, cfg) if exp.parameter_groups is not None else [
+        {"params": list(model.parameters())}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw" or cfg.weight_decay_mode == "decoupled":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    return opt
 
 
 def _progress(total, initial, desc, enabled):
@@ -136,14 +180,41 @@ def _progress(total, initial, desc, enabled):
 
 
 def budget(cfg, n: int) -> tuple[int, int, int, int]:
-    """(batch, steps per epoch, total steps, steps between evaluations) for ``n`` training examples."""
+    """(batch, steps per epoch, total steps, steps between evaluations) for ``n`` training examples.
+
+    Without ``eval_every`` a run evaluates once per epoch, but at most
+    ``MAX_EVALS`` times; an ``eval_every`` that would evaluate more often is
+    an error naming the smallest value allowed.
+    """
     from .config import MAX_EVALS
 
     batch = min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or max(steps_per_epoch, math.ceil(total / MAX_EVALS))
+    if math.ceil(total / eval_every) > MAX_EVALS:
+        raise ValueError(f"--eval-every {cfg.eval_every} evaluates {math.ceil(total / eval_every)} times in "
+                         f"{total} steps, more than the {MAX_EVALS} a run keeps; use --eval-every >= "
+                         f"{math.ceil(total / MAX_EVALS)} (or 0: once per epoch)")
     return batch, steps_per_epoch, total, eval_every
+
+
+def autocast_context(cfg, device):
+    """bfloat16 autocast for the training forward pass when ``cfg.autocast`` asks for it on CUDA."""
+    if cfg.autocast == "bf16" and device.type != "cuda":
+        raise ValueError("--autocast bf16 (--bf16) is an autocast option for CUDA; this run is on CPU. Drop it, "
+                         "use --autocast auto (bf16 on CUDA only), or use a GPU")
+    if cfg.autocast in ("bf16", "auto") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def precision_description(cfg: dict, device) -> str:
+    """The arithmetic a run with saved config ``cfg`` used on ``device``, in words (for results and reports)."""
+    on_cuda = str(device).startswith("cuda")
+    if cfg.get("autocast", "off") in ("bf16", "auto") and on_cuda:
+        return "bfloat16 autocast for the training forward pass (evaluation in float32)"
+    return "float32"
 
 
 def load_checkpoint(path: str, fp: str, settings: dict) -> dict:
@@ -186,8 +257,8 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     torch.manual_seed(seed)  # same init on every process
     model, width = exp.build_model(cfg, act, data)
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = data.x_train.shape[0]
+    opt = build_optimizer(exp, model, cfg)
+    n = exp.train_examples(data)
     batch, steps_per_epoch, total, eval_every = budget(cfg, n)
     curve, step = [], 0
 
@@ -216,24 +287,24 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
-                else nullcontext())
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    autocast = autocast_context(cfg, device)
     tag = f"[{exp.name}] {act.label()} seed {seed}"
     bar = _progress(total, step, f"{exp.name} {act.label()} seed {seed}", show_progress and info.main)
     started = time.time()
-    order, order_epoch = None, -1
     model.train()
     while step < total:
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(seed, epoch, n).to(device), epoch
-        idx = order[pos * batch:(pos + 1) * batch]
-        local = idx[info.rank::info.world]
+        global_batch = exp.batches(data, cfg, seed, step)
+        size = global_batch[0].shape[0]
+        local = [t[info.rank::info.world].to(device, non_blocking=True) for t in global_batch]
+        factor = lr_factor(cfg, step, total)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
         with autocast:
-            loss = exp.train_loss(net, x_train[local], y_train[local], cfg, global_batch=len(idx), world=info.world)
+            loss = exp.train_loss(net, *local, cfg, global_batch=size, world=info.world)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
         if bar is not None:
@@ -243,7 +314,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
             with torch.no_grad():
                 metrics = exp.evaluate(model, data, cfg, device)
             model.train()
-            point = {"step": step, "epoch": step / steps_per_epoch, **metrics}
+            point = {"step": step, "epoch": step / steps_per_epoch, "lr": cfg.lr * factor, **metrics}
             curve.append(point)
             if info.main and log_path:
                 append_jsonl(log_path, {"activation": act.label(), "seed": seed, **point})
@@ -265,7 +336,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     record = {"activation": act.label(), "seed": seed, "width": width, "steps": total,
               "batch_size": batch, "train_examples": n, "fingerprint": fp, "settings": settings,
               "metrics": clean(exp.final_metrics(curve)), "curve": clean(curve)}
-    if seed == cfg.seed_offset and hasattr(exp, "probe"):
+    if seed == cfg.seed_offset and exp.probe is not None:
         model.eval()
         with torch.no_grad():
             record["probe"] = exp.probe(model, data, cfg, device)
@@ -334,8 +405,7 @@ def run_all(exp, cfg, out_dir: str, *, resume: bool = False, overwrite: bool = F
     info = setup_distributed("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                              else "cpu")
     device = resolve_device(cfg.device, info)
-    if cfg.bf16 and device.type != "cuda":
-        raise ValueError("--bf16 is an autocast option for CUDA; this run is on CPU. Drop --bf16 or use a GPU")
+    autocast_context(cfg, device)  # --autocast bf16 on a CPU stops here, before the folder is touched
     acts = parse_activations(cfg.activations or exp.default_activations(cfg))
     cfg.activations = [a.label() for a in acts]  # the saved config names what actually ran
     folder = RunFolder(out_dir)
@@ -357,6 +427,8 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
     data = exp.load_data(cfg)
     for act in acts:
         exp.check_activation(cfg, act, data)  # fail before training anything
+    budget(cfg, exp.train_examples(data))  # an impossible evaluation schedule, too
+    train_data = on_device(data, device) if exp.data_on_device else data
     cfg_dict = config_to_dict(cfg)
     settings = result_settings(cfg)
     fp = fingerprint(settings)
@@ -382,7 +454,7 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
                 finished.append(f"{act.label()} seed {seed}")
                 continue
             t0 = time.time()
-            record = train_run(exp, cfg, act, seed, data, device=device, info=info,
+            record = train_run(exp, cfg, act, seed, train_data, device=device, info=info,
                                ckpt_path=os.path.join(out_dir, "checkpoints", slug + ".pt"), log_path=log_path,
                                resume=resume, show_progress=not quiet and terminal,
                                show_lines=not quiet and not terminal)
@@ -403,7 +475,8 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
     except KeyboardInterrupt:
         raise Interrupted(finished) from None
     results = {"experiment": exp.name, "config": cfg_dict, "fingerprint": fp, "data": data.summary(),
-               "device": str(device), "world_size": info.world, "runs": runs,
+               "device": str(device), "precision": precision_description(cfg_dict, device),
+               "world_size": info.world, "runs": runs,
                "summary": report.summarize(runs, exp.metrics),
                "wall_seconds": round(time.time() - started, 3)}
     if info.main:
@@ -411,6 +484,13 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
         report.write_report(results, out_dir)
     barrier(info)
     return results
+
+
+def on_device(data, device):
+    """A shallow copy of ``data`` whose training tensors live on ``device`` (for ``data_on_device``)."""
+    moved = copy.copy(data)
+    moved.x_train, moved.y_train = data.x_train.to(device), data.y_train.to(device)
+    return moved
 
 
 def clean(obj):

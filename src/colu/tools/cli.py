@@ -24,7 +24,7 @@ COMMANDS = {
     "bench": ("colu.tools.bench:main", "time CoLU/RCoLU against ReLU/SiLU/GELU"),
     "plot": ("colu.tools.plots:main", "draw the explanatory figures (conic projection, weightings, symmetry) as PNGs"),
     "convert-check": ("colu.tools.convert_check:main", "convert a trained ReLU/SiLU model to CoLU and fine-tune the loss back"),
-    "run": ("colu.experiments.commands:run_main", "run a paper experiment (hemisphere, mnist-mlp, mnist-vae)"),
+    "run": ("colu.experiments.commands:run_main", "run a paper experiment (colu run --help lists them)"),
     "sweep": ("colu.experiments.commands:sweep_main", "run an experiment over its grid of activations x seeds"),
     "report": ("colu.experiments.commands:report_main", "rebuild report.md and plots of a run directory"),
     "align": ("colu.experiments.align_cmd:main", "align two trained seeds and measure loss barriers"),
