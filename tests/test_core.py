@@ -249,3 +249,40 @@ def test_configuration_grid_is_covered():
     assert len(combos) == 2 * 2 * 3 * 3
     assert {S for S, *_ in GRID} == {3, 4, 8}
     assert set(itertools.chain.from_iterable([[G] for _, G, *_ in GRID])) >= {1, 2, 3}
+
+
+def test_modules_check_their_arguments_once(monkeypatch):
+    """A module's arguments are checked when it is built; its calls check only the input."""
+    from colu import functional
+
+    checked = []
+    check_options = functional._check_options
+    monkeypatch.setattr(functional, "_check_options", lambda *a: checked.append(a) or check_options(*a))
+    m, r = colu.CoLU(cone_dim=4, scaling="soft"), colu.RCoLU(cone_dim=3, dim=1)
+    assert len(checked) == 2
+    x = torch.randn(3, 24, dtype=torch.float64)
+    for _ in range(2):
+        torch.testing.assert_close(m(x), reference.colu(x, 4, scaling="soft"))
+        torch.testing.assert_close(m(x.t().contiguous().t()), m(x))  # a call no plan covers
+        torch.testing.assert_close(r(x.view(3, 6, 4)), reference.rcolu(x.view(3, 6, 4), 3, dim=1))
+    assert len(checked) == 2, "calls should not check the module's arguments again"
+    colu.colu(x.t().contiguous().t(), 4)
+    assert len(checked) == 3, "a functional call no plan covers checks its arguments"
+
+
+@pytest.mark.parametrize("obj", [colu.colu, colu.rcolu, colu.CoLU, colu.RCoLU])
+def test_every_argument_documents_its_default(obj):
+    import ast
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj)
+    args = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0]
+    entries = dict(re.findall(r"^    (\w+): (.*?)(?=^    \w+: |\Z)", args, re.S | re.M))
+    for name, param in inspect.signature(obj).parameters.items():
+        assert name in entries, f"{obj.__name__}: argument {name} is not documented"
+        if param.default is inspect.Parameter.empty:
+            continue
+        found = re.search(r"Default: ``(.+?)``", entries[name].replace("\n", " "))
+        assert found, f"{obj.__name__}: the docs of {name} do not state its default"
+        assert ast.literal_eval(found.group(1)) == param.default, f"{obj.__name__}: {name}'s documented default"

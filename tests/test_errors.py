@@ -93,3 +93,42 @@ def test_bad_eps(eps):
 
 def test_unknown_backend():
     _raises(r"unknown backend='gpu'", colu.colu, torch.randn(2, 8), backend="gpu")
+
+
+@pytest.mark.parametrize(
+    "module,kw,match,exc",
+    [
+        (colu.CoLU, dict(dim=1.0), r"dim must be an int, got 1.0", TypeError),
+        (colu.RCoLU, dict(dim=True), r"dim must be an int, got True", TypeError),
+        (colu.CoLU, dict(share_axis="no"), r"share_axis must be True or False \(or 1/0\), got share_axis='no'", ValueError),
+        (colu.CoLU, dict(eps=-1e-7), r"eps must be a finite number >= 0, got eps=-1e-07", ValueError),
+        (colu.RCoLU, dict(eps=float("nan")), r"eps must be a finite number >= 0, got eps=nan", ValueError),
+    ],
+)
+def test_modules_check_their_arguments_when_built(module, kw, match, exc):
+    _raises(match, module, exc=exc, **kw)
+
+
+def test_assigning_a_module_argument_checks_it():
+    x = torch.randn(3, 8, dtype=torch.float64)
+    m = colu.CoLU(cone_dim=4)
+    _raises(r"unknown scaling='smooth'", setattr, m, "scaling", "smooth")
+    assert m.scaling == "hard", "a rejected value should leave the module as it was"
+    m.scaling = "soft"
+    torch.testing.assert_close(m(x), colu.colu(x, 4, scaling="soft"))
+    _raises(r"exactly one of cone_dim and num_cones", setattr, m, "num_cones", 2)
+    m.cone_dim = None
+    m.num_cones = 1
+    torch.testing.assert_close(m(x), colu.colu(x, num_cones=1, scaling="soft"))
+    r = colu.RCoLU(cone_dim=4)
+    _raises(r"dim must be an int, got 0.0", setattr, r, "dim", 0.0, exc=TypeError)
+    r.dim = 0
+    torch.testing.assert_close(r(x.t()), colu.rcolu(x.t(), 4, dim=0))
+
+
+def test_modules_check_each_input():
+    m = colu.CoLU(cone_dim=4)
+    _raises(r"colu expects a floating-point tensor, got dtype=torch.int64", m, torch.ones(2, 8, dtype=torch.int64))
+    _raises(r"colu expects a torch.Tensor, got list", m, [1.0] * 8, exc=TypeError)
+    _raises(r"Dimension out of range", colu.RCoLU(cone_dim=4, dim=2), torch.randn(2, 8), exc=IndexError)
+    _raises(r"rcolu needs a channel axis, got a 0-dim tensor", colu.RCoLU(), torch.tensor(1.0))

@@ -21,7 +21,8 @@ DEMO = ROOT / "requirements-demo.txt"
 # what `colu demo` imports beyond the standard library
 DEMO_NEEDS = ("torch", "numpy", "scipy", "matplotlib", "tqdm", "pyyaml", "scikit-learn")
 TEST_ONLY = ("triton", "transformers", "diffusers", "onnxruntime", "onnx", "pytest", "hypothesis")
-C_SOURCES = ("colu/ops/cpu_kernel.c", "colu/ops/cpu_entry.c")
+# every C source and header the kernel build reads must ship in both the wheel and the sdist
+C_SOURCES = tuple(sorted(f"colu/ops/{p.name}" for p in (ROOT / "src" / "colu" / "ops").iterdir() if p.suffix in (".c", ".h")))
 
 
 def _pins(path: pathlib.Path) -> dict:

@@ -10,6 +10,7 @@ shows whether the loader asked for one.
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -329,3 +330,62 @@ def test_library_is_synced_before_it_is_renamed_into_place(monkeypatch, tmp_path
     assert ("fsync", tmp) in events and events.index(("fsync", tmp)) < events.index(renames[0]), events
     assert opened[1].read_bytes() == b"not really ELF"
     assert (opened[1].parent / DIGEST).read_text().split()[0] == _sha256(opened[1])
+
+
+def _fake_compiler(tmp_path: Path) -> Path:
+    """A compiler that logs each build and writes a placeholder library (nothing is loaded with it)."""
+    log = tmp_path / "builds.log"
+    fake_cc = tmp_path / "fake-cc"
+    fake_cc.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo fake-cc 1.0; exit 0; fi\n'
+        f'echo build >> "{log}"\n'
+        'while [ $# -gt 1 ]; do if [ "$1" = -o ]; then printf "not really ELF" > "$2"; fi; shift; done\n'
+    )
+    fake_cc.chmod(0o755)
+    return fake_cc
+
+
+def test_a_changed_header_gets_its_own_build(monkeypatch, tmp_path):
+    """The cache key covers the headers the sources include: editing one builds anew in another directory,
+    and an unchanged tree reuses its build."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in [cpu.SOURCE, cpu.ENTRY_SOURCE, *cpu.headers()]:
+        shutil.copy(path, src / path.name)
+    monkeypatch.setattr(cpu, "SOURCE", src / cpu.SOURCE.name)
+    monkeypatch.setattr(cpu, "ENTRY_SOURCE", src / cpu.ENTRY_SOURCE.name)
+    monkeypatch.setenv("COLU_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu, "_open", lambda path: Path(path))
+    monkeypatch.setattr(cpu, "_python_include", lambda: None)
+    fake_cc = str(_fake_compiler(tmp_path))
+    first = cpu._load_built(fake_cc)
+    assert cpu._load_built(fake_cc) == first
+    assert _builds(tmp_path / "builds.log") == 1
+    seen = {first.parent}
+    for header in cpu.headers():
+        assert header.parent == src
+        header.chmod(0o644)
+        header.write_text(header.read_text() + "\n/* edited */\n")
+        seen.add(cpu._load_built(fake_cc).parent)
+    assert len(seen) == 1 + len(cpu.headers()), "every edited header should have led to a build of its own"
+    assert _builds(tmp_path / "builds.log") == len(seen)
+
+
+def test_every_included_header_is_hashed_and_shipped():
+    """What the C sources include is among cpu.headers() (so in the cache key), and the package data
+    ships every file the build reads."""
+    import fnmatch
+    import tomllib
+
+    names = {path.name for path in cpu.headers()}
+    assert "colu_abi.h" in names
+    for path in [cpu.SOURCE, cpu.ENTRY_SOURCE, *cpu.headers()]:
+        for included in re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(), flags=re.M):
+            assert included in names, f"{path.name} includes {included}, which is not beside it"
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["colu"]
+    package = Path(cpu.__file__).resolve().parents[1]
+    for path in [cpu.SOURCE, cpu.ENTRY_SOURCE, *cpu.headers()]:
+        relative = path.resolve().relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) for g in globs), f"package-data does not ship {relative}"

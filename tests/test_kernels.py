@@ -207,6 +207,62 @@ def test_select_and_overrides(monkeypatch):
         colu.colu(x, 4, backend="triton")
 
 
+def test_backend_is_selected_once_per_cache_miss(monkeypatch):
+    """dispatch.select is the one place that picks a backend: once for a call no plan covers, never for a
+    replayed one (forward or backward), and once for each run of the compiled graphs' custom op."""
+    from colu.ops import plans
+
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    seen = []
+    select = dispatch.select
+    monkeypatch.setattr(dispatch, "select", lambda x, backend="auto": seen.append(backend) or select(x, backend))
+    plans.clear()
+    x = torch.randn(3, 20, requires_grad=True)
+    m = colu.CoLU(cone_dim=5)
+    colu.colu(x, 5).sum().backward()
+    m(x).sum().backward()
+    assert seen == ["auto", "auto"]
+    for _ in range(2):
+        colu.colu(x, 5).sum().backward()
+        m(x.detach())
+    assert seen == ["auto", "auto"], "replayed calls should not select again"
+    colu.rcolu(x, 4, backend="cpu")
+    assert seen == ["auto", "auto", "cpu"]
+    xt = torch.randn(20, 3).t()  # no plan covers a non-contiguous input: each call selects once
+    colu.colu(xt, 5)
+    colu.colu(xt, 5)
+    assert seen == ["auto", "auto", "cpu", "auto", "auto"]
+    spec = colu.ConeSpec.resolve(20, 5)
+    y = torch.ops.colu.cone_forward(x.detach().view(3, 20, 1), *dispatch._op_args(spec, "hard", 1e-7, "identity"))
+    assert seen == ["auto", "auto", "cpu", "auto", "auto", "auto"]
+    torch.testing.assert_close(y.view(3, 20), reference.colu(x.detach(), 5))
+
+
+@pytest.mark.parametrize("layout,share", [("axes_first", False), ("grouped", True)])
+def test_a_single_cone_runs_as_contiguous_channels(layout, share):
+    """One cone is channels 0 ... S-1 in every layout (spec.contiguous), so the kernel gets the grouped map and
+    runs it on its flat path (half types converted in the kernel where there is no shared axis)."""
+    spec = colu.ConeSpec.resolve(5, None, 1, layout=layout, share_axis=share)
+    assert spec.contiguous
+    cfg = cpu.config(spec, "soft", 1e-7, "identity")
+    assert (cfg.axis_base, cfg.axis_step, cfg.sec_base, cfg.sec_step) == (0, 5, 1, 5)
+    assert cpu.runs_half(cpu.load(), ctypes.addressof(cfg), torch.bfloat16, 1) == (not share)
+    kw = dict(num_cones=1, layout=layout, share_axis=share, scaling="soft", axis_activation="silu")
+    for shape, dim, dtype in [((9, 5), -1, torch.float64), ((2, 5, 3, 3), 1, torch.float64), ((9, 5), -1, torch.bfloat16)]:
+        x, g = _inputs(shape, dim, torch.float64, seed=len(shape))
+        x = x.detach().to(dtype).requires_grad_(True)
+        before = dispatch.calls["cpu"]
+        y = colu.colu(x, dim=dim, **kw)
+        (gx,) = torch.autograd.grad(y, x, g.to(dtype))
+        assert dispatch.calls["cpu"] == before + 2
+        xr = x.detach().double().requires_grad_(True)
+        yr = reference.colu(xr, dim=dim, **kw)
+        (gr,) = torch.autograd.grad(yr, xr, g.to(dtype).double())
+        tol = TOL[dtype] if dtype in TOL else dict(atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(y, yr.to(dtype), **tol)
+        torch.testing.assert_close(gx, gr.to(dtype), **tol)
+
+
 def test_double_backward_uses_closed_form():
     x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
     y = colu.colu(x, 4, scaling="soft")
@@ -299,7 +355,7 @@ def test_cache_dir_holds_the_build():
 
 def test_cached_call_plan_matches_checked_path(monkeypatch):
     """Repeated calls replay a cached plan; results, gradients, backend choice and errors stay the same."""
-    from colu import functional
+    from colu.ops import plans
 
     monkeypatch.delenv("COLU_BACKEND", raising=False)
     torch.manual_seed(0)
@@ -317,7 +373,7 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
             xr = x.clone().requires_grad_(True)
             fn(xr, backend="closed_form", **kw).backward(g)
             torch.testing.assert_close(xg.grad, xr.grad)
-    assert functional._plans, "a plan should have been cached"
+    assert plans.cache, "a plan should have been cached"
     # an environment override is honoured on the next call
     monkeypatch.setenv("COLU_BACKEND", "closed_form")
     before = dispatch.calls["cpu"]
@@ -339,7 +395,7 @@ def test_cached_plans_are_per_thread():
     ctypes has released the GIL, so threads never share one."""
     import threading
 
-    from colu import functional
+    from colu.ops import plans
 
     x = torch.randn(8, 48)
     colu.colu(x, 4)
@@ -362,7 +418,7 @@ def test_cached_plans_are_per_thread():
         th.join()
     assert idents[0] != idents[1]
     for ident in idents.values():
-        theirs = [k for k in functional._plans if k[0][0] == "colu" and k[1] == x.shape and k[-1] == ident]
+        theirs = [k for k in plans.cache if k[0][0] == "colu" and k[1] == x.shape and k[-1] == ident]
         assert len(theirs) == 1, "each thread should have cached its own plan"
     for pairs in results.values():
         for xi, y in pairs:
@@ -423,7 +479,7 @@ def test_half_types_run_in_the_kernel(dtype, S, kind, scaling):
 
 def test_half_type_calls_replay_a_plan():
     """Repeated bfloat16 calls the kernel converts itself are cached like float32 ones, and give the same results."""
-    from colu import functional
+    from colu.ops import plans
 
     x = (torch.randn(16, 96) * 2).to(torch.bfloat16)
     g = torch.randn(16, 96).to(torch.bfloat16)
@@ -433,8 +489,8 @@ def test_half_type_calls_replay_a_plan():
         y = colu.rcolu(xg, 8, scaling="soft")
         (gx,) = torch.autograd.grad(y, xg, g)
         results.append((y.detach(), gx, colu.rcolu(x, 8, scaling="soft")))
-    plans = [k for k, p in functional._plans.items() if k[2] == torch.bfloat16 and k[1] == x.shape and k[0][0] == "rcolu"]
-    assert plans, "a bfloat16 plan should have been cached"
+    cached = [k for k, p in plans.cache.items() if k[2] == torch.bfloat16 and k[1] == x.shape and k[0][0] == "rcolu"]
+    assert cached, "a bfloat16 plan should have been cached"
     for y, gx, y_nograd in results[1:]:
         torch.testing.assert_close(y, results[0][0], rtol=0, atol=0)
         torch.testing.assert_close(gx, results[0][1], rtol=0, atol=0)
@@ -530,18 +586,18 @@ _ENTRY_CASES = [  # (function, arguments, dtype, channels)
 def test_planned_calls_go_through_the_python_entry(monkeypatch):
     """With the Python headers the library carries cpu_entry.c; replayed calls use it, forward and backward,
     and give bit for bit what the ctypes route gives."""
-    from colu import functional
+    from colu.ops import plans
 
     monkeypatch.delenv("COLU_BACKEND", raising=False)
     lib = cpu.load()
     assert lib["call"] is not None, "the library should have been built with its CPython entry"
     gen = torch.Generator().manual_seed(5)
     for fn, kw, dtype, C in _ENTRY_CASES:
-        functional._plans.clear()
+        plans.clear()
         x = (torch.randn(33, C, generator=gen) * 2).to(dtype)
         g = torch.randn(33, C, generator=gen).to(dtype)
         via_entry = _planned_results(fn, x, g, kw)
-        (plan,) = functional._plans.values()
+        (plan,) = plans.cache.values()
         assert plan.call is lib["call"]
         seen = []
         plan.call = lambda *a, _call=lib["call"]: seen.append(len(a)) or _call(*a)
@@ -568,7 +624,7 @@ def test_python_entry_rejects_bad_calls():
 @pytest.mark.slow
 def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeypatch):
     """Where Python.h is missing only the kernel is built; calls, planned ones included, go through ctypes."""
-    from colu import functional
+    from colu.ops import plans
 
     monkeypatch.setenv("COLU_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("COLU_BACKEND", raising=False)
@@ -583,7 +639,7 @@ def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeyp
         before = dispatch.calls["cpu"]
         y, gx = _planned_results(colu.rcolu, x, g, dict(cone_dim=4, scaling="soft"))
         assert dispatch.calls["cpu"] == before + 4
-        assert all(p.call is None for p in functional._plans.values() if p.lib is lib)
+        assert all(p.call is None for p in plans.cache.values() if p.lib is lib)
         xr = x.clone().requires_grad_(True)
         yr = reference.rcolu(xr, 4, scaling="soft")
         (gr,) = torch.autograd.grad(yr, xr, g)

@@ -76,3 +76,31 @@ def test_readme_python_examples_run(index, capsys):
     pytest.importorskip("scipy")
     block = _readme_python_blocks()[index]
     exec(compile(block, f"README.md python block {index}", "exec"), {"__name__": "readme_example"})
+
+
+def _sources_outside_ops():
+    src = ROOT / "src" / "colu"
+    return [p for p in src.rglob("*.py") if (src / "ops") not in p.parents]
+
+
+def test_functional_holds_only_the_public_functions():
+    """The autograd Functions and the plan cache live in colu.ops; functional.py defines no class and
+    reaches the backends only through ops.plans."""
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "colu" / "functional.py").read_text())
+    assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)] == []
+    imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ops" for alias in n.names}
+    assert imported == {"plans"}
+
+
+def test_only_ops_reaches_into_the_kernels():
+    """Kernel state (cpu._state), argument-block slots and the backend choice are colu.ops' business alone."""
+    pattern = re.compile(r"cpu\._state|\bARG_(X|OUT|THREADS)\b|forward_args\(|dispatch\.select\(")
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in _sources_outside_ops()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []

@@ -46,6 +46,11 @@ SCRIPT = textwrap.dedent(
             rk = {k: v for k, v in kw.items() if k != "backend"}
             check(lambda t: colu.colu(t, **kw), lambda t: reference.colu(t, **rk), torch.randn(5, C) * 2, dtype)
             check(lambda t: colu.colu(t, dim=1, **kw), lambda t: reference.colu(t, dim=1, **rk), torch.randn(2, C, 3, 2) * 2, dtype)
+        # a single cone is contiguous channels in every layout, so it takes the LINEAR channel indices
+        for (layout, share), (sc, act) in itertools.product([("axes_first", False), ("grouped", True)], combos):
+            kw = dict(num_cones=1, share_axis=share, layout=layout, scaling=sc, axis_activation=act)
+            check(lambda t: colu.colu(t, backend="triton", **kw), lambda t: reference.colu(t, **kw), torch.randn(5, 4) * 2, dtype)
+            check(lambda t: colu.colu(t, dim=1, backend="triton", **kw), lambda t: reference.colu(t, dim=1, **kw), torch.randn(2, 4, 3, 2) * 2, dtype)
         for S, (sc, act) in itertools.product((3, 4), combos):
             kw = dict(cone_dim=S, scaling=sc, axis_activation=act)
             check(lambda t: colu.rcolu(t, backend="triton", **kw), lambda t: reference.rcolu(t, **kw), torch.randn(5, 3 * S) * 2, dtype)
@@ -73,7 +78,7 @@ SCRIPT = textwrap.dedent(
             torch.testing.assert_close(gx.float(), gr, atol=3e-2, rtol=2e-2)
             n += 1
     # repeated calls replay a cached Triton plan (launch parameters worked out once), with and without grad
-    from colu import functional
+    from colu.ops import plans
     x = torch.randn(6, 16) * 2
     g = torch.randn(6, 16)
     xr = x.clone().requires_grad_(True)
@@ -90,8 +95,7 @@ SCRIPT = textwrap.dedent(
         torch.testing.assert_close(y, yr, **tol[torch.float32])
         torch.testing.assert_close(y2, yr, **tol[torch.float32])
         torch.testing.assert_close(gx, gr, **tol[torch.float32])
-    plans = [p for p in functional._plans.values() if type(p).__name__ == "_TritonPlan"]
-    assert plans, "the Triton path should have cached a plan"
+    assert any(isinstance(p, plans.TritonPlan) for p in plans.cache.values()), "the Triton path should have cached a plan"
     # NaN stays in its cone
     x = torch.randn(2, 12)
     x[0, 5] = float("nan")
@@ -109,7 +113,7 @@ def test_triton_kernels_under_interpreter():
     env.pop("COLU_BACKEND", None)
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "TRITON-OK 104" in proc.stdout, proc.stdout
+    assert "TRITON-OK 128" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
@@ -180,4 +184,10 @@ def test_triton_kernels_compile_for_a_gpu_target():
         spec = ConeSpec.resolve(C, S, None, share_axis=share, layout=layout, kind=kind)
         for backward in (False, True):
             ptx = triton_kernels.compile_ptx(spec, scaling, act, (64, C, inner), dtype=dtype, backward=backward)
+            assert ".entry" in ptx
+    # a single cone takes the LINEAR channel indices in every layout, a shared axis included
+    for layout, share in (("axes_first", False), ("grouped", True)):
+        spec = ConeSpec.resolve(8, None, 1, share_axis=share, layout=layout)
+        for backward in (False, True):
+            ptx = triton_kernels.compile_ptx(spec, "soft", "silu", (64, 8, 1), dtype=torch.float32, backward=backward)
             assert ".entry" in ptx

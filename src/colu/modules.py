@@ -1,4 +1,10 @@
-"""``torch.nn.Module`` wrappers: :class:`CoLU` and :class:`RCoLU`."""
+"""``torch.nn.Module`` wrappers: :class:`CoLU` and :class:`RCoLU`.
+
+A module checks its arguments once, when it is built (and again when one of
+them is assigned), and its forward calls the functional op through an entry
+that checks only the input, so a layer's arguments are not re-validated on
+every call.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,51 @@ import torch
 from torch import nn
 
 from . import functional
-from .spec import AXIS_ACTIVATIONS, LAYOUTS, SCALINGS, check_choice, check_eps, validate_cone_args
+from .spec import LAYOUTS, check_choice, check_share_axis, validate_cone_args
 
 __all__ = ["CoLU", "RCoLU"]
 
 
-def _check_common(cone_dim, num_cones, scaling, eps, axis_activation):
-    validate_cone_args(cone_dim, num_cones)
-    check_choice("scaling", scaling, SCALINGS)
-    check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
-    check_eps(eps)
+class _Option:
+    """A constructor argument, read and assigned as an attribute; assigning one checks the module's
+    arguments again, so the forward can rely on them."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, module, owner=None):
+        if module is None:
+            return self
+        return module._options[self.name]
+
+    def __set__(self, module, value):
+        module._configure(**{**module._options, self.name: value})
 
 
-class CoLU(nn.Module):
+class _ConeActivation(nn.Module):
+    """What :class:`CoLU` and :class:`RCoLU` share: their constructor arguments (``_OPTIONS``, in the
+    functional op's order) are attributes checked on assignment, and kept with the key that names them
+    in the plan cache."""
+
+    _KIND = ""  # names the module type in plan keys
+    _OPTIONS: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._OPTIONS:
+            setattr(cls, name, _Option(name))
+
+    def _configure(self, **options):
+        """Check every argument (all of ``_OPTIONS``, by name) and keep them."""
+        validate_cone_args(options["cone_dim"], options["num_cones"])
+        functional._check_options(options["scaling"], options["eps"], options["axis_activation"])
+        functional._check_dim(options["dim"])
+        self._options = {name: options[name] for name in self._OPTIONS}
+        self._args = tuple(self._options.values())
+        self._call = (self._KIND, *self._args)
+
+
+class CoLU(_ConeActivation):
     r"""Applies the Conic Linear Unit over the channel axis ``dim``.
 
     For each cone with axis value :math:`a` and section :math:`s`:
@@ -32,17 +70,26 @@ class CoLU(nn.Module):
     :math:`\mathrm{sigmoid}(4r - 2)` (``"firm"``). See :func:`colu.colu` for
     the layouts, axis sharing and the special cases.
 
+    The arguments are checked here; those that depend on the input (``dim``
+    against its number of dimensions, the cone split against its width) are
+    checked at the first call with each input shape.
+
     Args:
-        cone_dim: S, channels per cone including its axis (default 4 when
-            ``num_cones`` is not given either).
-        num_cones: G, the number of cones (0: identity). Give one of the two.
+        cone_dim: S, channels per cone including its axis, at least 2. Give
+            this or ``num_cones``, not both. Default: ``None`` (``cone_dim=4``
+            when ``num_cones`` is not given either).
+        num_cones: G, the number of cones (0: identity). Default: ``None``
+            (follows from ``cone_dim`` and C).
         share_axis: all cones share channel 0 as their axis
-            (:math:`C - 1 = G(S-1)`).
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``.
+            (:math:`C - 1 = G(S-1)`). Default: ``False``.
+        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
         dim: channel axis (``-1`` for ``(N, *, C)``, ``1`` for ``NCHW``).
-        eps: numerical-stability constant.
-        layout: ``"grouped"`` or ``"axes_first"``.
+            Default: ``-1``.
+        eps: numerical-stability constant, a finite number >= 0.
+            Default: ``1e-7``.
+        layout: ``"grouped"`` or ``"axes_first"``. Default: ``"grouped"``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"``.
+            Default: ``"identity"``.
 
     Shape:
         - Input: :math:`(*, C, *)`, :math:`C` at ``dim``.
@@ -55,6 +102,9 @@ class CoLU(nn.Module):
         >>> conv_act = colu.CoLU(num_cones=8, scaling="soft", dim=1)
         >>> y = conv_act(torch.randn(2, 64, 8, 8))
     """
+
+    _KIND = "CoLU"
+    _OPTIONS = ("cone_dim", "num_cones", "share_axis", "scaling", "dim", "eps", "layout", "axis_activation")
 
     def __init__(
         self,
@@ -69,29 +119,18 @@ class CoLU(nn.Module):
         axis_activation: str = "identity",
     ):
         super().__init__()
-        _check_common(cone_dim, num_cones, scaling, eps, axis_activation)
-        check_choice("layout", layout, LAYOUTS)
-        self.cone_dim = cone_dim
-        self.num_cones = num_cones
-        self.share_axis = bool(share_axis)
-        self.scaling = scaling
-        self.dim = dim
-        self.eps = eps
-        self.layout = layout
-        self.axis_activation = axis_activation
+        self._configure(
+            cone_dim=cone_dim, num_cones=num_cones, share_axis=share_axis, scaling=scaling, dim=dim, eps=eps,
+            layout=layout, axis_activation=axis_activation,
+        )
+
+    def _configure(self, **options):
+        check_share_axis(options["share_axis"])
+        check_choice("layout", options["layout"], LAYOUTS)
+        super()._configure(**{**options, "share_axis": bool(options["share_axis"])})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return functional.colu(
-            x,
-            self.cone_dim,
-            self.num_cones,
-            share_axis=self.share_axis,
-            scaling=self.scaling,
-            dim=self.dim,
-            eps=self.eps,
-            layout=self.layout,
-            axis_activation=self.axis_activation,
-        )
+        return functional._colu_validated(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
         parts = []
@@ -112,7 +151,7 @@ class CoLU(nn.Module):
         return ", ".join(parts)
 
 
-class RCoLU(nn.Module):
+class RCoLU(_ConeActivation):
     r"""Applies the rotated Conic Linear Unit (cones around the all-ones axis).
 
     For each group :math:`x` of :math:`S` contiguous channels, with
@@ -122,16 +161,21 @@ class RCoLU(nn.Module):
     .. math::
         \mathrm{RCoLU}(x) = t' e + w\!\left(\frac{t'}{\lVert x_\perp\rVert + \varepsilon}\right) x_\perp
 
-    See :func:`colu.rcolu` (including the note on the paper's eq. 5).
+    See :func:`colu.rcolu` (including the note on the paper's eq. 5). The
+    arguments are checked as :class:`CoLU`'s are.
 
     Args:
-        cone_dim: S, channels per group (default 4 when ``num_cones`` is not
-            given either).
-        num_cones: G, the number of groups (0: identity). Give one of the two.
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``.
-        dim: channel axis.
-        eps: numerical-stability constant.
+        cone_dim: S, channels per group, at least 2. Give this or
+            ``num_cones``, not both. Default: ``None`` (``cone_dim=4`` when
+            ``num_cones`` is not given either).
+        num_cones: G, the number of groups (0: identity). Default: ``None``
+            (follows from ``cone_dim`` and C).
+        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
+        dim: channel axis. Default: ``-1``.
+        eps: numerical-stability constant, a finite number >= 0.
+            Default: ``1e-7``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"``.
+            Default: ``"identity"``.
 
     Shape:
         - Input: :math:`(*, C, *)`, :math:`C = GS` at ``dim``.
@@ -142,6 +186,9 @@ class RCoLU(nn.Module):
         >>> m = colu.RCoLU(cone_dim=3)
         >>> y = m(torch.randn(32, 3))
     """
+
+    _KIND = "RCoLU"
+    _OPTIONS = ("cone_dim", "num_cones", "scaling", "dim", "eps", "axis_activation")
 
     def __init__(
         self,
@@ -154,24 +201,12 @@ class RCoLU(nn.Module):
         axis_activation: str = "identity",
     ):
         super().__init__()
-        _check_common(cone_dim, num_cones, scaling, eps, axis_activation)
-        self.cone_dim = cone_dim
-        self.num_cones = num_cones
-        self.scaling = scaling
-        self.dim = dim
-        self.eps = eps
-        self.axis_activation = axis_activation
+        self._configure(
+            cone_dim=cone_dim, num_cones=num_cones, scaling=scaling, dim=dim, eps=eps, axis_activation=axis_activation
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return functional.rcolu(
-            x,
-            self.cone_dim,
-            self.num_cones,
-            scaling=self.scaling,
-            dim=self.dim,
-            eps=self.eps,
-            axis_activation=self.axis_activation,
-        )
+        return functional._rcolu_validated(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
         size = f"num_cones={self.num_cones}" if self.num_cones is not None else f"cone_dim={self.cone_dim or 4}"

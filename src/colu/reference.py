@@ -13,8 +13,6 @@ identity, ``cone_dim=2`` is component-wise for CoLU).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +70,7 @@ def colu(
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
     if spec.is_identity:
         return x
-    if spec.cone_dim == 2:
+    if spec.componentwise:
         return componentwise(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, scaling).to(x.dtype)
     xl = _to_channels_last(x, dim)
     axis_idx, section_idx = spec.axis_channels(), spec.section_channels()
@@ -94,9 +92,8 @@ def rcolu(x, cone_dim=None, num_cones=None, *, scaling="hard", dim=-1, eps=1e-7,
     if spec.is_identity:
         return x
     xl = _to_channels_last(x, dim)
-    S = spec.cone_dim
     groups = xl[..., spec.cone_channels()]  # (..., G, S)
-    e = torch.full((S,), 1.0 / math.sqrt(S), dtype=xl.dtype, device=xl.device)
+    e = spec.homogeneous_basis(xl.dtype, xl.device)[:, 0]  # the homogeneous axis (1, ..., 1)/sqrt(S)
     t = groups @ e  # (..., G)
     perp = groups - t.unsqueeze(-1) * e
     t_out = _axis_activation(t, axis_activation)

@@ -54,6 +54,13 @@ def check_eps(eps) -> None:
         raise ValueError(f"eps must be a finite number >= 0, got eps={eps!r}")
 
 
+def check_share_axis(share_axis) -> None:
+    """``share_axis`` must be a bool (numpy's too) or the int 1 or 0."""
+    if not (isinstance(share_axis, (bool, np.bool_)) or (_is_int(share_axis) and share_axis in (0, 1))):
+        # a truthiness check would read share_axis="no" as True
+        raise ValueError(f"share_axis must be True or False (or 1/0), got share_axis={share_axis!r}")
+
+
 def _nearby_widths(channels: int, step: int, offset: int = 0) -> str:
     """Valid widths of the form offset + k*step just below and above ``channels``."""
     below = offset + ((channels - offset) // step) * step
@@ -103,9 +110,7 @@ class ConeSpec:
         ``cone_dim=4``. Raises ``ValueError`` naming the offending values and a
         valid alternative.
         """
-        if not (isinstance(share_axis, (bool, np.bool_)) or (_is_int(share_axis) and share_axis in (0, 1))):
-            # a truthiness check would read share_axis="no" as True
-            raise ValueError(f"share_axis must be True or False (or 1/0), got share_axis={share_axis!r}")
+        check_share_axis(share_axis)
         args = (channels, cone_dim, num_cones, bool(share_axis), layout, kind)
         # torch.compile traces the plain function (the cache would only draw a warning there)
         return _resolve(*args) if torch.compiler.is_compiling() else _resolve_cached(*args)

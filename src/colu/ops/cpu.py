@@ -3,14 +3,14 @@
 The C file includes no torch headers, so it builds in about a second with the
 system C compiler (``$CC``, else ``cc``/``gcc``). Where the Python headers are
 installed, ``cpu_entry.c`` is built into the same library: a CPython function
-through which planned calls (:mod:`colu.functional`) skip ctypes, about half a
+through which planned calls (:mod:`colu.ops.plans`) skip ctypes, about half a
 microsecond a call; without the headers everything goes through ctypes.
 
 The shared library is cached under :func:`cache_dir` (``$COLU_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/colu``, else ``~/.cache/colu``) in a directory named by
-a hash of the sources, the flags, the compiler's identity and the CPU (the
-build uses ``-march=native``), so an edit, another compiler or another machine
-gets its own build. A build is written under a temporary name, fsynced and
+a hash of the sources and the headers they include, the flags, the compiler's
+identity and the CPU (the build uses ``-march=native``), so an edit, another
+compiler or another machine gets its own build. A build is written under a temporary name, fsynced and
 renamed, its SHA-256 digest is recorded next to it (``colu_cpu.so.sha256``,
 in ``sha256sum`` format), and one process at a time builds or loads in a
 directory (an flock on its ``lock`` file).
@@ -49,33 +49,33 @@ from pathlib import Path
 
 import torch
 
+from . import abi
+
 try:
     import fcntl
 except ImportError:  # not POSIX: concurrent first uses each build (still written atomically)
     fcntl = None
 
+# the C sources include headers from their own directory (colu_abi.h, kernel_*.h): see headers()
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 ENTRY_SOURCE = Path(__file__).with_name("cpu_entry.c")
 ENTRY_MODULE = "_colu_cpu"  # cpu_entry.c's module name (its PyInit__colu_cpu)
 # -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
 # kernels rely on NaN comparisons behaving as IEEE says.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-ABI_VERSION = 3
+ABI_VERSION = abi.VERSION
 LIBRARY = "colu_cpu.so"
 DIGEST_FILE = LIBRARY + ".sha256"
 LOCK_FILE = "lock"
 
-_SCALING = {"hard": 0, "soft": 1, "firm": 2}
+_KIND, _SCALING = abi.KINDS, abi.SCALINGS
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # the kernel converts these itself where it can (colu_run_half)
-_ACT = {"identity": 0, "relu": 1, "silu": 2}
+_ACT = abi.AXIS_ACTIVATIONS
 
 
 class _Config(ctypes.Structure):
-    # mirrors colu_cfg in cpu_kernel.c
-    _fields_ = [
-        (name, ctypes.c_int64)
-        for name in ("G", "S", "axis_base", "axis_step", "sec_base", "sec_step", "kind", "shared", "scaling", "act")
-    ] + [("eps", ctypes.c_double)]
+    # colu_cfg in colu_abi.h
+    _fields_ = [(name, {"int64": ctypes.c_int64, "double": ctypes.c_double}[ctype]) for name, ctype in abi.CONFIG_FIELDS]
 
 
 class KernelUnavailable(RuntimeError):
@@ -297,6 +297,19 @@ def _compile(cc: str, sources: list[Path], extra: list[str], target: Path, cache
     _sync_dir(target.parent)
 
 
+def headers() -> list[Path]:
+    """The headers the kernel sources include: every ``.h`` beside them (``#include "..."`` finds them there)."""
+    return sorted(SOURCE.parent.glob("*.h"))
+
+
+def _cache_key(cc: str, version: str, sources: list[Path], extra: list[str]) -> str:
+    """The name of the cache directory for a build: a hash of everything the compiler reads (the sources
+    and :func:`headers`, by name and content), the flags, the compiler and the CPU."""
+    texts = [f"{path.name}\n{path.read_text()}" for path in [*sources, *headers()]]
+    parts = [*texts, " ".join([*FLAGS, *extra]), cc, version, _cpu_identity(), platform.machine()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 def _build_and_open(cc: str, root: Path, python_include: str | None, cached: bool):
     """Open the library under ``root`` (with cpu_entry.c when given the Python headers' directory),
     building it first where it is missing or does not match its recorded digest."""
@@ -305,12 +318,7 @@ def _build_and_open(cc: str, root: Path, python_include: str | None, cached: boo
     if python_include is not None:
         sources.append(ENTRY_SOURCE)
         extra = [f"-I{python_include}"]
-    key = hashlib.sha256(
-        "\0".join(
-            [*(src.read_text() for src in sources), " ".join([*FLAGS, *extra]), cc, version, _cpu_identity(), platform.machine()]
-        ).encode()
-    ).hexdigest()[:16]
-    target_dir = root / key
+    target_dir = root / _cache_key(cc, version, sources, extra)
     _private_dir(target_dir)
     target = target_dir / LIBRARY
     with _locked(target_dir):
@@ -393,13 +401,13 @@ _tls = threading.local()
 def _args_buffer():
     buf = getattr(_tls, "buf", None)
     if buf is None:
-        buf = _tls.buf = (ctypes.c_int64 * 10)()
+        buf = _tls.buf = (ctypes.c_int64 * abi.ARG_COUNT)()
         _tls.addr = ctypes.addressof(buf)
     return buf
 
 
-# positions in colu_run's argument block
-ARG_X, ARG_OUT, ARG_THREADS = 2, 4, 9
+# positions in colu_run's argument block (abi.ARG_SLOTS gives the order the tuples below follow)
+ARG_X, ARG_OUT, ARG_THREADS = abi.ARG_X, abi.ARG_OUT, abi.ARG_THREADS
 
 
 def _dtype_flag(dtype: torch.dtype) -> bool:
@@ -410,7 +418,7 @@ def _dtype_flag(dtype: torch.dtype) -> bool:
 def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
     """A forward argument block for colu_run (colu_run_half for half types) with the per-call slots
     (ARG_X, ARG_OUT, ARG_THREADS) left to fill."""
-    return (ctypes.c_int64 * 10)(0, _dtype_flag(x.dtype), 0, 0, 0, outer, C, inner, cfg, 1)
+    return (ctypes.c_int64 * abi.ARG_COUNT)(0, _dtype_flag(x.dtype), 0, 0, 0, outer, C, inner, cfg, 1)
 
 
 def runs_half(lib, cfg: int, dtype: torch.dtype, inner: int) -> bool:
@@ -487,8 +495,10 @@ def reset() -> None:
 def config(spec, scaling: str, eps: float, axis_activation: str) -> _Config:
     """The C-side description of a cone configuration (cached: built once per configuration)."""
     G, S = spec.num_cones, spec.cone_dim
-    maps = (0, 0, 0, 0) if spec.kind == "rcolu" else spec.channel_map()  # RCoLU cones are g*S ... g*S+S-1
-    return _Config(G, S, *maps, int(spec.kind == "rcolu"), int(spec.share_axis), _SCALING[scaling], _ACT[axis_activation], float(eps))
+    # contiguous cones (spec.contiguous) get the grouped map, cone g at channels g*S ... g*S+S-1, which the
+    # kernel runs on its flat path; RCoLU has no axis channel, so that map is the only one it has
+    maps = (0, S, 1, S) if spec.contiguous else spec.channel_map()
+    return _Config(G, S, *maps, _KIND[spec.kind], int(spec.share_axis), _SCALING[scaling], _ACT[axis_activation], float(eps))
 
 
 def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:

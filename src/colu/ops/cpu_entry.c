@@ -10,7 +10,7 @@
  * forward), a tenth of a small call.
  *
  * call(block, half, x[, grad]) -> out: block is the address of a planned
- * argument block of colu_run (see cpu_kernel.c), which is only read: the call
+ * argument block of colu_run (see colu_abi.h), which is only read: the call
  * copies it to its stack and fills in the data pointers there, so one block
  * can serve the forward and the backward on any thread. x (and grad) must be
  * contiguous tensors of the planned shape and dtype; the caller guarantees it.
@@ -20,9 +20,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "colu_abi.h"
+
 typedef int64_t i64;
-void colu_run(const i64* a);
-int colu_run_half(const i64* a);
 
 static PyObject *empty_like, *num_threads, *s_data_ptr;
 
@@ -51,19 +51,19 @@ static PyObject* entry_call(PyObject* self, PyObject* const* args, Py_ssize_t na
     }
     const int half = PyObject_IsTrue(args[1]);
     if (half < 0) return NULL;
-    i64 a[10];
+    i64 a[COLU_ARG_COUNT];
     memcpy(a, block, sizeof a);
-    a[0] = nargs == 4; /* backward */
-    a[3] = 0;
+    a[COLU_ARG_BACKWARD] = nargs == 4;
+    a[COLU_ARG_GRAD] = 0;
     PyObject* nt = PyObject_CallNoArgs(num_threads);
     if (nt == NULL) return NULL;
-    a[9] = PyLong_AsLongLong(nt);
+    a[COLU_ARG_THREADS] = PyLong_AsLongLong(nt);
     Py_DECREF(nt);
-    if (a[9] == -1 && PyErr_Occurred()) return NULL;
-    if (data_ptr(args[2], &a[2]) || (nargs == 4 && data_ptr(args[3], &a[3]))) return NULL;
+    if (a[COLU_ARG_THREADS] == -1 && PyErr_Occurred()) return NULL;
+    if (data_ptr(args[2], &a[COLU_ARG_X]) || (nargs == 4 && data_ptr(args[3], &a[COLU_ARG_GRAD]))) return NULL;
     PyObject* out = PyObject_CallOneArg(empty_like, args[2]);
     if (out == NULL) return NULL;
-    if (data_ptr(out, &a[4])) {
+    if (data_ptr(out, &a[COLU_ARG_OUT])) {
         Py_DECREF(out);
         return NULL;
     }

@@ -2,15 +2,17 @@
 
 Eager calls skip these (dispatch calls the kernels directly: a custom op
 costs tens of microseconds of Python per call). Under ``torch.compile`` the
-autograd Function in :mod:`colu.functional` is traced and its forward and
+autograd Function in :mod:`colu.ops.autograd` is traced and its forward and
 backward become ``colu::cone_forward``/``colu::cone_backward`` nodes, which
 the compiled graph calls as opaque kernels; ``register_fake`` gives their
 output shapes. Autograd stays with the Function, so no autograd formula is
 registered here. The ops take the cone spec as plain fields because custom
 op schemas allow only simple types.
 
-Each op picks its kernel from the tensor's device when it runs and uses the
-closed form where no kernel is available (no compiler, no triton).
+Each op picks its kernel when it runs, through :func:`colu.ops.dispatch.select`
+on the tensor it gets (so a compiled graph follows ``COLU_BACKEND`` and the
+kernels available where it runs, as an eager call does), and uses the closed
+form where no kernel is available (no compiler, no triton).
 """
 
 from __future__ import annotations
@@ -18,26 +20,16 @@ from __future__ import annotations
 import torch
 
 from ..spec import ConeSpec
-from . import closed_form, cpu
+from . import closed_form
 
 
 def _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind):
-    """The spec from its fields and the kernel to run (``None``: closed form), counted in dispatch.calls."""
+    """The spec from its fields and the backend to run, counted in dispatch.calls."""
     from . import dispatch
 
-    backend = _kernel(x)
-    dispatch.calls[backend or "closed_form"] += 1
+    backend = dispatch.select(x)
+    dispatch.calls[backend] += 1
     return ConeSpec(channels, num_cones, cone_dim, share_axis, layout, kind), backend
-
-
-def _kernel(x):
-    if x.device.type == "cpu":
-        return "cpu" if cpu.load() is not None else None
-    if x.device.type == "cuda":
-        from . import dispatch
-
-        return "triton" if dispatch._triton_installed() else None
-    return None
 
 
 @torch.library.custom_op("colu::cone_forward", mutates_args=())
@@ -56,7 +48,7 @@ def cone_forward(
     from . import dispatch
 
     spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
-    if backend is None:
+    if backend == "closed_form":
         return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
     return dispatch._kernel_forward(x.contiguous(), spec, scaling, eps, axis_activation, backend)
 
@@ -83,7 +75,7 @@ def cone_backward(
     from . import dispatch
 
     spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
-    if backend is None:
+    if backend == "closed_form":
         return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
     return dispatch._kernel_backward(x.contiguous(), grad.contiguous(), spec, scaling, eps, axis_activation, backend)
 

@@ -42,8 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-_SCALING = {"hard": 0, "soft": 1, "firm": 2}
-_ACT = {"identity": 0, "relu": 1, "silu": 2}
+from .abi import AXIS_ACTIVATIONS as _ACT
+from .abi import SCALINGS as _SCALING
 
 
 @triton.jit
@@ -219,8 +219,10 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
 
 
 def _maps(spec):
-    # RCoLU cones are g*S ... g*S+S-1 and need no map
-    return (0, 0, 0, 0) if spec.kind == "rcolu" else spec.channel_map()
+    # contiguous cones are indexed g*S + k in the kernels (LINEAR); the grouped map is that order, and its
+    # axis_base (0) is where a shared axis is
+    S = spec.cone_dim
+    return (0, S, 1, S) if spec.contiguous else spec.channel_map()
 
 
 _TILE = 2048
@@ -257,7 +259,7 @@ def _common(spec, scaling, eps, axis_activation, shape, dtype):
         S=S,
         SP=SP,
         RCOLU=spec.kind == "rcolu",
-        LINEAR=spec.kind == "rcolu" or (spec.layout == "grouped" and not spec.share_axis),
+        LINEAR=spec.contiguous,
         SHARED=bool(spec.share_axis),
         SCALING=_SCALING[scaling],
         ACT=_ACT[axis_activation],
@@ -271,7 +273,7 @@ class Launcher:
     """Forward and backward launches for one configuration and one contiguous ``(outer, C, inner)`` shape and dtype.
 
     The block sizes, grid and scalar arguments are worked out once, so that a
-    cached plan in :mod:`colu.functional` pays only for the launch itself.
+    cached plan (:mod:`colu.ops.plans`) pays only for the launch itself.
     """
 
     __slots__ = ("grid", "args", "meta")

@@ -1,0 +1,447 @@
+/* The kernels' paths, written once over a floating type: cpu_kernel.c
+ * includes this file once per dtype, with T the type, SFX(name) the name
+ * with the dtype's suffix (_f32, _f64), SQRT and EXP its square root and
+ * exponential, and SPECIALISE_S 1 for float32, whose instance adds the loops
+ * specialised per S and, where the machine has them, the vector blocks. The
+ * scalar helpers at the top are shared by every path, so that all of them
+ * compute a cone alike. No include guard: it is included twice. */
+
+ALWAYS_INLINE T SFX(sigm)(T z) { return (T)1 / ((T)1 + EXP(-z)); }
+
+/* phi(a); relu keeps NaN (a < 0 is false for NaN) */
+ALWAYS_INLINE T SFX(act)(T a, int act) {
+    if (act == COLU_ACT_IDENTITY) return a;
+    if (act == COLU_ACT_RELU) return a < 0 ? (T)0 : a;
+    return a * SFX(sigm)(a);
+}
+
+ALWAYS_INLINE T SFX(act_grad)(T a, int act) {
+    if (act == COLU_ACT_RELU) return a > 0 ? (T)1 : (T)0;
+    T sg = SFX(sigm)(a);
+    return sg * ((T)1 + a * ((T)1 - sg));
+}
+
+/* w(r); for NaN r every comparison is false and r comes back */
+ALWAYS_INLINE T SFX(weight)(T r, int scaling) {
+    if (scaling == COLU_SCALING_HARD) return r < 0 ? (T)0 : (r > 1 ? (T)1 : r);
+    if (scaling == COLU_SCALING_SOFT) return SFX(sigm)(r - (T)0.5);
+    return SFX(sigm)((T)4 * r - (T)2);
+}
+
+/* w'(r) given w; inclusive at 0 and 1 as torch.clamp's gradient */
+ALWAYS_INLINE T SFX(slope)(T r, T w, int scaling) {
+    if (scaling == COLU_SCALING_HARD) return (r >= 0 && r <= 1) ? (T)1 : (T)0;
+    if (scaling == COLU_SCALING_SOFT) return w * ((T)1 - w);
+    return (T)4 * w * ((T)1 - w);
+}
+
+/* The backward's per-cone scalars, shared by every loop below: from the
+ * section's squared norm nn, q = <section of grad, section> and the activated
+ * axis value ap (r = ap / den, den = |s| + eps): the weight w, the term
+ * k = q w'(r) / den that the axis' gradient gains, and coef = k r / |s|, the
+ * section's coefficient on x. */
+ALWAYS_INLINE void SFX(bwd_scalars)(const T nn, const T q, const T ap, const T eps, const int sc, T* w, T* k,
+                                    T* coef) {
+    const T n = SQRT(nn), den = n + eps, r = ap / den;
+    *w = SFX(weight)(r, sc);
+    *k = q * SFX(slope)(r, *w, sc) / den;
+    *coef = *k * r / (n > 0 ? n : (T)1);
+}
+
+/* ------------------------------------------------------------ rows path */
+/* A row is processed NB cones at a time in three loops: gather per-cone sums
+ * into small arrays, compute the per-cone scalars (norm, weight, slope) over
+ * those arrays with unit stride, then write. The middle loop, where the
+ * square roots, divisions and exponentials are, vectorises across cones.
+ * Only shared-axis and axes_first rows come here (see the flat path). */
+
+/* the per-cone loop instantiated for each scaling with the identity axis
+ * activation (the default), so that the clamp or the sigmoid is straight-line
+ * code the vectoriser accepts (float32 only); relu/silu axes take the
+ * generic loop */
+#define DISPATCH9(F, ...)                                                                   \
+    if (!SPECIALISE_S) F(__VA_ARGS__, sc, act);                                             \
+    else if (act != COLU_ACT_IDENTITY) F(__VA_ARGS__, sc, act);                             \
+    else if (sc == COLU_SCALING_HARD) F(__VA_ARGS__, COLU_SCALING_HARD, COLU_ACT_IDENTITY); \
+    else if (sc == COLU_SCALING_SOFT) F(__VA_ARGS__, COLU_SCALING_SOFT, COLU_ACT_IDENTITY); \
+    else F(__VA_ARGS__, COLU_SCALING_FIRM, COLU_ACT_IDENTITY);
+
+ALWAYS_INLINE void SFX(fwd_mid)(const i64 nb, const T* restrict nn, T* restrict ap, T* restrict w, const T eps,
+                                const int sc, const int act) {
+    for (i64 j = 0; j < nb; ++j) {
+        const T a = SFX(act)(ap[j], act);
+        ap[j] = a;
+        w[j] = SFX(weight)(a / (SQRT(nn[j]) + eps), sc);
+    }
+}
+
+ALWAYS_INLINE void SFX(bwd_mid)(const i64 nb, const T* restrict nn, const T* restrict q, const T* restrict av,
+                                T* restrict w, T* restrict coef, T* restrict kk, const T eps, const int sc, const int act) {
+    for (i64 j = 0; j < nb; ++j) SFX(bwd_scalars)(nn[j], q[j], SFX(act)(av[j], act), eps, sc, w + j, kk + j, coef + j);
+}
+
+ALWAYS_INLINE void SFX(fwd_blk)(const T* restrict x, T* restrict y, const i64 G, const i64 S, const i64 ab, const i64 as,
+                                const i64 sb, const i64 ss, const int shared, const int sc, const int act, const T eps) {
+    const i64 m = S - 1;
+    T nn[NB], ap[NB], w[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        for (i64 j = 0; j < nb; ++j) {
+            const T* s = x + sb + (g0 + j) * ss;
+            T acc = 0;
+            for (i64 k = 0; k < m; ++k) acc += s[k] * s[k];
+            nn[j] = acc;
+            ap[j] = x[ab + (g0 + j) * as];
+        }
+        DISPATCH9(SFX(fwd_mid), nb, nn, ap, w, eps);
+        for (i64 j = 0; j < nb; ++j) {
+            const T* s = x + sb + (g0 + j) * ss;
+            T* ys = y + sb + (g0 + j) * ss;
+            for (i64 k = 0; k < m; ++k) ys[k] = w[j] * s[k];
+            if (!shared) y[ab + (g0 + j) * as] = ap[j];
+        }
+    }
+    if (shared) y[ab] = SFX(act)(x[ab], act);
+}
+
+ALWAYS_INLINE void SFX(bwd_blk)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 G, const i64 S,
+                                const i64 ab, const i64 as, const i64 sb, const i64 ss, const int shared, const int sc,
+                                const int act, const T eps) {
+    const i64 m = S - 1;
+    T nn[NB], q[NB], av[NB], w[NB], coef[NB], kk[NB];
+    T ksum = 0;
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        for (i64 j = 0; j < nb; ++j) {
+            const T* s = x + sb + (g0 + j) * ss;
+            const T* gs = gr + sb + (g0 + j) * ss;
+            T a2 = 0, aq = 0;
+            for (i64 k = 0; k < m; ++k) { a2 += s[k] * s[k]; aq += gs[k] * s[k]; }
+            nn[j] = a2;
+            q[j] = aq;
+            av[j] = x[ab + (g0 + j) * as];
+        }
+        DISPATCH9(SFX(bwd_mid), nb, nn, q, av, w, coef, kk, eps);
+        for (i64 j = 0; j < nb; ++j) {
+            const i64 so = sb + (g0 + j) * ss;
+            for (i64 k = 0; k < m; ++k) gi[so + k] = w[j] * gr[so + k] - coef[j] * x[so + k];
+        }
+        if (shared) {
+            for (i64 j = 0; j < nb; ++j) ksum += kk[j];
+        } else {
+            for (i64 j = 0; j < nb; ++j) {
+                const i64 ai = ab + (g0 + j) * as;
+                const T v = gr[ai] + kk[j];
+                gi[ai] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(av[j], act) : v;
+            }
+        }
+    }
+    if (shared) {
+        const T v = gr[ab] + ksum;
+        gi[ab] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ab], act) : v;
+    }
+}
+
+/* Rows whose cones are not S contiguous values: a shared axis, or the
+ * axes_first layout. (Grouped cones take the flat path below.) */
+static void SFX(fwd_row)(const T* restrict x, T* restrict y, const colu_cfg* c) {
+    SFX(fwd_blk)(x, y, c->G, c->S, c->axis_base, c->axis_step, c->sec_base, c->sec_step, (int)c->shared,
+                 (int)c->scaling, (int)c->act, (T)c->eps);
+}
+
+static void SFX(bwd_row)(const T* restrict x, const T* restrict gr, T* restrict gi, const colu_cfg* c) {
+    SFX(bwd_blk)(x, gr, gi, c->G, c->S, c->axis_base, c->axis_step, c->sec_base, c->sec_step, (int)c->shared,
+                 (int)c->scaling, (int)c->act, (T)c->eps);
+}
+
+/* ------------------------------------------------------ flat grouped path */
+/* When each cone is S contiguous values (grouped CoLU without a shared axis,
+ * and every RCoLU) and the channels are last, the tensor is one run of
+ * outer*G cones. A single loop over cones, with S, the scaling and the
+ * identity axis activation known at compile time, is vectorised across cones
+ * by the compiler (the per-cone sums become lane-wise adds of interleaved
+ * loads); reading each cone once and writing it once, it runs at the speed
+ * of ReLU for S = 4 and 8. Blocking or transposing measured slower. */
+
+/* one cone of S contiguous values (no restrict on these pointers: inlined
+ * into the loops below, restrict-qualified per-cone pointers made the
+ * compiler vectorise the RCoLU loops badly, about 2x slower) */
+ALWAYS_INLINE void SFX(cone_fwd)(const T* xc, T* yc, const i64 S, const int kind, const int sc,
+                                 const int act, const T eps) {
+    if (kind == COLU_KIND_COLU) {
+        T ss = 0;
+        for (i64 k = 1; k < S; ++k) ss += xc[k] * xc[k];
+        const T a = SFX(act)(xc[0], act);
+        const T w = SFX(weight)(a / (SQRT(ss) + eps), sc);
+        yc[0] = a;
+        for (i64 k = 1; k < S; ++k) yc[k] = w * xc[k];
+        return;
+    }
+    const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+    T sum = 0, ss = 0;
+    for (i64 k = 0; k < S; ++k) sum += xc[k];
+    const T mu = sum * inv_s;
+    for (i64 k = 0; k < S; ++k) { const T p = xc[k] - mu; ss += p * p; }
+    const T tp = SFX(act)(mu * rs, act);
+    const T w = SFX(weight)(tp / (SQRT(ss) + eps), sc);
+    /* tp e in each channel; mu itself for the identity axis (one multiply less) */
+    const T base = act != COLU_ACT_IDENTITY ? tp * inv_rs : mu;
+    for (i64 k = 0; k < S; ++k) yc[k] = base + w * (xc[k] - mu);
+}
+
+ALWAYS_INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const int kind,
+                                 const int sc, const int act, const T eps) {
+    if (kind == COLU_KIND_COLU) {
+        T ss = 0, q = 0;
+        for (i64 k = 1; k < S; ++k) { ss += xc[k] * xc[k]; q += gc[k] * xc[k]; }
+        T w, kk, coef;
+        SFX(bwd_scalars)(ss, q, SFX(act)(xc[0], act), eps, sc, &w, &kk, &coef);
+        const T ga = gc[0] + kk;
+        oc[0] = act != COLU_ACT_IDENTITY ? ga * SFX(act_grad)(xc[0], act) : ga;
+        for (i64 k = 1; k < S; ++k) oc[k] = w * gc[k] - coef * xc[k];
+        return;
+    }
+    const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+    T sx = 0, sg = 0, ss = 0, q = 0;
+    for (i64 k = 0; k < S; ++k) { sx += xc[k]; sg += gc[k]; }
+    const T mu = sx * inv_s, gm = sg * inv_s;
+    for (i64 k = 0; k < S; ++k) { const T p = xc[k] - mu; ss += p * p; q += gc[k] * p; }
+    const T t = mu * rs;
+    T w, kk, coef;
+    SFX(bwd_scalars)(ss, q, SFX(act)(t, act), eps, sc, &w, &kk, &coef);
+    T gt = gm + kk * inv_rs;
+    if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
+    /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded */
+    const T add = gt - w * gm + coef * mu;
+    for (i64 k = 0; k < S; ++k) oc[k] = w * gc[k] - coef * xc[k] + add;
+}
+
+/* The parallel loop over cones is written out in each function below, not
+ * in a shared helper: OpenMP outlines a region's body where it stands (here
+ * through PAR_SPANS), and only there do S, the kind and the scaling stay
+ * compile-time constants. */
+#define FLAT_LOOPS(NAME, SS, KIND, SC, ACT)                                                                    \
+    static __attribute__((noinline)) void SFX(flat_fwd_##NAME)(const T* restrict x, T* restrict y,             \
+                                                               const i64 n, const colu_cfg* c, const int nt) { \
+        const T eps = (T)c->eps;                                                                               \
+        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                             \
+                         SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps));                   \
+    }                                                                                                          \
+    static __attribute__((noinline)) void SFX(flat_bwd_##NAME)(const T* restrict x, const T* restrict gr,      \
+                                                               T* restrict gi, const i64 n,                    \
+                                                               const colu_cfg* c, const int nt) {              \
+        const T eps = (T)c->eps;                                                                               \
+        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                             \
+                         SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps));   \
+    }
+
+/* run-time configuration: any S, axis activation and dtype */
+FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
+
+#if SPECIALISE_S && defined(COLU_AVX2)
+#include "kernel_vector.h"
+#endif
+
+#if SPECIALISE_S
+#include "kernel_portable.h"
+#endif
+
+static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt) {
+#if SPECIALISE_S && defined(COLU_AVX2)
+    if (avx_fwd_range(x, y, n, c, nt)) return;
+#endif
+#if SPECIALISE_S
+#define CASE(SS, KIND, SC)                                                                                             \
+    if (c->act == COLU_ACT_IDENTITY && c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
+        SFX(flat_fwd_##SS##_##KIND##_##SC)(x, y, n, c, nt);                                                            \
+        return;                                                                                                        \
+    }
+    FLAT_ALL(CASE)
+#undef CASE
+#endif
+    SFX(flat_fwd_any)(x, y, n, c, nt);
+}
+
+static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
+                                const colu_cfg* c, const int nt) {
+#if SPECIALISE_S && defined(COLU_AVX2)
+    if (avx_bwd_range(x, gr, gi, n, c, nt)) return;
+#endif
+#if SPECIALISE_S
+#define CASE(SS, KIND, SC)                                                                                             \
+    if (c->act == COLU_ACT_IDENTITY && c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
+        SFX(flat_bwd_##SS##_##KIND##_##SC)(x, gr, gi, n, c, nt);                                                       \
+        return;                                                                                                        \
+    }
+    FLAT_ALL(CASE)
+#undef CASE
+#endif
+    SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
+}
+
+/* ----------------------------------------------------------- lanes path */
+/* x, y point at lane 0 of a block of nb lanes; channel ch of lane i is at
+ * [ch * cs + i]. */
+
+static void SFX(fwd_lanes)(const T* restrict x, T* restrict y, i64 cs, i64 nb, const colu_cfg* c) {
+    const i64 G = c->G, S = c->S, m = S - 1;
+    const int sc = (int)c->scaling, act = (int)c->act;
+    const T eps = (T)c->eps;
+    T nn[LANES], w[LANES], ap[LANES], mean[LANES];
+    if (c->kind == COLU_KIND_RCOLU) {
+        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+        for (i64 g = 0; g < G; ++g) {
+            const T* xg = x + g * S * cs;
+            T* yg = y + g * S * cs;
+            for (i64 i = 0; i < nb; ++i) { mean[i] = 0; nn[i] = 0; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) mean[i] += xg[k * cs + i];
+            for (i64 i = 0; i < nb; ++i) mean[i] *= inv_s;
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) { T p = xg[k * cs + i] - mean[i]; nn[i] += p * p; }
+            for (i64 i = 0; i < nb; ++i) {
+                T tp = SFX(act)(mean[i] * rs, act);
+                w[i] = SFX(weight)(tp / (SQRT(nn[i]) + eps), sc);
+                ap[i] = tp * inv_rs;
+            }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) yg[k * cs + i] = ap[i] + w[i] * (xg[k * cs + i] - mean[i]);
+        }
+        return;
+    }
+    for (i64 g = 0; g < G; ++g) {
+        const T* xa = x + (c->axis_base + g * c->axis_step) * cs;
+        const T* s = x + (c->sec_base + g * c->sec_step) * cs;
+        T* ys = y + (c->sec_base + g * c->sec_step) * cs;
+        for (i64 i = 0; i < nb; ++i) nn[i] = 0;
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) nn[i] += s[k * cs + i] * s[k * cs + i];
+        for (i64 i = 0; i < nb; ++i) {
+            ap[i] = SFX(act)(xa[i], act);
+            w[i] = SFX(weight)(ap[i] / (SQRT(nn[i]) + eps), sc);
+        }
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) ys[k * cs + i] = w[i] * s[k * cs + i];
+        if (!c->shared) {
+            T* ya = y + (c->axis_base + g * c->axis_step) * cs;
+            for (i64 i = 0; i < nb; ++i) ya[i] = ap[i];
+        }
+    }
+    if (c->shared) {
+        const T* xa = x + c->axis_base * cs;
+        T* ya = y + c->axis_base * cs;
+        for (i64 i = 0; i < nb; ++i) ya[i] = SFX(act)(xa[i], act);
+    }
+}
+
+static void SFX(bwd_lanes)(const T* restrict x, const T* restrict gr, T* restrict gi, i64 cs, i64 nb,
+                           const colu_cfg* c) {
+    const i64 G = c->G, S = c->S, m = S - 1;
+    const int sc = (int)c->scaling, act = (int)c->act;
+    const T eps = (T)c->eps;
+    T nn[LANES], q[LANES], w[LANES], coef[LANES], ga[LANES], mean[LANES], gmean[LANES], ksum[LANES];
+    if (c->kind == COLU_KIND_RCOLU) {
+        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+        for (i64 g = 0; g < G; ++g) {
+            const i64 off = g * S * cs;
+            const T *xg = x + off, *gg = gr + off;
+            T* og = gi + off;
+            for (i64 i = 0; i < nb; ++i) { mean[i] = 0; gmean[i] = 0; nn[i] = 0; q[i] = 0; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) { mean[i] += xg[k * cs + i]; gmean[i] += gg[k * cs + i]; }
+            for (i64 i = 0; i < nb; ++i) { mean[i] *= inv_s; gmean[i] *= inv_s; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) {
+                    T p = xg[k * cs + i] - mean[i];
+                    nn[i] += p * p;
+                    q[i] += gg[k * cs + i] * p;
+                }
+            for (i64 i = 0; i < nb; ++i) {
+                const T t = mean[i] * rs;
+                T kk;
+                SFX(bwd_scalars)(nn[i], q[i], SFX(act)(t, act), eps, sc, w + i, &kk, coef + i);
+                T gt = gmean[i] + kk * inv_rs;
+                if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
+                ga[i] = gt - w[i] * gmean[i];
+            }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i)
+                    og[k * cs + i] = w[i] * gg[k * cs + i] - coef[i] * (xg[k * cs + i] - mean[i]) + ga[i];
+        }
+        return;
+    }
+    if (c->shared)
+        for (i64 i = 0; i < nb; ++i) ksum[i] = 0;
+    for (i64 g = 0; g < G; ++g) {
+        const i64 ao = (c->axis_base + g * c->axis_step) * cs;
+        const i64 so = (c->sec_base + g * c->sec_step) * cs;
+        const T *s = x + so, *gs = gr + so;
+        T* os = gi + so;
+        for (i64 i = 0; i < nb; ++i) { nn[i] = 0; q[i] = 0; }
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) {
+                nn[i] += s[k * cs + i] * s[k * cs + i];
+                q[i] += gs[k * cs + i] * s[k * cs + i];
+            }
+        for (i64 i = 0; i < nb; ++i)
+            SFX(bwd_scalars)(nn[i], q[i], SFX(act)(x[ao + i], act), eps, sc, w + i, ga + i, coef + i);
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) os[k * cs + i] = w[i] * gs[k * cs + i] - coef[i] * s[k * cs + i];
+        if (c->shared) {
+            for (i64 i = 0; i < nb; ++i) ksum[i] += ga[i];
+        } else {
+            for (i64 i = 0; i < nb; ++i) {
+                T v = gr[ao + i] + ga[i];
+                gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
+            }
+        }
+    }
+    if (c->shared) {
+        const i64 ao = c->axis_base * cs;
+        for (i64 i = 0; i < nb; ++i) {
+            T v = gr[ao + i] + ksum[i];
+            gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------- entry points */
+
+void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu_cfg* c, int nthreads) {
+    const int nt = pick_threads(outer * C * inner, nthreads);
+    if (inner == 1 && FLAT(c)) {
+        SFX(flat_fwd_range)(x, y, outer * c->G, c, nt);
+        return;
+    }
+    if (inner == 1) {
+        PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(fwd_row)(x + o * C, y + o * C, c));
+        return;
+    }
+    const i64 nblk = (inner + LANES - 1) / LANES;
+    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
+        const i64 o = b / nblk, i0 = (b % nblk) * LANES;
+        const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
+        const i64 off = o * C * inner + i0;
+        SFX(fwd_lanes)(x + off, y + off, inner, nb, c);
+    });
+}
+
+void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inner, const colu_cfg* c,
+                        int nthreads) {
+    const int nt = pick_threads(outer * C * inner, nthreads);
+    if (inner == 1 && FLAT(c)) {
+        SFX(flat_bwd_range)(x, g, gi, outer * c->G, c, nt);
+        return;
+    }
+    if (inner == 1) {
+        PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c));
+        return;
+    }
+    const i64 nblk = (inner + LANES - 1) / LANES;
+    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
+        const i64 o = b / nblk, i0 = (b % nblk) * LANES;
+        const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
+        const i64 off = o * C * inner + i0;
+        SFX(bwd_lanes)(x + off, g + off, gi + off, inner, nb, c);
+    });
+}

@@ -1,0 +1,22 @@
+/* Flat loops specialised per S for the compiler to vectorise (float32, part
+ * of kernel_body.h's float32 instance; plain C, so every machine has them).
+ *
+ * float32 with the identity axis activation (the default) gets its own loop
+ * for each S in {3, 4, 8, 16}, kind and scaling, except the S that the vector
+ * blocks of kernel_vector.h take (4, 8, 16 with AVX-512; 16 with AVX2);
+ * everything else runs the run-time loop, which keeps the build short.
+ * flat_fwd_range and flat_bwd_range pick them through FLAT_ALL. */
+#define FLAT_KEYS(M, SS) \
+    M(SS, COLU, HARD) M(SS, COLU, SOFT) M(SS, COLU, FIRM) M(SS, RCOLU, HARD) M(SS, RCOLU, SOFT) M(SS, RCOLU, FIRM)
+#ifdef COLU_AVX512
+#define FLAT_ALL(M) FLAT_KEYS(M, 3)
+#elif defined(COLU_AVX2)
+#define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8)
+#else
+#define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8) FLAT_KEYS(M, 16)
+#endif
+
+#define DEF_FLAT(SS, KIND, SC) \
+    FLAT_LOOPS(SS##_##KIND##_##SC, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_IDENTITY)
+FLAT_ALL(DEF_FLAT)
+#undef DEF_FLAT

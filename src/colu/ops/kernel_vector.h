@@ -1,0 +1,106 @@
+/* The hand-written vector blocks for the flat path (float32 with the
+ * identity axis; kernel_body.h's float32 instance includes this file where
+ * the machine has AVX2 and FMA): the blocks themselves in kernel_avx2.h and
+ * kernel_avx512.h, and here the parallel loops over them and the table of
+ * which S each block takes. avx_fwd_range and avx_bwd_range return 0 for a
+ * configuration no block takes, and the flat path goes on to the loops of
+ * kernel_portable.h or the run-time loop. */
+#include <immintrin.h>
+
+#include "kernel_avx2.h"
+#ifdef COLU_AVX512
+#include "kernel_avx512.h"
+#endif
+
+/* n cones: whole blocks of BN cones in parallel, the last n % BN cones
+ * through cone_fwd/cone_bwd. Tensors of at most CHUNKED_MAX floats (which
+ * stay in L2) run BLK_CHUNK (BLK_CHUNK_BWD) blocks per call of BLK_FWD
+ * (BLK_BWD) where the blocks are split into phases (avz_fwd_chunk,
+ * avz_bwd_chunk): 4 where the per-cone chain is long (S = 4, soft and firm),
+ * 2 for the hard forward of S = 8, 16, whose blocks are limited by their
+ * permutes rather than by latency. Larger tensors run one block per call:
+ * kernel_ab.py A/B runs on (2048, 1024) and (4096, 1024) measured chunks
+ * 5-110% slower there (most for the S = 4 backward) against 7-19% faster on
+ * (64, 512) for soft S = 4, 16 and the S = 8 backward. The soft and firm
+ * forward of S = 4, 8 is the exception, chunked at every size: 10-16% faster
+ * on an L3-resident (2048, 1024) and no slower when streaming (4096, 1024),
+ * where for S = 16 chunks cost 7-11%. */
+#define CHUNKED_MAX (128 * 1024)
+#define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? 1 : ((SS) == 4 || (SC) != COLU_SCALING_HARD) ? 4 : 2)
+#define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : 1)
+#define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                        \
+    static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,               \
+                                                         const i64 n, const colu_cfg* c, const int nt) {           \
+        const float eps = (float)c->eps;                                                                           \
+        const i64 nblk = n / (BN), step = (BN) * (SS);                                                             \
+        PAR_SPANS(nblk, {                                                                                          \
+            i64 b = lo;                                                                                            \
+            if (((SC) != COLU_SCALING_HARD && (SS) <= 8) || n * (SS) <= CHUNKED_MAX)                               \
+                for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC))                                \
+                    BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);                 \
+            for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, eps);                         \
+        });                                                                                                        \
+        for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
+            cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, COLU_ACT_IDENTITY, eps);                        \
+    }                                                                                                              \
+    static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr,        \
+                                                         float* restrict gi, const i64 n, const colu_cfg* c,       \
+                                                         const int nt) {                                           \
+        const float eps = (float)c->eps;                                                                           \
+        const i64 nblk = n / (BN), step = (BN) * (SS);                                                             \
+        PAR_SPANS(nblk, {                                                                                          \
+            i64 b = lo;                                                                                            \
+            if (n * (SS) <= CHUNKED_MAX)                                                                           \
+                for (; b + BLK_CHUNK_BWD(BN, SS) <= hi; b += BLK_CHUNK_BWD(BN, SS))                                \
+                    BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, eps); \
+            for (; b < hi; ++b) BLK_BWD(x + b * step, gr + b * step, gi + b * step, 1, SS, KIND, SC, eps);         \
+        });                                                                                                        \
+        for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
+            cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, COLU_ACT_IDENTITY, eps);        \
+    }
+
+/* S = 4, 8, 16 in AVX-512 blocks of 16 cones (S = 16 in AVX2 blocks of 8 without AVX-512); larger
+ * multiples of 8 in AVX2 blocks with S read at run time */
+#define AVX_KEYS(M, SN, SS, HIT, F, B, BN)                                                                         \
+    M(SN, SS, HIT, COLU, HARD, F, B, BN) M(SN, SS, HIT, COLU, SOFT, F, B, BN) M(SN, SS, HIT, COLU, FIRM, F, B, BN) \
+    M(SN, SS, HIT, RCOLU, HARD, F, B, BN) M(SN, SS, HIT, RCOLU, SOFT, F, B, BN) M(SN, SS, HIT, RCOLU, FIRM, F, B, BN)
+#ifdef COLU_AVX512
+#define AVX_KEYS_512(M)                                            \
+    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd_chunk, avz_bwd_chunk, 16) \
+    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd_chunk, 16) \
+    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16_chunk, 16)
+#else
+#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd_chunk, 8)
+#endif
+#define AVX_ALL(M)                                                      \
+    AVX_KEYS_512(M)                                                     \
+    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd_chunk, avx_bwd_chunk, 8)
+#define DEF_AVX(SN, SS, HIT, KIND, SC, F, B, BN) \
+    AVX_LOOPS(SN##_##KIND##_##SC, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, F, B, BN)
+AVX_ALL(DEF_AVX)
+#undef DEF_AVX
+
+/* 1 where the AVX2 blocks took the call */
+static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* c, const int nt) {
+    if (c->act != COLU_ACT_IDENTITY) return 0;
+#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                      \
+    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
+        avx_fwd_##SN##_##KIND##_##SC(x, y, n, c, nt);                              \
+        return 1;                                                                  \
+    }
+    AVX_ALL(CASE)
+#undef CASE
+    return 0;
+}
+
+static int avx_bwd_range(const float* x, const float* gr, float* gi, const i64 n, const colu_cfg* c, const int nt) {
+    if (c->act != COLU_ACT_IDENTITY) return 0;
+#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                      \
+    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
+        avx_bwd_##SN##_##KIND##_##SC(x, gr, gi, n, c, nt);                         \
+        return 1;                                                                  \
+    }
+    AVX_ALL(CASE)
+#undef CASE
+    return 0;
+}
