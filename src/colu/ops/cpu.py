@@ -60,9 +60,13 @@ except ImportError:  # not POSIX: concurrent first uses each build (still writte
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 ENTRY_SOURCE = Path(__file__).with_name("cpu_entry.c")
 ENTRY_MODULE = "_colu_cpu"  # cpu_entry.c's module name (its PyInit__colu_cpu)
-# -fno-math-errno lets sqrt compile to one instruction; no -ffast-math: the
-# kernels rely on NaN comparisons behaving as IEEE says.
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+# -fno-math-errno lets sqrt compile to one instruction; -fno-trapping-math lets
+# the compiler turn a clamp's branches into selects (the kernels never read the
+# floating-point exception flags), without which the loops over pixels of the
+# planes path, and every loop through the exponential, stay scalar. No
+# -ffast-math: the kernels rely on NaN and infinity behaving as IEEE says.
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared",
+         "-std=gnu11")
 ABI_VERSION = abi.VERSION
 LIBRARY = "colu_cpu.so"
 DIGEST_FILE = LIBRARY + ".sha256"

@@ -142,7 +142,11 @@ static int pick_threads(i64 numel, int nthreads) {
  * silu(-1e38) = -0.61.) NaN passes through the comparisons and the
  * polynomial. */
 static inline float colu_expf(float x) {
-    x = x < -88.0f ? -88.0f : (x > 89.0f ? 89.0f : x);
+    /* two selects, each comparison made whatever the other gives: a comparison inside the other's branch
+     * may trap (on NaN) when made unconditionally, so the compiler would keep the branch, and a loop with a
+     * branch does not vectorise */
+    x = x < -88.0f ? -88.0f : x;
+    x = x > 89.0f ? 89.0f : x;
     const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
     const float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));

@@ -21,16 +21,20 @@ ALWAYS_INLINE T SFX(act_grad)(T a, int act) {
     return sg * ((T)1 + a * ((T)1 - sg));
 }
 
-/* w(r); for NaN r every comparison is false and r comes back */
+/* w(r); for NaN r every comparison is false and r comes back. The clamp is two selects whose comparisons
+ * are both always made (see colu_expf), so that loops over it vectorise. */
 ALWAYS_INLINE T SFX(weight)(T r, int scaling) {
-    if (scaling == COLU_SCALING_HARD) return r < 0 ? (T)0 : (r > 1 ? (T)1 : r);
+    if (scaling == COLU_SCALING_HARD) {
+        const T lo = r < 0 ? (T)0 : r;
+        return lo > 1 ? (T)1 : lo;
+    }
     if (scaling == COLU_SCALING_SOFT) return SFX(sigm)(r - (T)0.5);
     return SFX(sigm)((T)4 * r - (T)2);
 }
 
 /* w'(r) given w; inclusive at 0 and 1 as torch.clamp's gradient */
 ALWAYS_INLINE T SFX(slope)(T r, T w, int scaling) {
-    if (scaling == COLU_SCALING_HARD) return (r >= 0 && r <= 1) ? (T)1 : (T)0;
+    if (scaling == COLU_SCALING_HARD) return (T)((r >= 0) & (r <= 1)); /* &, not &&: both always compared */
     if (scaling == COLU_SCALING_SOFT) return w * ((T)1 - w);
     return (T)4 * w * ((T)1 - w);
 }
@@ -279,6 +283,8 @@ static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* re
     SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
 }
 
+#include "kernel_planes.h"
+
 /* ----------------------------------------------------------- lanes path */
 /* x, y point at lane 0 of a block of nb lanes; channel ch of lane i is at
  * [ch * cs + i]. */
@@ -417,6 +423,7 @@ void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(fwd_row)(x + o * C, y + o * C, c));
         return;
     }
+    if (SFX(plane_fwd_range)(x, y, outer, C, inner, c, nt)) return;
     const i64 nblk = (inner + LANES - 1) / LANES;
     PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;
@@ -437,6 +444,7 @@ void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inn
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c));
         return;
     }
+    if (SFX(plane_bwd_range)(x, g, gi, outer, C, inner, c, nt)) return;
     const i64 nblk = (inner + LANES - 1) / LANES;
     PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
         const i64 o = b / nblk, i0 = (b % nblk) * LANES;

@@ -1,0 +1,254 @@
+/* The planes path (part of kernel_body.h, once per dtype): inner > 1, that is
+ * NCHW activations with dim=1 or any dim with a large inner size. Channel ch
+ * of pixel i is at [ch * inner + i]. A tile of PT neighbouring pixels is
+ * processed one cone at a time, and each of the cone's S channels is a
+ * unit-stride run of PT values. With S, the kind, the scaling and the axis
+ * activation known at compile time the loop over the tile's pixels
+ * vectorises with one pixel per lane: the section norm is S-1 multiply-adds
+ * in registers and every value is read once and written once, as ReLU does.
+ * (The lanes path keeps per-pixel arrays between passes and decides the
+ * scaling at run time, which leaves its middle loop scalar: 6-12x ReLU.)
+ *
+ * float32 gets one loop per S in {3, 4, 8, 16}, kind, scaling and axis
+ * activation; other S and float64 return 0 from plane_*_range and take the
+ * lanes path. No include guard: it is included twice. */
+#define PT 64
+
+/* cones g0 <= g < g1 of a tile of nb pixels */
+ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 cs, const i64 nb,
+                                  const colu_cfg* c, const i64 g0, const i64 g1, const i64 S, const int kind,
+                                  const int sc, const int act) {
+    const T eps = (T)c->eps;
+    if (kind == COLU_KIND_RCOLU) {
+        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+        T wv[PT], mv[PT], bv[PT], nv[PT];
+        for (i64 g = g0; g < g1; ++g) {
+            const T* xg = x + g * S * cs;
+            T* yg = y + g * S * cs;
+            /* sums, then the per-pixel scalars, then the writes, each a loop of its own over the tile (see
+             * below) */
+            for (i64 i = 0; i < nb; ++i) { mv[i] = 0; nv[i] = 0; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) mv[i] += xg[k * cs + i];
+            for (i64 i = 0; i < nb; ++i) mv[i] *= inv_s;
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) { const T p = xg[k * cs + i] - mv[i]; nv[i] += p * p; }
+            for (i64 i = 0; i < nb; ++i) {
+                const T tp = SFX(act)(mv[i] * rs, act);
+                wv[i] = SFX(weight)(tp / (SQRT(nv[i]) + eps), sc);
+                /* tp e in each channel; mu itself for the identity axis (as cone_fwd) */
+                bv[i] = act != COLU_ACT_IDENTITY ? tp * inv_rs : mv[i];
+            }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) yg[k * cs + i] = bv[i] + wv[i] * (xg[k * cs + i] - mv[i]);
+        }
+        return;
+    }
+    const i64 m = S - 1, ab = c->axis_base, as = c->axis_step, sb = c->sec_base, sst = c->sec_step;
+    T wv[PT], av[PT], nv[PT];
+    for (i64 g = g0; g < g1; ++g) {
+        const T* xa = x + (ab + g * as) * cs;
+        const T* s = x + (sb + g * sst) * cs;
+        T* ya = y + (ab + g * as) * cs;
+        T* ys = y + (sb + g * sst) * cs;
+        /* the section's squared norms, the per-pixel scalars, then the writes, each a loop of its own over
+         * the tile: fused into one loop, the compiler specialises the writes for the clamp's branches and
+         * nothing vectorises; split, every loop runs one pixel per lane */
+        for (i64 i = 0; i < nb; ++i) nv[i] = 0;
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) nv[i] += s[k * cs + i] * s[k * cs + i];
+        for (i64 i = 0; i < nb; ++i) {
+            const T a = SFX(act)(xa[i], act);
+            av[i] = a;
+            wv[i] = SFX(weight)(a / (SQRT(nv[i]) + eps), sc);
+        }
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) ys[k * cs + i] = wv[i] * s[k * cs + i];
+        /* a shared axis is the same channel for every cone and gets the same value each time */
+        for (i64 i = 0; i < nb; ++i) ya[i] = av[i];
+    }
+}
+
+ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 cs,
+                                  const i64 nb, const colu_cfg* c, const i64 g0, const i64 g1, const i64 S,
+                                  const int kind, const int sc,
+                                  const int act) {
+    const T eps = (T)c->eps;
+    if (kind == COLU_KIND_RCOLU) {
+        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
+        T wv[PT], cv[PT], dv[PT], mv[PT], gv[PT], nv[PT], qv[PT];
+        for (i64 g = g0; g < g1; ++g) {
+            const i64 off = g * S * cs;
+            const T *xg = x + off, *gg = gr + off;
+            T* og = gi + off;
+            /* sums, scalars, writes: one loop each (see plane_fwd) */
+            for (i64 i = 0; i < nb; ++i) { mv[i] = 0; gv[i] = 0; nv[i] = 0; qv[i] = 0; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) { mv[i] += xg[k * cs + i]; gv[i] += gg[k * cs + i]; }
+            for (i64 i = 0; i < nb; ++i) { mv[i] *= inv_s; gv[i] *= inv_s; }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) {
+                    const T p = xg[k * cs + i] - mv[i];
+                    nv[i] += p * p;
+                    qv[i] += gg[k * cs + i] * p;
+                }
+            for (i64 i = 0; i < nb; ++i) {
+                const T mu = mv[i], gm = gv[i], t = mu * rs;
+                T w, kk, coef;
+                SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(t, act), eps, sc, &w, &kk, &coef);
+                T gt = gm + kk * inv_rs;
+                if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
+                /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded (as cone_bwd) */
+                wv[i] = w;
+                cv[i] = coef;
+                dv[i] = gt - w * gm + coef * mu;
+            }
+            for (i64 k = 0; k < S; ++k)
+                for (i64 i = 0; i < nb; ++i) og[k * cs + i] = wv[i] * gg[k * cs + i] - cv[i] * xg[k * cs + i] + dv[i];
+        }
+        return;
+    }
+    const i64 m = S - 1, ab = c->axis_base, as = c->axis_step, sb = c->sec_base, sst = c->sec_step;
+    T wv[PT], cv[PT], kv[PT], nv[PT], qv[PT], ksum[PT]; /* ksum: a shared axis gathers every cone's k */
+    for (i64 i = 0; i < nb; ++i) ksum[i] = 0;
+    for (i64 g = g0; g < g1; ++g) {
+        const i64 ao = (ab + g * as) * cs, so = (sb + g * sst) * cs;
+        const T *s = x + so, *gs = gr + so;
+        T* os = gi + so;
+        /* sums, scalars, writes: one loop each (see plane_fwd) */
+        for (i64 i = 0; i < nb; ++i) { nv[i] = 0; qv[i] = 0; }
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) {
+                nv[i] += s[k * cs + i] * s[k * cs + i];
+                qv[i] += gs[k * cs + i] * s[k * cs + i];
+            }
+        for (i64 i = 0; i < nb; ++i)
+            SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], act), eps, sc, wv + i, kv + i, cv + i);
+        for (i64 k = 0; k < m; ++k)
+            for (i64 i = 0; i < nb; ++i) os[k * cs + i] = wv[i] * gs[k * cs + i] - cv[i] * s[k * cs + i];
+        if (c->shared) {
+            for (i64 i = 0; i < nb; ++i) ksum[i] += kv[i];
+        } else {
+            for (i64 i = 0; i < nb; ++i) {
+                const T v = gr[ao + i] + kv[i];
+                gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
+            }
+        }
+    }
+    if (c->shared) {
+        const i64 ao = ab * cs;
+        for (i64 i = 0; i < nb; ++i) {
+            const T v = gr[ao + i] + ksum[i];
+            gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
+        }
+    }
+}
+
+#if SPECIALISE_S
+/* the loops over tiles, one function per (S, kind, scaling, axis activation) so that OpenMP's outlined
+ * body sees them as constants (as FLAT_LOOPS does) */
+/* Work items are (outer index, cone) pairs, each running through its plane a tile at a time: S streams per
+ * item, read front to back, which the hardware prefetcher follows; tiles over all C channels at once were
+ * C concurrent streams at stride inner and ran at a third of the speed on large planes. The backward with
+ * a shared axis needs every cone of a tile together (the axis gathers their k) and keeps that order, as does
+ * the forward, so that no two threads write the shared axis. */
+#define PLANE_LOOPS(NAME, SS, KIND, SC, ACT)                                                                      \
+    static __attribute__((noinline)) void SFX(plane_fwd_##NAME)(const T* restrict x, T* restrict y,              \
+                                                                const i64 outer, const i64 C, const i64 inner,   \
+                                                                const colu_cfg* c, const int nt) {               \
+        const i64 G = c->G;                                                                                       \
+        if (c->shared) {                                                                                          \
+            const i64 ntile = (inner + PT - 1) / PT;                                                              \
+            PAR_SPANS(outer * ntile, for (i64 b = lo; b < hi; ++b) {                                              \
+                const i64 o = b / ntile, i0 = (b % ntile) * PT, nb = inner - i0 < PT ? inner - i0 : PT;           \
+                const i64 off = o * C * inner + i0;                                                               \
+                SFX(plane_fwd)(x + off, y + off, inner, nb, c, 0, G, SS, KIND, SC, ACT);                          \
+            });                                                                                                   \
+            return;                                                                                               \
+        }                                                                                                         \
+        PAR_SPANS(outer * G, for (i64 b = lo; b < hi; ++b) {                                                      \
+            const i64 o = b / G, g = b % G;                                                                       \
+            for (i64 i0 = 0; i0 < inner; i0 += PT) {                                                              \
+                const i64 off = o * C * inner + i0, nb = inner - i0 < PT ? inner - i0 : PT;                       \
+                SFX(plane_fwd)(x + off, y + off, inner, nb, c, g, g + 1, SS, KIND, SC, ACT);                      \
+            }                                                                                                     \
+        });                                                                                                       \
+    }                                                                                                             \
+    static __attribute__((noinline)) void SFX(plane_bwd_##NAME)(const T* restrict x, const T* restrict gr,        \
+                                                                T* restrict gi, const i64 outer, const i64 C,    \
+                                                                const i64 inner, const colu_cfg* c, const int nt) { \
+        const i64 G = c->G;                                                                                       \
+        if (c->shared) {                                                                                          \
+            const i64 ntile = (inner + PT - 1) / PT;                                                              \
+            PAR_SPANS(outer * ntile, for (i64 b = lo; b < hi; ++b) {                                              \
+                const i64 o = b / ntile, i0 = (b % ntile) * PT, nb = inner - i0 < PT ? inner - i0 : PT;           \
+                const i64 off = o * C * inner + i0;                                                               \
+                SFX(plane_bwd)(x + off, gr + off, gi + off, inner, nb, c, 0, G, SS, KIND, SC, ACT);               \
+            });                                                                                                   \
+            return;                                                                                               \
+        }                                                                                                         \
+        PAR_SPANS(outer * G, for (i64 b = lo; b < hi; ++b) {                                                      \
+            const i64 o = b / G, g = b % G;                                                                       \
+            for (i64 i0 = 0; i0 < inner; i0 += PT) {                                                              \
+                const i64 off = o * C * inner + i0, nb = inner - i0 < PT ? inner - i0 : PT;                       \
+                SFX(plane_bwd)(x + off, gr + off, gi + off, inner, nb, c, g, g + 1, SS, KIND, SC, ACT);           \
+            }                                                                                                     \
+        });                                                                                                       \
+    }
+
+#define PLANE_ACTS(M, SS, KIND, SC) M(SS, KIND, SC, IDENTITY) M(SS, KIND, SC, RELU) M(SS, KIND, SC, SILU)
+#define PLANE_SCALINGS(M, SS, KIND) PLANE_ACTS(M, SS, KIND, HARD) PLANE_ACTS(M, SS, KIND, SOFT) PLANE_ACTS(M, SS, KIND, FIRM)
+#define PLANE_KINDS(M, SS) PLANE_SCALINGS(M, SS, COLU) PLANE_SCALINGS(M, SS, RCOLU)
+#define PLANE_ALL(M) PLANE_KINDS(M, 3) PLANE_KINDS(M, 4) PLANE_KINDS(M, 8) PLANE_KINDS(M, 16)
+
+#define DEF_PLANE(SS, KIND, SC, ACT) \
+    PLANE_LOOPS(SS##_##KIND##_##SC##_##ACT, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_##ACT)
+PLANE_ALL(DEF_PLANE)
+#undef DEF_PLANE
+
+#define PLANE_HIT(SS, KIND, SC, ACT) \
+    (c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC && c->act == COLU_ACT_##ACT)
+#endif
+
+/* 1 where a planes loop took the call */
+static int SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C, const i64 inner, const colu_cfg* c,
+                                const int nt) {
+#if SPECIALISE_S
+#define CASE(SS, KIND, SC, ACT)                                                          \
+    if (PLANE_HIT(SS, KIND, SC, ACT)) {                                                  \
+        SFX(plane_fwd_##SS##_##KIND##_##SC##_##ACT)(x, y, outer, C, inner, c, nt);       \
+        return 1;                                                                        \
+    }
+    PLANE_ALL(CASE)
+#undef CASE
+#else
+    (void)x, (void)y, (void)outer, (void)C, (void)inner, (void)c, (void)nt;
+#endif
+    return 0;
+}
+
+static int SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer, const i64 C, const i64 inner,
+                                const colu_cfg* c, const int nt) {
+#if SPECIALISE_S
+#define CASE(SS, KIND, SC, ACT)                                                          \
+    if (PLANE_HIT(SS, KIND, SC, ACT)) {                                                  \
+        SFX(plane_bwd_##SS##_##KIND##_##SC##_##ACT)(x, gr, gi, outer, C, inner, c, nt);  \
+        return 1;                                                                        \
+    }
+    PLANE_ALL(CASE)
+#undef CASE
+#else
+    (void)x, (void)gr, (void)gi, (void)outer, (void)C, (void)inner, (void)c, (void)nt;
+#endif
+    return 0;
+}
+
+#if SPECIALISE_S
+#undef PLANE_LOOPS
+#undef PLANE_ACTS
+#undef PLANE_SCALINGS
+#undef PLANE_KINDS
+#undef PLANE_ALL
+#undef PLANE_HIT
+#endif
+#undef PT
