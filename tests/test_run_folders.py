@@ -248,11 +248,18 @@ def test_data_that_no_experiment_reads_is_an_error(tmp_path, capsys):
 
 
 def test_data_help_names_only_formats_an_experiment_reads(capsys):
+    from colu.experiments.registry import EXPERIMENTS
+
     with pytest.raises(SystemExit):
         run_main(["--help"])
     text = capsys.readouterr().out
-    data_help = text.split("\n  --data DATA", 1)[1].split("\n  --dataset", 1)[0]
-    assert "MNIST" in data_help and "CIFAR" not in data_help
+    data_help = " ".join(text.split("\n  --data DATA", 1)[1].split("\n  --dataset", 1)[0].split())
+    readable = {name for e in EXPERIMENTS.values() for name in e.datasets}
+    # a format is named in --data's help exactly when some experiment's --dataset reads it
+    for word, dataset in (("MNIST", "mnist"), ("CIFAR-10", "cifar10")):
+        assert (word in data_help) == (dataset in readable), (word, sorted(readable))
+    if "cifar10" in readable:
+        assert "data_batch_1" in data_help and "test_batch" in data_help  # the CIFAR-10 files, by name
 
 
 # ------------------------------------------------------------------ friendly interruptions

@@ -336,6 +336,7 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
                                 epilog=_epilog(experiments))
     data_help = " ".join(dict.fromkeys(e.data_help for e in experiments.values() if e.data_help))
     datasets = [f"{e.name}: {', '.join(e.datasets)}" for e in experiments.values() if e.datasets]
+    files = [e.name for e in experiments.values() if getattr(e, "data_is_file", False)]
     p.add_argument("experiment", choices=sorted(experiments), help="which experiment to run")
     p.add_argument("--preset", metavar="NAME",
                    help="start from the experiment's named settings (listed below with how long they take): "
@@ -345,10 +346,12 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     p.add_argument("--seed-offset", type=int, help="first seed, >= 0 (default 0)")
     p.add_argument("--out", help="output directory (default runs/EXPERIMENT); must be empty of earlier results "
                                  "unless --resume or --overwrite is given")
-    p.add_argument("--data", help=(data_help + " " if data_help else "") + "The dataset is recognised from the "
-                                  "files unless --dataset is given. Never downloaded")
+    p.add_argument("--data", help=(data_help + " " if data_help else "") + "A folder's dataset is recognised from "
+                                  "its files unless --dataset is given. Never downloaded")
     p.add_argument("--dataset", help="which data set --data holds (" + "; ".join(datasets) + "; digits is built "
-                                     "in and needs no --data); experiments not listed generate their own data")
+                                     "in and needs no --data)" + (f"; {', '.join(files)} read(s) the one file "
+                                     "--data names" if files else "") + "; experiments not listed generate their "
+                                     "own data")
     p.add_argument("--split-from-test", type=int, metavar="K",
                    help="MNIST only: carve K test examples (rest train) out of the t10k files alone "
                         "(1 <= K < the number of t10k images)")
@@ -427,11 +430,22 @@ def resolve_dataset(exp, cfg, explicit: set) -> None:
     """``--data DIR`` without ``--dataset``: name the dataset from the files in DIR, or stop.
 
     Without this a folder of MNIST files given alone would be ignored and the
-    run would quietly train on the built-in digits.
+    run would quietly train on the built-in digits. An experiment whose
+    ``data_is_file`` is set reads the one file ``--data`` names itself: a
+    folder or a ``--dataset`` is refused here, the file is checked when loaded.
     """
     from .data import DataError, recognise_dataset
 
     readable = tuple(getattr(exp, "datasets", ()))
+    if getattr(exp, "data_is_file", False):
+        # one file read by the experiment itself (which also explains a missing --data): nothing to recognise
+        if "dataset" in explicit:
+            raise ValueError(f"--dataset {cfg.dataset} does not apply to {exp.name}: it reads the one file "
+                             "--data names; drop --dataset")
+        if cfg.data is not None and os.path.isdir(cfg.data):
+            raise DataError(f"--data {cfg.data!r} is a directory; {exp.name} reads one file: {exp.data_help} "
+                            "Pass the file itself")
+        return
     if cfg.data is None:
         return
     if not readable:

@@ -22,7 +22,9 @@ Required fields
 ``load_data(cfg) -> data``
     the data object: ``data.summary()`` must return a dict with
     ``description``, ``train_examples``, ``test_examples``, ``input_dim`` and
-    ``notes`` (see :class:`colu.experiments.data.Data`).
+    ``notes`` (see :class:`colu.experiments.data.Data`), and may add
+    ``differs_from_paper``, a list of reasons the data is not the paper's
+    (the report then calls the numbers not comparable).
 ``build_model(cfg, act, data) -> (model, width)``
     the network for activation spec ``act``
     (:class:`colu.experiments.activations.ActivationSpec`) and the width it
@@ -57,6 +59,10 @@ Optional fields (defaults in brackets)
     when it generates its own data [()].
 ``data_help``
     a sentence for ``--data``'s help naming the files read [""].
+``data_is_file``
+    ``--data`` names one file that ``load_data`` reads itself (a text
+    corpus), not a folder whose dataset is recognised from its files; there
+    is then no ``--dataset`` to give [False].
 ``presets``
     preset name -> :class:`Preset`. ``--preset NAME`` applies the settings
     (``--quick`` is ``--preset quick``); explicit options win. By
@@ -198,6 +204,7 @@ class Experiment:
     check_activation: Optional[Callable] = None
     datasets: tuple = ()
     data_help: str = ""
+    data_is_file: bool = False
     presets: dict = field(default_factory=dict)
     paper: PaperReference = field(default_factory=PaperReference)
     report_note: str = ""

@@ -7,7 +7,8 @@ so reports can print them beside ours; our own numbers always come from
 results files. Keys of ``values`` are canonical activation labels
 (:meth:`colu.experiments.activations.ActivationSpec.label`) at the width the
 experiment gives them by default; a row only matches when the width does too.
-``Cited(None, None, ...)`` marks a cell the paper reports as "Unstable".
+``Cited(None, None, ...)`` marks a cell the paper reports as "Unstable";
+``Cited(mean, None, ...)`` a number the paper gives without a spread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Cited:
     def text(self) -> str:
         if self.mean is None:
             return f"unstable ({self.source})"
+        if self.std is None:
+            # printed as quoted: padding it to more digits, or adding "± 0", would claim a precision it lacks
+            return f"{self.mean:g} ({self.source}; no std in the paper)"
         digits = 4 if abs(self.mean) < 10 else 2
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.source})"
 

@@ -7,11 +7,12 @@ experiment, write its module and list it here (or :func:`register` it).
 
 from __future__ import annotations
 
-from . import hemisphere, mnist_mlp, mnist_vae
+from . import gpt_shakespeare, hemisphere, mnist_mlp, mnist_vae, resnet_cifar
 from .contract import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (hemisphere.EXPERIMENT, mnist_mlp.EXPERIMENT,
-                                                          mnist_vae.EXPERIMENT)}
+                                                          mnist_vae.EXPERIMENT, gpt_shakespeare.EXPERIMENT,
+                                                          resnet_cifar.EXPERIMENT)}
 
 
 def register(experiment: Experiment) -> Experiment:

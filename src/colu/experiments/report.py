@@ -94,6 +94,8 @@ def comparability(results) -> list[str]:
     if cfg.get("split_from_test"):
         reasons.append(f"trained on {results['data']['train_examples']} examples carved from the test set "
                        "(--split-from-test), not the full training set")
+    # what the data loader found to differ from the paper's data (e.g. another text corpus)
+    reasons += [str(r) for r in results.get("data", {}).get("differs_from_paper", [])]
     return reasons
 
 
