@@ -61,3 +61,16 @@ def atomic_write_json(path: str, obj, indent: int = 1) -> None:
 def is_leftover_tmp(name: str) -> bool:
     """A temporary file that :func:`atomic_write_bytes` left behind when its process was killed."""
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def read_json_object(path: str) -> dict:
+    """The JSON object in ``path``; ``ValueError`` (with the reason) when it is not valid UTF-8 JSON or not an
+    object, ``OSError`` when it cannot be read. Callers add what the file is and what to do."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            value = json.load(f)
+        except UnicodeDecodeError as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value

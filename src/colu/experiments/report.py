@@ -15,7 +15,7 @@ import os
 import shlex
 import statistics
 
-from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
 from .config import optimizer_description
 
 
@@ -269,12 +269,8 @@ def summary_table(results) -> str:
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-        return value
-    except (UnicodeDecodeError, ValueError) as exc:
+        return read_json_object(path)
+    except ValueError as exc:
         raise ValueError(f"{path}: damaged or truncated ({exc}); rerun the experiment (--resume, or --overwrite "
                          "to start over)") from None
 

@@ -17,12 +17,12 @@ reproducible.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
+from ..files import read_json_object
 from . import gpt_shakespeare
 from .activations import parse_activation
 from .config import _fail, build_config
@@ -58,12 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_json(path: str, what: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-        return value
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return read_json_object(path)
+    except (OSError, ValueError) as exc:
         raise SampleError(f"{path}: cannot read the run's {what} ({exc}); point --from at the --out folder of a "
                           f"finished colu run {gpt_shakespeare.NAME}") from None
 

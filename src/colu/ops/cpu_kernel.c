@@ -22,10 +22,9 @@
  *  - rows (inner == 1, shared axis or axes_first layout): a row of C
  *    channels at a time, in blocks of NB cones: per-cone sums into small
  *    arrays, the per-cone scalars over those arrays, then the writes.
- *  - lanes (inner > 1, contiguous NCHW with dim=1): a block of LANES
- *    neighbouring spatial positions at a time; every loop runs over that
- *    block with unit stride, so the compiler vectorises it, and the block
- *    (S * LANES values) stays in L1 between the norm pass and the output pass.
+ *  - planes (inner > 1: NCHW with dim=1, or any dim with an inner size):
+ *    each cone's plane a tile of pixels at a time, one pixel per vector lane
+ *    and S unit-stride streams (kernel_planes.h).
  *
  * Channel maps (see colu/spec.py): cone g's axis is channel
  * axis_base + g * axis_step and its section channels sec_base + g * sec_step
@@ -62,7 +61,6 @@ typedef int64_t i64;
  * stop vectorising once the compiler's inlining budget for the file runs out */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-#define LANES 128
 /* Work is split into chunks of at least GRAIN elements, one per thread, as
  * ATen splits element-wise ops (threads = min(nthreads, ceil(numel/GRAIN))):
  * a second thread only pays off once each has that much to do. ATen's grain

@@ -285,132 +285,6 @@ static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* re
 
 #include "kernel_planes.h"
 
-/* ----------------------------------------------------------- lanes path */
-/* x, y point at lane 0 of a block of nb lanes; channel ch of lane i is at
- * [ch * cs + i]. */
-
-static void SFX(fwd_lanes)(const T* restrict x, T* restrict y, i64 cs, i64 nb, const colu_cfg* c) {
-    const i64 G = c->G, S = c->S, m = S - 1;
-    const int sc = (int)c->scaling, act = (int)c->act;
-    const T eps = (T)c->eps;
-    T nn[LANES], w[LANES], ap[LANES], mean[LANES];
-    if (c->kind == COLU_KIND_RCOLU) {
-        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
-        for (i64 g = 0; g < G; ++g) {
-            const T* xg = x + g * S * cs;
-            T* yg = y + g * S * cs;
-            for (i64 i = 0; i < nb; ++i) { mean[i] = 0; nn[i] = 0; }
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i) mean[i] += xg[k * cs + i];
-            for (i64 i = 0; i < nb; ++i) mean[i] *= inv_s;
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i) { T p = xg[k * cs + i] - mean[i]; nn[i] += p * p; }
-            for (i64 i = 0; i < nb; ++i) {
-                T tp = SFX(act)(mean[i] * rs, act);
-                w[i] = SFX(weight)(tp / (SQRT(nn[i]) + eps), sc);
-                ap[i] = tp * inv_rs;
-            }
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i) yg[k * cs + i] = ap[i] + w[i] * (xg[k * cs + i] - mean[i]);
-        }
-        return;
-    }
-    for (i64 g = 0; g < G; ++g) {
-        const T* xa = x + (c->axis_base + g * c->axis_step) * cs;
-        const T* s = x + (c->sec_base + g * c->sec_step) * cs;
-        T* ys = y + (c->sec_base + g * c->sec_step) * cs;
-        for (i64 i = 0; i < nb; ++i) nn[i] = 0;
-        for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) nn[i] += s[k * cs + i] * s[k * cs + i];
-        for (i64 i = 0; i < nb; ++i) {
-            ap[i] = SFX(act)(xa[i], act);
-            w[i] = SFX(weight)(ap[i] / (SQRT(nn[i]) + eps), sc);
-        }
-        for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) ys[k * cs + i] = w[i] * s[k * cs + i];
-        if (!c->shared) {
-            T* ya = y + (c->axis_base + g * c->axis_step) * cs;
-            for (i64 i = 0; i < nb; ++i) ya[i] = ap[i];
-        }
-    }
-    if (c->shared) {
-        const T* xa = x + c->axis_base * cs;
-        T* ya = y + c->axis_base * cs;
-        for (i64 i = 0; i < nb; ++i) ya[i] = SFX(act)(xa[i], act);
-    }
-}
-
-static void SFX(bwd_lanes)(const T* restrict x, const T* restrict gr, T* restrict gi, i64 cs, i64 nb,
-                           const colu_cfg* c) {
-    const i64 G = c->G, S = c->S, m = S - 1;
-    const int sc = (int)c->scaling, act = (int)c->act;
-    const T eps = (T)c->eps;
-    T nn[LANES], q[LANES], w[LANES], coef[LANES], ga[LANES], mean[LANES], gmean[LANES], ksum[LANES];
-    if (c->kind == COLU_KIND_RCOLU) {
-        const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
-        for (i64 g = 0; g < G; ++g) {
-            const i64 off = g * S * cs;
-            const T *xg = x + off, *gg = gr + off;
-            T* og = gi + off;
-            for (i64 i = 0; i < nb; ++i) { mean[i] = 0; gmean[i] = 0; nn[i] = 0; q[i] = 0; }
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i) { mean[i] += xg[k * cs + i]; gmean[i] += gg[k * cs + i]; }
-            for (i64 i = 0; i < nb; ++i) { mean[i] *= inv_s; gmean[i] *= inv_s; }
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i) {
-                    T p = xg[k * cs + i] - mean[i];
-                    nn[i] += p * p;
-                    q[i] += gg[k * cs + i] * p;
-                }
-            for (i64 i = 0; i < nb; ++i) {
-                const T t = mean[i] * rs;
-                T kk;
-                SFX(bwd_scalars)(nn[i], q[i], SFX(act)(t, act), eps, sc, w + i, &kk, coef + i);
-                T gt = gmean[i] + kk * inv_rs;
-                if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
-                ga[i] = gt - w[i] * gmean[i];
-            }
-            for (i64 k = 0; k < S; ++k)
-                for (i64 i = 0; i < nb; ++i)
-                    og[k * cs + i] = w[i] * gg[k * cs + i] - coef[i] * (xg[k * cs + i] - mean[i]) + ga[i];
-        }
-        return;
-    }
-    if (c->shared)
-        for (i64 i = 0; i < nb; ++i) ksum[i] = 0;
-    for (i64 g = 0; g < G; ++g) {
-        const i64 ao = (c->axis_base + g * c->axis_step) * cs;
-        const i64 so = (c->sec_base + g * c->sec_step) * cs;
-        const T *s = x + so, *gs = gr + so;
-        T* os = gi + so;
-        for (i64 i = 0; i < nb; ++i) { nn[i] = 0; q[i] = 0; }
-        for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) {
-                nn[i] += s[k * cs + i] * s[k * cs + i];
-                q[i] += gs[k * cs + i] * s[k * cs + i];
-            }
-        for (i64 i = 0; i < nb; ++i)
-            SFX(bwd_scalars)(nn[i], q[i], SFX(act)(x[ao + i], act), eps, sc, w + i, ga + i, coef + i);
-        for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) os[k * cs + i] = w[i] * gs[k * cs + i] - coef[i] * s[k * cs + i];
-        if (c->shared) {
-            for (i64 i = 0; i < nb; ++i) ksum[i] += ga[i];
-        } else {
-            for (i64 i = 0; i < nb; ++i) {
-                T v = gr[ao + i] + ga[i];
-                gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
-            }
-        }
-    }
-    if (c->shared) {
-        const i64 ao = c->axis_base * cs;
-        for (i64 i = 0; i < nb; ++i) {
-            T v = gr[ao + i] + ksum[i];
-            gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
-        }
-    }
-}
-
 /* ---------------------------------------------------------- entry points */
 
 void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu_cfg* c, int nthreads) {
@@ -423,14 +297,7 @@ void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(fwd_row)(x + o * C, y + o * C, c));
         return;
     }
-    if (SFX(plane_fwd_range)(x, y, outer, C, inner, c, nt)) return;
-    const i64 nblk = (inner + LANES - 1) / LANES;
-    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
-        const i64 o = b / nblk, i0 = (b % nblk) * LANES;
-        const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
-        const i64 off = o * C * inner + i0;
-        SFX(fwd_lanes)(x + off, y + off, inner, nb, c);
-    });
+    SFX(plane_fwd_range)(x, y, outer, C, inner, c, nt);
 }
 
 void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inner, const colu_cfg* c,
@@ -444,12 +311,5 @@ void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inn
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c));
         return;
     }
-    if (SFX(plane_bwd_range)(x, g, gi, outer, C, inner, c, nt)) return;
-    const i64 nblk = (inner + LANES - 1) / LANES;
-    PAR_SPANS(outer * nblk, for (i64 b = lo; b < hi; ++b) {
-        const i64 o = b / nblk, i0 = (b % nblk) * LANES;
-        const i64 nb = inner - i0 < LANES ? inner - i0 : LANES;
-        const i64 off = o * C * inner + i0;
-        SFX(bwd_lanes)(x + off, g + off, gi + off, inner, nb, c);
-    });
+    SFX(plane_bwd_range)(x, g, gi, outer, C, inner, c, nt);
 }

@@ -1,4 +1,4 @@
-/* The planes path (part of kernel_body.h, once per dtype): inner > 1, that is
+/* The planes path (part of kernel_body.h, once per dtype): every call with inner > 1, that is
  * NCHW activations with dim=1 or any dim with a large inner size. Channel ch
  * of pixel i is at [ch * inner + i]. A tile of PT neighbouring pixels is
  * processed one cone at a time, and each of the cone's S channels is a
@@ -10,8 +10,9 @@
  * scaling at run time, which leaves its middle loop scalar: 6-12x ReLU.)
  *
  * float32 gets one loop per S in {3, 4, 8, 16}, kind, scaling and axis
- * activation; other S and float64 return 0 from plane_*_range and take the
- * lanes path. No include guard: it is included twice. */
+ * activation; other S and float64 run the same loops with them read at run
+ * time (correct for every configuration, not vectorised). No include guard:
+ * it is included twice. */
 #define PT 64
 
 /* cones g0 <= g < g1 of a tile of nb pixels */
@@ -144,58 +145,51 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
     }
 }
 
-#if SPECIALISE_S
-/* the loops over tiles, one function per (S, kind, scaling, axis activation) so that OpenMP's outlined
- * body sees them as constants (as FLAT_LOOPS does) */
 /* Work items are (outer index, cone) pairs, each running through its plane a tile at a time: S streams per
  * item, read front to back, which the hardware prefetcher follows; tiles over all C channels at once were
- * C concurrent streams at stride inner and ran at a third of the speed on large planes. The backward with
- * a shared axis needs every cone of a tile together (the axis gathers their k) and keeps that order, as does
- * the forward, so that no two threads write the shared axis. */
+ * C concurrent streams at stride inner and ran at a third of the speed on large planes. A shared axis needs
+ * every cone of a tile together (the backward's axis gathers their k; in the forward no two threads then
+ * write it) and keeps that order. CALL(off, nb, g0, g1, ...) runs cones g0..g1-1 of the nb pixels at off. */
+#define PLANE_SPANS(CALL, ...)                                                                                    \
+    do {                                                                                                          \
+        const i64 G = c->G;                                                                                       \
+        if (c->shared) {                                                                                          \
+            const i64 ntile = (inner + PT - 1) / PT;                                                              \
+            PAR_SPANS(outer * ntile, for (i64 b = lo; b < hi; ++b) {                                              \
+                const i64 o = b / ntile, i0 = (b % ntile) * PT, nb = inner - i0 < PT ? inner - i0 : PT;           \
+                CALL(o * C * inner + i0, nb, 0, G, __VA_ARGS__);                                                  \
+            });                                                                                                   \
+        } else {                                                                                                  \
+            PAR_SPANS(outer * G, for (i64 b = lo; b < hi; ++b) {                                                  \
+                const i64 o = b / G, g = b % G;                                                                   \
+                for (i64 i0 = 0; i0 < inner; i0 += PT)                                                            \
+                    CALL(o * C * inner + i0, inner - i0 < PT ? inner - i0 : PT, g, g + 1, __VA_ARGS__);           \
+            });                                                                                                   \
+        }                                                                                                         \
+    } while (0)
+
+#define PLANE_FWD_CALL(off, nb, g0, g1, ...) SFX(plane_fwd)(x + (off), y + (off), inner, nb, c, g0, g1, __VA_ARGS__)
+#define PLANE_BWD_CALL(off, nb, g0, g1, ...) \
+    SFX(plane_bwd)(x + (off), gr + (off), gi + (off), inner, nb, c, g0, g1, __VA_ARGS__)
+
+/* one pair of functions per (S, kind, scaling, axis activation), so that OpenMP's outlined body sees them as
+ * constants (as FLAT_LOOPS does) */
 #define PLANE_LOOPS(NAME, SS, KIND, SC, ACT)                                                                      \
     static __attribute__((noinline)) void SFX(plane_fwd_##NAME)(const T* restrict x, T* restrict y,              \
                                                                 const i64 outer, const i64 C, const i64 inner,   \
                                                                 const colu_cfg* c, const int nt) {               \
-        const i64 G = c->G;                                                                                       \
-        if (c->shared) {                                                                                          \
-            const i64 ntile = (inner + PT - 1) / PT;                                                              \
-            PAR_SPANS(outer * ntile, for (i64 b = lo; b < hi; ++b) {                                              \
-                const i64 o = b / ntile, i0 = (b % ntile) * PT, nb = inner - i0 < PT ? inner - i0 : PT;           \
-                const i64 off = o * C * inner + i0;                                                               \
-                SFX(plane_fwd)(x + off, y + off, inner, nb, c, 0, G, SS, KIND, SC, ACT);                          \
-            });                                                                                                   \
-            return;                                                                                               \
-        }                                                                                                         \
-        PAR_SPANS(outer * G, for (i64 b = lo; b < hi; ++b) {                                                      \
-            const i64 o = b / G, g = b % G;                                                                       \
-            for (i64 i0 = 0; i0 < inner; i0 += PT) {                                                              \
-                const i64 off = o * C * inner + i0, nb = inner - i0 < PT ? inner - i0 : PT;                       \
-                SFX(plane_fwd)(x + off, y + off, inner, nb, c, g, g + 1, SS, KIND, SC, ACT);                      \
-            }                                                                                                     \
-        });                                                                                                       \
+        PLANE_SPANS(PLANE_FWD_CALL, SS, KIND, SC, ACT);                                                           \
     }                                                                                                             \
     static __attribute__((noinline)) void SFX(plane_bwd_##NAME)(const T* restrict x, const T* restrict gr,        \
                                                                 T* restrict gi, const i64 outer, const i64 C,    \
                                                                 const i64 inner, const colu_cfg* c, const int nt) { \
-        const i64 G = c->G;                                                                                       \
-        if (c->shared) {                                                                                          \
-            const i64 ntile = (inner + PT - 1) / PT;                                                              \
-            PAR_SPANS(outer * ntile, for (i64 b = lo; b < hi; ++b) {                                              \
-                const i64 o = b / ntile, i0 = (b % ntile) * PT, nb = inner - i0 < PT ? inner - i0 : PT;           \
-                const i64 off = o * C * inner + i0;                                                               \
-                SFX(plane_bwd)(x + off, gr + off, gi + off, inner, nb, c, 0, G, SS, KIND, SC, ACT);               \
-            });                                                                                                   \
-            return;                                                                                               \
-        }                                                                                                         \
-        PAR_SPANS(outer * G, for (i64 b = lo; b < hi; ++b) {                                                      \
-            const i64 o = b / G, g = b % G;                                                                       \
-            for (i64 i0 = 0; i0 < inner; i0 += PT) {                                                              \
-                const i64 off = o * C * inner + i0, nb = inner - i0 < PT ? inner - i0 : PT;                       \
-                SFX(plane_bwd)(x + off, gr + off, gi + off, inner, nb, c, g, g + 1, SS, KIND, SC, ACT);           \
-            }                                                                                                     \
-        });                                                                                                       \
+        PLANE_SPANS(PLANE_BWD_CALL, SS, KIND, SC, ACT);                                                           \
     }
 
+/* run-time configuration: any S, kind, scaling, axis activation and dtype */
+PLANE_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
+
+#if SPECIALISE_S
 #define PLANE_ACTS(M, SS, KIND, SC) M(SS, KIND, SC, IDENTITY) M(SS, KIND, SC, RELU) M(SS, KIND, SC, SILU)
 #define PLANE_SCALINGS(M, SS, KIND) PLANE_ACTS(M, SS, KIND, HARD) PLANE_ACTS(M, SS, KIND, SOFT) PLANE_ACTS(M, SS, KIND, FIRM)
 #define PLANE_KINDS(M, SS) PLANE_SCALINGS(M, SS, COLU) PLANE_SCALINGS(M, SS, RCOLU)
@@ -210,45 +204,41 @@ PLANE_ALL(DEF_PLANE)
     (c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC && c->act == COLU_ACT_##ACT)
 #endif
 
-/* 1 where a planes loop took the call */
-static int SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C, const i64 inner, const colu_cfg* c,
-                                const int nt) {
+static void SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C, const i64 inner, const colu_cfg* c,
+                                 const int nt) {
 #if SPECIALISE_S
 #define CASE(SS, KIND, SC, ACT)                                                          \
     if (PLANE_HIT(SS, KIND, SC, ACT)) {                                                  \
         SFX(plane_fwd_##SS##_##KIND##_##SC##_##ACT)(x, y, outer, C, inner, c, nt);       \
-        return 1;                                                                        \
+        return;                                                                          \
     }
     PLANE_ALL(CASE)
 #undef CASE
-#else
-    (void)x, (void)y, (void)outer, (void)C, (void)inner, (void)c, (void)nt;
 #endif
-    return 0;
+    SFX(plane_fwd_any)(x, y, outer, C, inner, c, nt);
 }
 
-static int SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer, const i64 C, const i64 inner,
-                                const colu_cfg* c, const int nt) {
+static void SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer, const i64 C, const i64 inner,
+                                 const colu_cfg* c, const int nt) {
 #if SPECIALISE_S
 #define CASE(SS, KIND, SC, ACT)                                                          \
     if (PLANE_HIT(SS, KIND, SC, ACT)) {                                                  \
         SFX(plane_bwd_##SS##_##KIND##_##SC##_##ACT)(x, gr, gi, outer, C, inner, c, nt);  \
-        return 1;                                                                        \
+        return;                                                                          \
     }
     PLANE_ALL(CASE)
 #undef CASE
-#else
-    (void)x, (void)gr, (void)gi, (void)outer, (void)C, (void)inner, (void)c, (void)nt;
-#endif
-    return 0;
-}
-
-#if SPECIALISE_S
-#undef PLANE_LOOPS
 #undef PLANE_ACTS
 #undef PLANE_SCALINGS
 #undef PLANE_KINDS
 #undef PLANE_ALL
 #undef PLANE_HIT
 #endif
+    SFX(plane_bwd_any)(x, gr, gi, outer, C, inner, c, nt);
+}
+
+#undef PLANE_LOOPS
+#undef PLANE_FWD_CALL
+#undef PLANE_BWD_CALL
+#undef PLANE_SPANS
 #undef PT
