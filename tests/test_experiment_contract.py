@@ -356,3 +356,13 @@ def test_contract_defaults_and_checks():
         dataclasses.replace(TOY, Config=dict)
     with pytest.raises(ValueError, match="already registered"):
         registry.register(dataclasses.replace(TOY, name="mnist-mlp"))
+
+
+def test_report_numbers_keep_their_precision_at_every_scale():
+    from colu.experiments.paper import Cited, format_number
+
+    assert format_number(0.93741) == "0.9374" and format_number(55.432) == "55.43"
+    # FLOP counts print in exponent form, not as "252000000.00"; the spread follows the mean's form
+    assert Cited(252e6, 0.0, "Table 4").text() == "2.520e+08 ± 0.000e+00 (Table 4)"
+    assert format_number(81102080.0) == "8.110e+07"
+    assert Cited(0.9374, 0.0035, "Table 6").text() == "0.9374 ± 0.0035 (Table 6)"

@@ -504,10 +504,11 @@ def load_digits_images(size: int = 32, channels: int = 3) -> ImageData:
 
     x_train = to_image(base.x_train)
     mean, std = channel_stats(x_train)
-    notes = [f"The built-in 8x8 digits, enlarged to {size}x{size} ({channels} channel(s)), stand in for CIFAR-10: "
+    shown = f"enlarged to {size}x{size}" if size > 8 else "kept at 8x8"
+    notes = [f"The built-in 8x8 digits, {shown} ({channels} channel(s)), stand in for CIFAR-10: "
              "not comparable to the paper's numbers."]
     return ImageData("digits32", x_train, base.y_train, to_image(base.x_test), base.y_test,
-                     base.description + f", enlarged to {size}x{size} with {channels} channel(s)", notes,
+                     base.description + f", {shown} with {channels} channel(s)", notes,
                      mean=mean, std=std)
 
 

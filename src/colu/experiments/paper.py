@@ -16,6 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def format_number(value: float, like: float | None = None) -> str:
+    """A metric value as reports print it, with the precision chosen by ``like`` (default: the value itself):
+    4 decimals below 10, 2 up to a million, and 4 significant digits in exponent form above (FLOPs), so that
+    a mean and its spread print alike and a count of 252 M does not end in ".00"."""
+    scale = abs(value if like is None else like)
+    if scale >= 1e6:
+        return f"{value:.3e}"
+    return f"{value:.{4 if scale < 10 else 2}f}"
+
+
 @dataclass(frozen=True)
 class Cited:
     mean: float | None
@@ -28,8 +38,7 @@ class Cited:
         if self.std is None:
             # printed as quoted: padding it to more digits, or adding "± 0", would claim a precision it lacks
             return f"{self.mean:g} ({self.source}; no std in the paper)"
-        digits = 4 if abs(self.mean) < 10 else 2
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.source})"
+        return f"{format_number(self.mean)} ± {format_number(self.std, like=self.mean)} ({self.source})"
 
 
 @dataclass(frozen=True)

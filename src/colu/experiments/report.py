@@ -17,6 +17,7 @@ import statistics
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
 from .config import optimizer_description
+from .paper import format_number
 
 
 def _experiment(name):
@@ -47,9 +48,9 @@ def _fmt(stats) -> str:
     if stats is None or stats["mean"] is None:
         return "diverged" if stats and stats["diverged"] else "—"
     mean, std = stats["mean"], stats["std"]
-    digits = 4 if abs(mean) < 10 else 2
     # one seed has no spread to show: "± 0.0000" would claim a precision nobody measured
-    text = f"{mean:.{digits}f} (n=1)" if stats["n"] == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = (f"{format_number(mean)} (n=1)" if stats["n"] == 1
+            else f"{format_number(mean)} ± {format_number(std, like=mean)}")
     if stats.get("diverged"):
         text += f" ({stats['diverged']} diverged)"
     return text
