@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 
 from colu.tools import bench, cli
@@ -64,3 +65,54 @@ def test_interleaved_shuffles_the_order_of_every_repeat():
     assert len(rounds) == 12 and all(sorted(r) == list("abcde") for r in rounds)
     assert len(set(rounds)) > 1
     assert len({r[0] for r in rounds}) > 1, "the same case led every repeat"
+
+
+def test_bench_models_quick_rows(tmp_path, capsys):
+    """--models adds a training-step row per model and activation, each against its own baseline: ReLU for the
+    ResNet (NCHW and channels_last), the GPT and the UNet's hard CoLU, SiLU for the UNet's soft CoLU."""
+    pytest.importorskip("diffusers", reason="the UNet row needs diffusers (colu[experiments])")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--models", "--no-model", "--shapes", "8x8", "--json", str(out)]
+    assert cli.main(args) == 0
+    rows = json.loads(out.read_text())["model_rows"]
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["activation"]] = r
+        assert r["step_ms"] > 0
+    names = sorted(by_model)
+    assert [n.split()[0] for n in names] == ["GPT", "ResNet-8", "ResNet-8", "UNet2DModel"], names
+    assert any("channels_last" in n for n in names) and any("NCHW" in n for n in names)
+    for name, acts in by_model.items():
+        expected = {"relu", "silu", "colu S=4 hard", "colu S=4 soft"} if name.startswith("UNet") else {"relu", "colu S=4 hard"}
+        assert set(acts) == expected, (name, set(acts))
+        for act, r in acts.items():
+            assert r["baseline"] == ("silu" if act in ("silu", "colu S=4 soft") else "relu")
+            if act in ("relu", "silu"):
+                assert r["ratio"] == 1.0
+    assert "x1.000 vs SiLU" in capsys.readouterr().out
+
+
+def test_bench_models_convert_every_unet_activation():
+    """The UNet rows time a model whose every activation module is CoLU (none left as ReLU/SiLU)."""
+    diffusers = pytest.importorskip("diffusers", reason="the UNet row needs diffusers (colu[experiments])")
+    import colu
+
+    seen = []
+    real = colu.convert
+
+    def spy(model, **kw):
+        report = real(model, **kw)
+        seen.append((model, report))
+        return report
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(colu, "convert", spy):
+        args = bench._parse(["--quick", "--repeats", "1", "--warmup", "0"])
+        bench._unet_rows(bench.QUICK_MODELS, 4, args, torch.device("cpu"), torch.float32,
+                         bench._Timer(torch.device("cpu")), [])
+    assert len(seen) == 2
+    for model, report in seen:
+        assert isinstance(model, diffusers.UNet2DModel) and report.replaced and not report.skipped
+        left = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))]
+        assert not left, left

@@ -62,6 +62,11 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per row (default: {REPEATS})")
     p.add_argument("--warmup", type=int, default=None, help=f"untimed warm-up calls per row (default: {WARMUP})")
     p.add_argument("--no-model", action="store_true", help="skip the MLP training-step rows")
+    p.add_argument("--models", action="store_true",
+                   help="add training-step rows (forward, backward, Adam step) of the paper's models: ResNet-56 "
+                   "at batch 128 in NCHW and channels_last, the Table 7 GPT at batch 64 and a small diffusers "
+                   "UNet2DModel (if diffusers is installed), CoLU S=4 against ReLU and, for the UNet, soft CoLU "
+                   "against SiLU; needs colu[experiments]")
     p.add_argument("--quick", action="store_true",
                    help="a tiny shape and few repeats, for tests (options given explicitly still apply)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -251,6 +256,45 @@ def _shape_rows(shape, args, device, dtype, timer, dropped):
     return rows
 
 
+class _Backend:
+    """``--backend`` for modules, which take no backend argument: through ``COLU_BACKEND`` while timing."""
+
+    def __init__(self, backend):
+        self.backend, self.saved = backend, None
+
+    def __enter__(self):
+        self.saved = os.environ.get("COLU_BACKEND")
+        if self.backend != "auto":
+            os.environ["COLU_BACKEND"] = self.backend
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("COLU_BACKEND", None)
+        else:
+            os.environ["COLU_BACKEND"] = self.saved
+
+
+def _train_step(model, loss_fn, optimizer="sgd"):
+    """One optimiser step of ``model`` on the fixed batch that ``loss_fn(model)`` evaluates."""
+    params = model.parameters()
+    opt = torch.optim.Adam(params, lr=1e-4) if optimizer == "adam" else torch.optim.SGD(params, lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model).backward()
+        opt.step()
+
+    return step
+
+
+def _time_steps(model_name, cases, args, timer, baseline="relu"):
+    """Rows of interleaved training steps ``cases`` (name -> step), each against ``cases[baseline]``."""
+    with _Backend(args.backend):
+        t = _interleaved(cases, timer, max(3, args.repeats // 3), max(1, args.warmup))
+    return [dict(model=model_name, activation=n, step_ms=v, baseline=baseline, ratio=v / t[baseline])
+            for n, v in t.items()]
+
+
 def _model_rows(args, device, dtype, timer, dropped=None):
     """The MLP train-step rows, with the first cone dimension that divides the MLP's width.
 
@@ -274,32 +318,88 @@ def _model_rows(args, device, dtype, timer, dropped=None):
         m = torch.nn.Sequential(
             torch.nn.Linear(784, width), act, torch.nn.Linear(width, width), act, torch.nn.Linear(width, 10)
         ).to(device=device, dtype=dtype)
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), target).backward()
-            opt.step()
-
-        return step
+        return _train_step(m, lambda m: F.cross_entropy(m(x), target))
 
     S = fitting[0]
-    cases = {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S))}
-    # the module has no backend argument; --backend reaches it through COLU_BACKEND
-    saved = os.environ.get("COLU_BACKEND")
-    if args.backend != "auto":
-        os.environ["COLU_BACKEND"] = args.backend
+    return _time_steps(model_name, {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S))},
+                       args, timer)
+
+
+# --models: the sizes of the paper's settings, and tiny ones for --quick
+PAPER_MODELS = dict(resnet_depth=56, resnet_batch=128, image=32, gpt=dict(n_layer=6, n_embd=256, n_head=8),
+                    block=64, gpt_batch=64, unet_channels=(32, 64), unet_batch=16)
+QUICK_MODELS = dict(resnet_depth=8, resnet_batch=4, image=16, gpt=dict(n_layer=1, n_embd=32, n_head=2),
+                    block=8, gpt_batch=2, unet_channels=(8, 16), unet_batch=2)
+MODEL_CONE_DIM = 4  # the paper's S for ResNet-56 and the GPT MLP
+
+
+def _paper_model_rows(args, device, dtype, timer, dropped):
+    """Training steps of ResNet-56 (NCHW and channels_last), the Table 7 GPT and a small diffusers UNet."""
+    from colu.experiments.nets import GPT, GPTConfig, resnet_cifar
+
+    size = QUICK_MODELS if args.quick else PAPER_MODELS
+    S, rows = MODEL_CONE_DIM, []
+    hard = f"colu S={S} hard"
+
+    def colu_factory(channels):
+        return colu.CoLU(cone_dim=S, dim=1)
+
+    n, px = size["resnet_batch"], size["image"]
+    images, labels = torch.randn(n, 3, px, px, device=device, dtype=dtype), torch.randint(0, 10, (n,), device=device)
+    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        x = images.contiguous(memory_format=fmt)
+
+        def resnet(act):
+            torch.manual_seed(0)
+            m = resnet_cifar(size["resnet_depth"], act).to(device=device, dtype=dtype, memory_format=fmt)
+            return _train_step(m, lambda m: F.cross_entropy(m(x), labels), "adam")
+
+        name = f"ResNet-{size['resnet_depth']} batch {n} {layout} train step"
+        rows += _time_steps(name, {"relu": resnet(None), hard: resnet(colu_factory)}, args, timer)
+
+    cfg = GPTConfig(vocab_size=65, block_size=size["block"], **size["gpt"])
+    idx = torch.randint(0, 65, (size["gpt_batch"], size["block"]), device=device)
+
+    def gpt(act):
+        torch.manual_seed(0)
+        m = GPT(cfg, act).to(device=device, dtype=dtype)
+        return _train_step(m, lambda m: m(idx[:, :-1], idx[:, 1:])[1], "adam")
+
+    name = f"GPT {cfg.n_layer}x{cfg.n_embd} block {cfg.block_size} batch {size['gpt_batch']} train step"
+    rows += _time_steps(name, {"relu": gpt(None), hard: gpt(lambda hidden: colu.CoLU(cone_dim=S))}, args, timer)
+
+    rows += _unet_rows(size, S, args, device, dtype, timer, dropped)
+    return rows
+
+
+def _unet_rows(size, S, args, device, dtype, timer, dropped):
+    """A small ``UNet2DModel`` noise-prediction step: CoLU vs ReLU, soft CoLU vs SiLU (all sites via convert)."""
+    channels, n, px = size["unet_channels"], size["unet_batch"], size["image"]
+    name = f"UNet2DModel {'/'.join(map(str, channels))} batch {n} {px}x{px} train step"
     try:
-        t = _interleaved(cases, timer, max(3, args.repeats // 3), max(1, args.warmup))
-    finally:
-        if saved is None:
-            os.environ.pop("COLU_BACKEND", None)
-        else:
-            os.environ["COLU_BACKEND"] = saved
-    return [
-        dict(model=model_name, activation=n, step_ms=v, vs_relu=v / t["relu"])
-        for n, v in t.items()
-    ]
+        from diffusers import UNet2DModel
+    except ImportError as err:
+        dropped.append(dict(where=name, cone_dim=S, activations=["relu", "silu", f"colu S={S} hard", f"colu S={S} soft"],
+                            reason=f"diffusers is not installed ({err}); pip install 'colu[experiments]'"))
+        return []
+    x = torch.randn(n, 3, px, px, device=device, dtype=dtype)
+    t = torch.randint(0, 1000, (n,), device=device)
+    noise = torch.randn_like(x)
+
+    def unet(act_fn, scaling=None):
+        torch.manual_seed(0)
+        m = UNet2DModel(sample_size=px, in_channels=3, out_channels=3, block_out_channels=channels,
+                        layers_per_block=1, norm_num_groups=8, act_fn=act_fn,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D")).to(device=device, dtype=dtype)
+        if scaling is not None:
+            colu.convert(m, cone_dim=S, scaling=scaling, example_input=(x, t), on_mismatch="raise")
+        return _train_step(m, lambda m: F.mse_loss(m(x, t).sample, noise), "adam")
+
+    rows = _time_steps(name, {"relu": unet("relu"), f"colu S={S} hard": unet("relu", "hard")}, args, timer)
+    rows += _time_steps(name, {"silu": unet("silu"), f"colu S={S} soft": unet("silu", "soft")}, args, timer,
+                        baseline="silu")
+    return rows
 
 
 def _copy_gbs(device, dtype, timer):
@@ -328,7 +428,8 @@ def _print_table(result):
             line += f" {r['fwd_gbs'] / result['copy_gbs']:6.2f}"
         print(line)
     for r in result.get("model_rows", []):
-        print(f"# {r['model']}: {r['activation']:<14} {r['step_ms']:8.2f} ms  x{r['vs_relu']:.3f} vs ReLU")
+        baseline = {"relu": "ReLU", "silu": "SiLU"}[r["baseline"]]
+        print(f"# {r['model']}: {r['activation']:<14} {r['step_ms']:8.2f} ms  x{r['ratio']:.3f} vs {baseline}")
     for d in result.get("dropped", []):
         print(f"# dropped {', '.join(d['activations'])} at {d['where']}: {d['reason']}")
 
@@ -382,6 +483,9 @@ def main(argv=None) -> int:
         result["rows"] += _shape_rows(shape, args, device, dtype, timer, result["dropped"])
     if not args.no_model:
         result["model_rows"] = _model_rows(args, device, dtype, timer, result["dropped"])
+    if args.models:
+        result["model_rows"] = result.get("model_rows", []) + _paper_model_rows(args, device, dtype, timer,
+                                                                                result["dropped"])
     _print_table(result)
     if args.json:
         try:
