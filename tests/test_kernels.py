@@ -246,7 +246,7 @@ def test_a_single_cone_runs_as_contiguous_channels(layout, share):
     assert spec.contiguous
     cfg = cpu.config(spec, "soft", 1e-7, "identity")
     assert (cfg.axis_base, cfg.axis_step, cfg.sec_base, cfg.sec_step) == (0, 5, 1, 5)
-    assert cpu.runs_half(cpu.load(), ctypes.addressof(cfg), torch.bfloat16, 1) == (not share)
+    assert cpu.runs_half(cpu.load(), ctypes.addressof(cfg), torch.bfloat16, 1)
     kw = dict(num_cones=1, layout=layout, share_axis=share, scaling="soft", axis_activation="silu")
     for shape, dim, dtype in [((9, 5), -1, torch.float64), ((2, 5, 3, 3), 1, torch.float64), ((9, 5), -1, torch.bfloat16)]:
         x, g = _inputs(shape, dim, torch.float64, seed=len(shape))
@@ -434,17 +434,19 @@ _ISA_BUILDS = {
 }
 
 
-def _half_matches_reference(lib, x, g, S, kind, scaling, dtype):
-    """Run the kernel's float16/bfloat16 entry; if it ran, compare with the float32 reference rounded once."""
-    spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)
-    cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "identity"))
+def _half_matches_reference(lib, x, g, S, kind, scaling, dtype, **kw):
+    """Run the kernel's float16/bfloat16 entry; if it ran, compare with the float32 reference rounded once.
+    ``kw``: layout, share_axis, axis_activation (CoLU)."""
+    act = kw.pop("axis_activation", "identity")
+    spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind, **kw)
+    cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, act))
     xh, gh = x.to(dtype), g.to(dtype)
     y, gi = torch.empty_like(xh), torch.empty_like(xh)
     if not cpu.run(lib, 0, xh, None, y, *x.shape, 1, cfg):
         return False
     assert cpu.run(lib, 1, xh, gh, gi, *x.shape, 1, cfg)
     xr = xh.float().requires_grad_(True)
-    yr = getattr(reference, kind)(xr, S, scaling=scaling)
+    yr = getattr(reference, kind)(xr, S, scaling=scaling, axis_activation=act, **kw)
     (gr,) = torch.autograd.grad(yr, xr, gh.float())
     # one rounding (to nearest even) of a float32 result that may differ from the reference's in its last
     # bits: within one unit of the last place, and equal but for the rare value on a rounding boundary
@@ -499,16 +501,52 @@ def test_half_type_calls_replay_a_plan():
     assert (results[0][0] != expected).float().mean() < 0.01
 
 
-def test_half_types_elsewhere_are_upcast():
-    """Layouts whose cones are not contiguous channels leave half types to an upcast around the kernel."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("S,layout,share,act,rows,cones", [
+    (4, "axes_first", False, "relu", 257, 48),   # several rows per chunk, several chunks per thread
+    (16, "axes_first", False, "silu", 33, 130),  # rows of 2080 channels: longer than a chunk, one at a time
+    (3, "grouped", True, "identity", 65, 40),
+    (8, "grouped", True, "relu", 9, 300),
+])
+def test_half_types_in_rows_run_in_the_kernel(dtype, S, layout, share, act, rows, cones):
+    """The axes_first layout and a shared axis convert float16/bfloat16 in the kernel too (chunks of whole
+    rows), and round once as upcasting to float32 and back would."""
+    if dtype is torch.float16 and "f16c" not in _cpu_flags():
+        pytest.skip("no F16C on this CPU: float16 is upcast in torch")
+    gen = torch.Generator().manual_seed(S + rows)
+    C = 1 + cones * (S - 1) if share else cones * S
+    x = torch.randn(rows, C, generator=gen) * 3
+    g = torch.randn(x.shape, generator=gen)
+    kw = dict(layout=layout, share_axis=share, axis_activation=act)
+    assert _half_matches_reference(cpu.load(), x, g, S, "colu", "soft", dtype, **dict(kw))
+    xh = x.to(dtype).requires_grad_(True)
+    y = colu.colu(xh, S, scaling="soft", **kw)
+    (gx,) = torch.autograd.grad(y, xh, g.to(dtype))
+    assert y.dtype == dtype and gx.dtype == dtype
+
+
+def test_half_type_planes_are_upcast():
+    """Cones across an inner axis (NCHW) leave half types to an upcast around the kernel, with the same results."""
     lib = cpu.load()
-    x = torch.randn(6, 1 + 5 * 3).to(torch.bfloat16)
-    spec = colu.ConeSpec.resolve(x.shape[1], 4, None, share_axis=True)
+    x = torch.randn(2, 8, 3, 3).to(torch.bfloat16)
+    spec = colu.ConeSpec.resolve(8, 4, None)
     cfg = ctypes.addressof(cpu.config(spec, "hard", 1e-7, "identity"))
-    assert not cpu.run(lib, 0, x, None, torch.empty_like(x), *x.shape, 1, cfg)
-    y = colu.colu(x, 4, share_axis=True)
-    torch.testing.assert_close(y.float(), reference.colu(x.float(), 4, share_axis=True).to(torch.bfloat16).float(),
+    assert not cpu.run(lib, 0, x, None, torch.empty_like(x), 2, 8, 9, cfg)
+    y = colu.colu(x, 4, dim=1)
+    torch.testing.assert_close(y.float(), reference.colu(x.float(), 4, dim=1).to(torch.bfloat16).float(),
                                atol=1e-3, rtol=torch.finfo(torch.bfloat16).eps)
+
+
+@pytest.mark.parametrize("S", [4, 16])
+@pytest.mark.parametrize("layout,share", [("axes_first", False), ("grouped", True)])
+@pytest.mark.parametrize("scaling,act", [("hard", "relu"), ("soft", "silu"), ("firm", "identity")])
+def test_rows_over_several_blocks_match_reference(S, layout, share, scaling, act):
+    """Rows of more cones than one block of the rows loops (64), float32, in the loops specialised per S."""
+    G = 150
+    C = 1 + G * (S - 1) if share else G * S
+    x, g = _inputs((5, C), -1, torch.float32, seed=S + G)
+    kw = dict(cone_dim=S, share_axis=share, scaling=scaling, layout=layout, axis_activation=act)
+    _check(lambda t: colu.colu(t, **kw), lambda t: reference.colu(t, **kw), x, g, torch.float32)
 
 
 def test_bfloat16_nan_stays_in_its_cone():

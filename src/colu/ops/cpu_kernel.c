@@ -19,9 +19,16 @@
  *    S = 16 without AVX-512), run a few blocks at a time (avz_fwd_chunk,
  *    avz_bwd_chunk); see the comments above avz_transpose4, avz_reduce8,
  *    avz_fold16, avz_stats4 (kernel_avx512.h) and avx_fwd8 (kernel_avx2.h).
+ *    A relu/silu axis: CoLU runs the identity loops on a copy of a chunk of
+ *    cones whose axes are activated first (exact: only the axis changes);
+ *    RCoLU S = 4, 8 has loops with the scaling and axis activation read at
+ *    run time (kernel_portable.h), other S the run-time loop.
  *  - rows (inner == 1, shared axis or axes_first layout): a row of C
  *    channels at a time, in blocks of NB cones: per-cone sums into small
- *    arrays, the per-cone scalars over those arrays, then the writes.
+ *    arrays, the per-cone scalars over those arrays, then the writes. For
+ *    float32 with S in {3, 4, 8, 16} the sums and writes have S fixed and
+ *    the scalars run in one of nine small loops, one per scaling and axis
+ *    activation (split_fwd, split_bwd in kernel_body.h).
  *  - planes (inner > 1: NCHW with dim=1, or any dim with an inner size):
  *    each cone's plane a tile of pixels at a time, one pixel per vector lane
  *    and S unit-stride streams (kernel_planes.h).
@@ -50,6 +57,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <omp.h>
 
 typedef int64_t i64;
@@ -209,13 +217,13 @@ void colu_run(const i64* a) {
 }
 
 /* ------------------------------------------------- float16 / bfloat16 */
-/* Half tensors on the flat path (cones of S contiguous channels, inner == 1)
- * are converted a chunk of cones at a time into float32 buffers on the
- * stack, run through the float32 loops above (vector blocks included) and
- * rounded back to nearest even, as torch rounds: one read and one write of
- * the half tensor, where upcasting around the kernel costs two more passes
- * over memory and two allocations. Other layouts return 0 and Python
- * upcasts instead. */
+/* Half tensors with inner == 1 are converted a chunk at a time (of cones on
+ * the flat path, of whole rows for the axes_first layout and a shared axis)
+ * into float32 buffers on the stack, run through the float32 loops above
+ * (vector blocks included) and rounded back to nearest even, as torch
+ * rounds: one read and one write of the half tensor, where upcasting around
+ * the kernel costs two more passes over memory and two allocations. Planes
+ * (inner > 1) return 0 and Python upcasts instead. */
 #define HCHUNK 2048 /* floats per buffer: 8 KB, L1-resident */
 
 static inline float bf16_to_f32(const uint16_t h) {
@@ -259,19 +267,57 @@ static void f32_to_half(const float* restrict f, uint16_t* restrict h, const i64
 #endif
 }
 
-/* 1 where colu_run_half takes tensors of this configuration with inner == 1 */
+/* 1 where colu_run_half takes tensors of this configuration with inner == 1: cones of S contiguous
+ * channels a chunk of cones at a time (S up to HCHUNK), other CoLU layouts (axes_first, a shared axis) a
+ * chunk of whole rows at a time (a row is needed whole: its axes and sections are apart, and a shared
+ * axis gathers every cone's gradient) */
 int colu_half_ok(const colu_cfg* c, const int bf16) {
 #ifndef COLU_HAVE_F16
     if (!bf16) return 0;
 #else
     (void)bf16;
 #endif
-    return FLAT(c) && c->S <= HCHUNK;
+    return FLAT(c) ? c->S <= HCHUNK : c->kind == COLU_KIND_COLU;
+}
+
+/* rows of C channels, HCHUNK / C at a time (one at a time in heap buffers where a row is longer), through
+ * the float32 rows loops on one thread each */
+static int run_half_rows(const uint16_t* x, const uint16_t* g, uint16_t* out, const i64 outer, const i64 C,
+                         const colu_cfg* c, const int backward, const int bf16, const int nthreads) {
+    const i64 per = C <= HCHUNK ? HCHUNK / C : 1, nchunks = (outer + per - 1) / per;
+    const int nt = pick_threads(outer * C, nthreads);
+    int failed = 0;
+    PAR_SPANS(nchunks, {
+        float sx[HCHUNK], sg[HCHUNK], so[HCHUNK];
+        float *xf = sx, *gf = sg, *of = so;
+        if (C > HCHUNK) {
+            xf = malloc(3 * (size_t)C * sizeof(float));
+            if (xf == NULL) {
+                __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+            } else {
+                gf = xf + C;
+                of = gf + C;
+            }
+        }
+        for (i64 k = lo; k < hi && xf != NULL; ++k) {
+            const i64 r0 = k * per, rows = outer - r0 < per ? outer - r0 : per, len = rows * C;
+            half_to_f32(x + r0 * C, xf, len, bf16);
+            if (backward) {
+                half_to_f32(g + r0 * C, gf, len, bf16);
+                colu_backward_f32(xf, gf, of, rows, C, 1, c, 1);
+            } else {
+                colu_forward_f32(xf, of, rows, C, 1, c, 1);
+            }
+            f32_to_half(of, out + r0 * C, len, bf16);
+        }
+        if (C > HCHUNK) free(xf);
+    });
+    return !failed;
 }
 
 /* The argument block of colu_run, for float16 (slot COLU_ARG_DTYPE = 0) or bfloat16 (1) tensors;
- * returns 1 where it ran, 0 where Python must upcast instead (other layouts, cones over HCHUNK
- * channels, float16 without F16C) */
+ * returns 1 where it ran, 0 where Python must upcast instead (inner > 1, contiguous cones over HCHUNK
+ * channels, float16 without F16C, or no memory for a row's buffers) */
 int colu_run_half(const i64* a) {
     const colu_cfg* c = (const colu_cfg*)(intptr_t)a[COLU_ARG_CFG];
     const int backward = (int)a[COLU_ARG_BACKWARD], bf16 = (int)a[COLU_ARG_DTYPE];
@@ -279,6 +325,7 @@ int colu_run_half(const i64* a) {
     if (inner != 1 || !colu_half_ok(c, bf16)) return 0;
     const uint16_t *x = (const uint16_t*)(intptr_t)a[COLU_ARG_X], *g = (const uint16_t*)(intptr_t)a[COLU_ARG_GRAD];
     uint16_t* out = (uint16_t*)(intptr_t)a[COLU_ARG_OUT];
+    if (!FLAT(c)) return run_half_rows(x, g, out, outer, C, c, backward, bf16, (int)a[COLU_ARG_THREADS]);
     const i64 S = c->S, per = HCHUNK / S, n = outer * c->G, nchunks = (n + per - 1) / per;
     const int nt = pick_threads(outer * C, (int)a[COLU_ARG_THREADS]);
     PAR_SPANS(nchunks, for (i64 k = lo; k < hi; ++k) {

@@ -158,6 +158,155 @@ static void SFX(bwd_row)(const T* restrict x, const T* restrict gr, T* restrict 
                  (int)c->scaling, (int)c->act, (T)c->eps);
 }
 
+#if SPECIALISE_S
+/* Rows specialised per S (float32): the section of every cone is S - 1 contiguous channels right after the
+ * previous cone's (sec_step == S - 1: the axes_first layout and a shared axis), so with S a constant the
+ * sums and writes loops over a block of cones have fixed trip counts, which the compiler vectorises (across
+ * cones for S = 4, within a cone's section for S = 8, 16). The per-cone scalars run in one of nine small
+ * functions, one per scaling and axis activation, each a straight-line loop over the block's arrays that
+ * vectorises across cones; the rows loops take it as a pointer, so that the nine are not compiled again for
+ * every S. */
+typedef void (*SFX(fwd_mid_fn))(i64, const T* restrict, T* restrict, T* restrict, T);
+typedef void (*SFX(bwd_mid_fn))(i64, const T* restrict, const T* restrict, const T* restrict, T* restrict,
+                                T* restrict, T* restrict, T);
+#define MID_ALL(M)                                                                                  \
+    M(HARD, IDENTITY) M(HARD, RELU) M(HARD, SILU) M(SOFT, IDENTITY) M(SOFT, RELU) M(SOFT, SILU) \
+    M(FIRM, IDENTITY) M(FIRM, RELU) M(FIRM, SILU)
+#define MID_DEF(SC, ACT)                                                                                        \
+    static __attribute__((noinline)) void SFX(fwd_mid_##SC##_##ACT)(const i64 nb, const T* restrict nn,        \
+                                                                     T* restrict ap, T* restrict w, const T eps) { \
+        SFX(fwd_mid)(nb, nn, ap, w, eps, COLU_SCALING_##SC, COLU_ACT_##ACT);                                    \
+    }                                                                                                           \
+    static __attribute__((noinline)) void SFX(bwd_mid_##SC##_##ACT)(                                           \
+        const i64 nb, const T* restrict nn, const T* restrict q, const T* restrict av, T* restrict w,           \
+        T* restrict coef, T* restrict kk, const T eps) {                                                        \
+        SFX(bwd_mid)(nb, nn, q, av, w, coef, kk, eps, COLU_SCALING_##SC, COLU_ACT_##ACT);                       \
+    }
+MID_ALL(MID_DEF)
+#undef MID_DEF
+
+static void SFX(pick_mids)(const colu_cfg* c, SFX(fwd_mid_fn) * f, SFX(bwd_mid_fn) * b) {
+#define CASE(SC, ACT)                                                            \
+    if (c->scaling == COLU_SCALING_##SC && c->act == COLU_ACT_##ACT) {           \
+        *f = SFX(fwd_mid_##SC##_##ACT);                                          \
+        *b = SFX(bwd_mid_##SC##_##ACT);                                          \
+        return;                                                                  \
+    }
+    MID_ALL(CASE)
+#undef CASE
+    *f = SFX(fwd_mid_HARD_IDENTITY); /* unreachable: Python writes only the values above */
+    *b = SFX(bwd_mid_HARD_IDENTITY);
+}
+#undef MID_ALL
+
+/* one row of C channels: cones' sections are the m contiguous channels at sb + g * m */
+ALWAYS_INLINE void SFX(split_fwd)(const T* restrict x, T* restrict y, const colu_cfg* c, const i64 m,
+                                  const SFX(fwd_mid_fn) mid) {
+    const i64 G = c->G, ab = c->axis_base, as = c->axis_step, sb = c->sec_base;
+    const int shared = (int)c->shared;
+    const T eps = (T)c->eps;
+    T nn[NB], ap[NB], w[NB];
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        const T* s = x + sb + g0 * m;
+        T* ys = y + sb + g0 * m;
+        for (i64 j = 0; j < nb; ++j) {
+            T acc = 0;
+            for (i64 k = 0; k < m; ++k) acc += s[j * m + k] * s[j * m + k];
+            nn[j] = acc;
+        }
+        for (i64 j = 0; j < nb; ++j) ap[j] = x[ab + (g0 + j) * as];
+        mid(nb, nn, ap, w, eps);
+        for (i64 j = 0; j < nb; ++j)
+            for (i64 k = 0; k < m; ++k) ys[j * m + k] = w[j] * s[j * m + k];
+        if (!shared)
+            for (i64 j = 0; j < nb; ++j) y[ab + (g0 + j) * as] = ap[j];
+    }
+    if (shared) y[ab] = SFX(act)(x[ab], (int)c->act);
+}
+
+ALWAYS_INLINE void SFX(split_bwd)(const T* restrict x, const T* restrict gr, T* restrict gi, const colu_cfg* c,
+                                  const i64 m, const SFX(bwd_mid_fn) mid) {
+    const i64 G = c->G, ab = c->axis_base, as = c->axis_step, sb = c->sec_base;
+    const int shared = (int)c->shared, act = (int)c->act;
+    const T eps = (T)c->eps;
+    T nn[NB], q[NB], av[NB], w[NB], coef[NB], kk[NB];
+    T ksum = 0;
+    for (i64 g0 = 0; g0 < G; g0 += NB) {
+        const i64 nb = G - g0 < NB ? G - g0 : NB;
+        const T *s = x + sb + g0 * m, *gs = gr + sb + g0 * m;
+        T* os = gi + sb + g0 * m;
+        for (i64 j = 0; j < nb; ++j) {
+            T a2 = 0, aq = 0;
+            for (i64 k = 0; k < m; ++k) {
+                a2 += s[j * m + k] * s[j * m + k];
+                aq += gs[j * m + k] * s[j * m + k];
+            }
+            nn[j] = a2;
+            q[j] = aq;
+        }
+        for (i64 j = 0; j < nb; ++j) av[j] = x[ab + (g0 + j) * as];
+        mid(nb, nn, q, av, w, coef, kk, eps);
+        for (i64 j = 0; j < nb; ++j)
+            for (i64 k = 0; k < m; ++k) os[j * m + k] = w[j] * gs[j * m + k] - coef[j] * s[j * m + k];
+        if (shared) {
+            for (i64 j = 0; j < nb; ++j) ksum += kk[j];
+        } else {
+            for (i64 j = 0; j < nb; ++j) {
+                const i64 ai = ab + (g0 + j) * as;
+                const T v = gr[ai] + kk[j];
+                gi[ai] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(av[j], act) : v;
+            }
+        }
+    }
+    if (shared) {
+        const T v = gr[ab] + ksum;
+        gi[ab] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ab], act) : v;
+    }
+}
+
+#define SPLIT_LOOPS(SS)                                                                                           \
+    static __attribute__((noinline)) void SFX(split_fwd_##SS)(const T* restrict x, T* restrict y, const i64 outer, \
+                                                              const i64 C, const colu_cfg* c, const int nt) {      \
+        SFX(fwd_mid_fn) f;                                                                                         \
+        SFX(bwd_mid_fn) b;                                                                                         \
+        SFX(pick_mids)(c, &f, &b);                                                                                 \
+        PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(split_fwd)(x + o * C, y + o * C, c, (SS) - 1, f));     \
+    }                                                                                                              \
+    static __attribute__((noinline)) void SFX(split_bwd_##SS)(const T* restrict x, const T* restrict gr,          \
+                                                              T* restrict gi, const i64 outer, const i64 C,        \
+                                                              const colu_cfg* c, const int nt) {                   \
+        SFX(fwd_mid_fn) f;                                                                                         \
+        SFX(bwd_mid_fn) b;                                                                                         \
+        SFX(pick_mids)(c, &f, &b);                                                                                 \
+        PAR_SPANS(outer,                                                                                           \
+                  for (i64 o = lo; o < hi; ++o) SFX(split_bwd)(x + o * C, gr + o * C, gi + o * C, c, (SS) - 1, b)); \
+    }
+#define SPLIT_ALL(M) M(3) M(4) M(8) M(16)
+SPLIT_ALL(SPLIT_LOOPS)
+#undef SPLIT_LOOPS
+#endif
+
+/* 1 where a rows loop specialised for the configuration's S took the call */
+static int SFX(split_range)(const T* x, const T* g, T* out, const i64 outer, const i64 C, const colu_cfg* c,
+                            const int nt, const int backward) {
+#if SPECIALISE_S
+    if (c->kind != COLU_KIND_COLU || c->sec_step != c->S - 1) return 0;
+#define CASE(SS)                                                      \
+    if (c->S == SS) {                                                 \
+        if (backward) SFX(split_bwd_##SS)(x, g, out, outer, C, c, nt); \
+        else SFX(split_fwd_##SS)(x, out, outer, C, c, nt);            \
+        return 1;                                                     \
+    }
+    SPLIT_ALL(CASE)
+#undef CASE
+#undef SPLIT_ALL
+#else
+    (void)x; (void)g; (void)out; (void)outer; (void)C; (void)c; (void)nt; (void)backward;
+#endif
+    return 0;
+}
+
 /* ------------------------------------------------------ flat grouped path */
 /* When each cone is S contiguous values (grouped CoLU without a shared axis,
  * and every RCoLU) and the channels are last, the tensor is one run of
@@ -250,9 +399,105 @@ FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 #include "kernel_portable.h"
 #endif
 
+#if SPECIALISE_S
+/* relu/silu axes on the flat path, through the identity loops above (vector blocks included) instead of
+ * loops of their own for every S, kind and scaling: a cone with axis activation phi is the identity cone
+ * of a modified input x', built a chunk of cones at a time in an L1-resident buffer. For CoLU, x' is x
+ * with its axis a replaced by phi(a). For RCoLU, x' = x + (phi(t)/sqrt(S) - mu) e per cone (mu the mean,
+ * t = mu sqrt(S)): its mean is phi(t)/sqrt(S), so the identity cone's axis is phi(t), and its centred
+ * vector is x's. The backward chains the identity cone's gradient g' through x -> x': CoLU multiplies the
+ * axis entry by phi'(a); RCoLU adds (phi'(t) - 1)/S sum(g') to every entry. */
+#define ACHUNK 1024 /* floats per buffer: 4 KB */
+
+static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt);
+static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
+                                const colu_cfg* c, const int nt);
+
+/* the identity loops are fast for these S: specialised, or the vector blocks */
+#define ACT_VIA_IDENTITY(c)                                                 \
+    ((c)->act != COLU_ACT_IDENTITY && (c)->kind == COLU_KIND_COLU &&         \
+     ((c)->S == 3 || (c)->S == 4 || ((c)->S % 8 == 0 && (c)->S <= ACHUNK / 2)))
+
+/* x' of m cones into xp; tv gets each cone's pre-activation axis value (a, or t for RCoLU) */
+ALWAYS_INLINE void SFX(pre_act)(const T* restrict x, T* restrict xp, T* restrict tv, const i64 m, const i64 S,
+                                const int kind, const int act) {
+    if (kind == COLU_KIND_COLU) {
+        for (i64 i = 0; i < m * S; ++i) xp[i] = x[i];
+        for (i64 j = 0; j < m; ++j) {
+            tv[j] = x[j * S];
+            xp[j * S] = SFX(act)(x[j * S], act);
+        }
+        return;
+    }
+    const T rs = SQRT((T)S), inv_s = (T)1 / (T)S;
+    for (i64 j = 0; j < m; ++j) {
+        T sum = 0;
+        for (i64 k = 0; k < S; ++k) sum += x[j * S + k];
+        const T mu = sum * inv_s, t = mu * rs, d = SFX(act)(t, act) / rs - mu;
+        tv[j] = t;
+        for (i64 k = 0; k < S; ++k) xp[j * S + k] = x[j * S + k] + d;
+    }
+}
+
+static void SFX(flat_act_fwd)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt) {
+    colu_cfg id = *c;
+    id.act = COLU_ACT_IDENTITY;
+    const i64 S = c->S, per = ACHUNK / S, nchunks = (n + per - 1) / per;
+    PAR_SPANS(nchunks, for (i64 k = lo; k < hi; ++k) {
+        T xp[ACHUNK], tv[ACHUNK / 2];
+        const i64 c0 = k * per, m = n - c0 < per ? n - c0 : per;
+        SFX(pre_act)(x + c0 * S, xp, tv, m, S, (int)c->kind, (int)c->act);
+        SFX(flat_fwd_range)(xp, y + c0 * S, m, &id, 1);
+    });
+}
+
+static void SFX(flat_act_bwd)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
+                              const colu_cfg* c, const int nt) {
+    colu_cfg id = *c;
+    id.act = COLU_ACT_IDENTITY;
+    const i64 S = c->S, per = ACHUNK / S, nchunks = (n + per - 1) / per;
+    const int act = (int)c->act;
+    const T inv_s = (T)1 / (T)S;
+    PAR_SPANS(nchunks, for (i64 k = lo; k < hi; ++k) {
+        T xp[ACHUNK], tv[ACHUNK / 2];
+        const i64 c0 = k * per, m = n - c0 < per ? n - c0 : per;
+        T* o = gi + c0 * S;
+        SFX(pre_act)(x + c0 * S, xp, tv, m, S, (int)c->kind, act);
+        SFX(flat_bwd_range)(xp, gr + c0 * S, o, m, &id, 1);
+        if (c->kind == COLU_KIND_COLU) {
+            for (i64 j = 0; j < m; ++j) o[j * S] *= SFX(act_grad)(tv[j], act);
+        } else {
+            for (i64 j = 0; j < m; ++j) {
+                T sum = 0;
+                for (i64 q = 0; q < S; ++q) sum += o[j * S + q];
+                const T f = (SFX(act_grad)(tv[j], act) - (T)1) * inv_s * sum;
+                for (i64 q = 0; q < S; ++q) o[j * S + q] += f;
+            }
+        }
+    });
+}
+#endif
+
 static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt) {
+#if SPECIALISE_S
+    if (ACT_VIA_IDENTITY(c)) {
+        SFX(flat_act_fwd)(x, y, n, c, nt);
+        return;
+    }
+#endif
 #if SPECIALISE_S && defined(COLU_AVX2)
     if (avx_fwd_range(x, y, n, c, nt)) return;
+#endif
+#if SPECIALISE_S
+#define CASE(SS)                                            \
+    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {        \
+        SFX(flat_fwd_##SS##_RCOLU_act)(x, y, n, c, nt); \
+        return;                                          \
+    }
+    if (c->act != COLU_ACT_IDENTITY) {
+        RCOLU_ACT_ALL(CASE)
+    }
+#undef CASE
 #endif
 #if SPECIALISE_S
 #define CASE(SS, KIND, SC)                                                                                             \
@@ -268,8 +513,25 @@ static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n,
 
 static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
                                 const colu_cfg* c, const int nt) {
+#if SPECIALISE_S
+    if (ACT_VIA_IDENTITY(c)) {
+        SFX(flat_act_bwd)(x, gr, gi, n, c, nt);
+        return;
+    }
+#endif
 #if SPECIALISE_S && defined(COLU_AVX2)
     if (avx_bwd_range(x, gr, gi, n, c, nt)) return;
+#endif
+#if SPECIALISE_S
+#define CASE(SS)                                            \
+    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {        \
+        SFX(flat_bwd_##SS##_RCOLU_act)(x, gr, gi, n, c, nt); \
+        return;                                          \
+    }
+    if (c->act != COLU_ACT_IDENTITY) {
+        RCOLU_ACT_ALL(CASE)
+    }
+#undef CASE
 #endif
 #if SPECIALISE_S
 #define CASE(SS, KIND, SC)                                                                                             \
@@ -294,6 +556,7 @@ void SFX(colu_forward)(const T* x, T* y, i64 outer, i64 C, i64 inner, const colu
         return;
     }
     if (inner == 1) {
+        if (SFX(split_range)(x, 0, y, outer, C, c, nt, 0)) return;
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(fwd_row)(x + o * C, y + o * C, c));
         return;
     }
@@ -308,6 +571,7 @@ void SFX(colu_backward)(const T* x, const T* g, T* gi, i64 outer, i64 C, i64 inn
         return;
     }
     if (inner == 1) {
+        if (SFX(split_range)(x, g, gi, outer, C, c, nt, 1)) return;
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(bwd_row)(x + o * C, g + o * C, gi + o * C, c));
         return;
     }

@@ -20,3 +20,11 @@
     FLAT_LOOPS(SS##_##KIND##_##SC, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_IDENTITY)
 FLAT_ALL(DEF_FLAT)
 #undef DEF_FLAT
+
+/* RCoLU with a relu/silu axis, per S, the scaling and the axis activation read at run time (the compiler
+ * takes the branches out of the loops); CoLU's take the identity loops (flat_act_fwd in kernel_body.h), which
+ * for RCoLU would recompute the cone's mean of a shifted input and lose exact zeros */
+#define RCOLU_ACT_ALL(M) M(4) M(8)
+#define DEF_RACT(SS) FLAT_LOOPS(SS##_RCOLU_act, SS, COLU_KIND_RCOLU, (int)c->scaling, (int)c->act)
+RCOLU_ACT_ALL(DEF_RACT)
+#undef DEF_RACT
