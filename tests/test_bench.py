@@ -116,3 +116,16 @@ def test_bench_models_convert_every_unet_activation():
         assert isinstance(model, diffusers.UNet2DModel) and report.replaced and not report.skipped
         left = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))]
         assert not left, left
+
+
+def test_bench_layouts_and_axis_activations_add_named_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--no-model", "--scalings", "soft", "--layouts", "grouped,axes_first",
+            "--axis-activations", "identity,silu", "--json", str(out)]
+    assert cli.main(args) == 0
+    names = {r["activation"] for r in json.loads(out.read_text())["rows"]}
+    assert {"colu S=4 soft", "colu S=4 soft axes_first", "colu S=4 soft silu", "colu S=4 soft axes_first silu",
+            "rcolu S=4 soft", "rcolu S=4 soft silu"} <= names
+    assert not any("rcolu" in n and "axes_first" in n for n in names)  # RCoLU has no layout
+    assert bench.main(["--quick", "--axis-activations", "tanh"]) == 2
+    assert "'tanh'" in capsys.readouterr().err

@@ -344,17 +344,6 @@ def test_latitude_plot_labels_axes_and_seed(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_first_kernel_compile_is_announced(tmp_path):
-    code = "import torch, colu; colu.colu(torch.randn(4, 8), cone_dim=4, backend='cpu')"
-    env = {**os.environ, "COLU_CACHE_DIR": str(tmp_path / "cache")}
-    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr
-    assert "compiling the CPU kernel once" in first.stderr and str(tmp_path / "cache") in first.stderr
-    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert "compiling" not in again.stderr  # cached: silent
-
-
-@pytest.mark.slow
 def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_settings(tmp_path, capsys):
     from colu.experiments import align_cmd
 

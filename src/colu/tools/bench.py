@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import colu
 from colu.files import atomic_write_json
 from colu.ops.dispatch import BACKENDS, select
+from colu.spec import AXIS_ACTIVATIONS, LAYOUTS
 
 CPU_SHAPES = "4096x1024,64x512"
 # 1 GiB in float32: (4096, 1024) fits in the 50 MB L2 of recent GPUs and would time the cache, not memory
@@ -53,6 +54,12 @@ def _parse(argv):
                    f"skips that S (default: {CONE_DIMS})")
     p.add_argument("--scalings", default="hard,soft",
                    help=f"comma-separated scalings, of {', '.join(SCALINGS)} (default: %(default)s)")
+    p.add_argument("--layouts", default="grouped",
+                   help=f"comma-separated CoLU layouts, of {', '.join(LAYOUTS)} (default: %(default)s; "
+                   "axes_first is the JAX package's convention)")
+    p.add_argument("--axis-activations", default="identity",
+                   help=f"comma-separated axis activations, of {', '.join(AXIS_ACTIVATIONS)} "
+                   "(default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
                    help="dtype of the timed tensors and the MLP (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -88,6 +95,16 @@ def _comma_list(text, option, parse_one, example):
     return items
 
 
+def _choices(text, option, allowed, example):
+    """The comma-separated names of ``text``, each one of ``allowed``; at least one."""
+    def one(name):
+        if name not in allowed:
+            raise UsageError(f"{option}: unknown value {name!r}; expected {', '.join(allowed)}")
+        return name
+
+    return _comma_list(text, option, one, example)
+
+
 def _parse_shape(item):
     try:
         shape = tuple(int(v) for v in item.lower().split("x"))
@@ -117,12 +134,9 @@ def _check_options(args):
     """
     shapes = _comma_list(args.shapes, "--shapes", _parse_shape, "4096x1024,64x512")
     args.cone_dims = _comma_list(args.cone_dims, "--cone-dims", _parse_cone_dim, "4,8,16")
-    args.scalings = [s for s in args.scalings.split(",") if s]
-    for scaling in args.scalings:
-        if scaling not in SCALINGS:
-            raise UsageError(f"--scalings: unknown scaling {scaling!r}; expected {', '.join(SCALINGS)}")
-    if not args.scalings:
-        raise UsageError("--scalings names no scaling; give e.g. hard,soft")
+    args.scalings = _choices(args.scalings, "--scalings", SCALINGS, "hard,soft")
+    args.layouts = _choices(args.layouts, "--layouts", LAYOUTS, "grouped,axes_first")
+    args.axis_activations = _choices(args.axis_activations, "--axis-activations", AXIS_ACTIVATIONS, "identity,relu")
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats} and {args.warmup})")
     if args.backend not in BACKENDS:
@@ -197,20 +211,32 @@ def _split_cone_dims(channels, cone_dims):
     return fitting, reasons
 
 
-def _activations(S_list, scalings, backend):
-    acts = {"relu": torch.relu, "silu": F.silu, "gelu": F.gelu}
+BASELINES = {"relu": torch.relu, "silu": F.silu, "gelu": F.gelu}
+
+
+def _activations(S_list, args):
+    """name -> callable: the baselines, then CoLU per S, scaling, layout and axis activation and RCoLU per S,
+    scaling and axis activation (RCoLU has no layout). Names carry the layout and the axis activation only
+    where they are not the defaults, so the default rows keep their names."""
+    acts = dict(BASELINES)
     for S in S_list:
-        for sc in scalings:
-            acts[f"colu S={S} {sc}"] = lambda t, S=S, sc=sc: colu.colu(t, S, scaling=sc, backend=backend)
-            acts[f"rcolu S={S} {sc}"] = lambda t, S=S, sc=sc: colu.rcolu(t, S, scaling=sc, backend=backend)
+        for sc in args.scalings:
+            for act in args.axis_activations:
+                suffix = "" if act == "identity" else f" {act}"
+                for layout in args.layouts:
+                    name = f"colu S={S} {sc}" + ("" if layout == "grouped" else f" {layout}") + suffix
+                    acts[name] = lambda t, S=S, sc=sc, layout=layout, act=act: colu.colu(
+                        t, S, scaling=sc, layout=layout, axis_activation=act, backend=args.backend)
+                acts[f"rcolu S={S} {sc}{suffix}"] = lambda t, S=S, sc=sc, act=act: colu.rcolu(
+                    t, S, scaling=sc, axis_activation=act, backend=args.backend)
     return acts
 
 
-def _dropped(where, reasons, scalings):
+def _dropped(where, reasons, args):
     """JSON records of the rows left out at ``where``: one per cone dimension, naming its rows and why."""
     return [
         dict(where=where, cone_dim=S, reason=reason,
-             activations=[f"{kind} S={S} {sc}" for kind in ("colu", "rcolu") for sc in scalings])
+             activations=[n for n in _activations([S], args) if n not in BASELINES])
         for S, reason in reasons.items()
     ]
 
@@ -221,8 +247,8 @@ def _shape_rows(shape, args, device, dtype, timer, dropped):
     xg = x.clone().requires_grad_(True)
     grad = torch.randn_like(x)
     fitting, reasons = _split_cone_dims(shape[-1], args.cone_dims)
-    dropped += _dropped("shape " + "x".join(map(str, shape)), reasons, args.scalings)
-    acts = _activations(fitting, args.scalings, args.backend)
+    dropped += _dropped("shape " + "x".join(map(str, shape)), reasons, args)
+    acts = _activations(fitting, args)
     fwd = {n: (lambda f=f: f(x)) for n, f in acts.items()}
 
     def fb(f):
@@ -416,12 +442,13 @@ def _print_table(result):
         print(f"# device copy bandwidth {result['copy_gbs']:.0f} GB/s")
     if result.get("malloc_keeps_freed_buffers"):
         print("# glibc malloc keeps freed buffers (mallopt), so no row pays for fresh page faults")
-    hdr = f"{'shape':>10} {'activation':<20} {'fwd ms':>8} {'f/ReLU':>6} {'f/SiLU':>6} {'f+b ms':>8} {'fb/ReLU':>7} {'fb/SiLU':>7} {'fwd GB/s':>8} {'f+b GB/s':>8} {'saved B':>10}"
+    wide = max([20] + [len(r["activation"]) for r in result["rows"]])
+    hdr = f"{'shape':>10} {'activation':<{wide}} {'fwd ms':>8} {'f/ReLU':>6} {'f/SiLU':>6} {'f+b ms':>8} {'fb/ReLU':>7} {'fb/SiLU':>7} {'fwd GB/s':>8} {'f+b GB/s':>8} {'saved B':>10}"
     if result.get("copy_gbs"):
         hdr += f" {'f/copy':>6}"
     print(hdr)
     for r in result["rows"]:
-        line = (f"{'x'.join(map(str, r['shape'])):>10} {r['activation']:<20} {r['fwd_ms']:8.3f} {r['fwd_vs_relu']:6.2f} "
+        line = (f"{'x'.join(map(str, r['shape'])):>10} {r['activation']:<{wide}} {r['fwd_ms']:8.3f} {r['fwd_vs_relu']:6.2f} "
                 f"{r['fwd_vs_silu']:6.2f} {r['fwdbwd_ms']:8.3f} {r['fwdbwd_vs_relu']:7.2f} {r['fwdbwd_vs_silu']:7.2f} "
                 f"{r['fwd_gbs']:8.1f} {r['fwdbwd_gbs']:8.1f} {r['saved_bytes']:10d}")
         if result.get("copy_gbs"):
