@@ -366,3 +366,6 @@ def test_report_numbers_keep_their_precision_at_every_scale():
     assert Cited(252e6, 0.0, "Table 4").text() == "2.520e+08 ± 0.000e+00 (Table 4)"
     assert format_number(81102080.0) == "8.110e+07"
     assert Cited(0.9374, 0.0035, "Table 6").text() == "0.9374 ± 0.0035 (Table 6)"
+    # small errors keep their digits instead of printing as 0.0000
+    assert format_number(1.07e-5) == "1.07e-05" and format_number(2e-6, like=1.07e-5) == "2.00e-06"
+    assert format_number(0.0) == "0.0000"

@@ -20,13 +20,17 @@ The two models are trained here with the runner (seeds 0 and 1, or
 ``colu run`` left in ``DIR/checkpoints``. Alignment and barriers are computed
 on the CPU in the models' dtype (the group elements themselves in float64).
 Writes results.json (the runner's format, experiment ``align-EXPERIMENT``),
-metrics.jsonl (training log, when trained here), barriers.png and report.md.
+metrics.jsonl (training log, when trained here), barriers.png and report.md;
+for an experiment with a ``path_samples`` hook (a generator), also
+``path_samples_<activation>.png``: what the models along each path generate
+from the same fixed inputs (the paper's Figure 12 for the toy VAE).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -224,7 +228,60 @@ def measure(exp, cfg, model_a, model_b, data, *, num_points: int, max_iter: int,
     alignment = {"weights": {**by_weights.summary(), "seconds": round(t1 - t0, 3)},
                  "states": {**by_states.summary(), "seconds": round(t2 - t1, 3), "where": "pre",
                             "examples": int(data.x_train.shape[0])}}
-    return {"metrics": metrics, "curve": points, "alignment": alignment}
+    out = {"metrics": metrics, "curve": points, "alignment": alignment}
+    if exp.align.path_samples is not None:
+        out["samples"] = path_samples(exp, cfg, model_a, ends)
+    return out
+
+
+SAMPLE_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # where along each path the generated samples are drawn
+
+
+def path_samples(exp, cfg, model_a, ends: dict) -> dict:
+    """method -> [(s, (N, H, W) images)]: what the model at ``(1 - s) θ_A + s θ_B`` generates from fixed inputs.
+
+    The inputs are fixed inside the experiment's ``path_samples`` hook, so
+    every column shows the same inputs through a different model.
+    """
+    with torch.no_grad():
+        return {m: [(s, exp.align.path_samples(align.interpolate(model_a, end, s).eval(), cfg).float().cpu())
+                    for s in SAMPLE_POINTS] for m, end in ends.items()}
+
+
+def plot_path_samples(run: dict, samples: dict, out_dir: str) -> str:
+    """path_samples_<activation>.png: rows are the paths (as trained, weight- and state-matched), columns s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if m in samples]
+    fig, axes = plt.subplots(len(methods), len(SAMPLE_POINTS), figsize=(1.9 * len(SAMPLE_POINTS),
+                                                                         2.0 * len(methods)), squeeze=False)
+    for row, m in enumerate(methods):
+        for col, (s, images) in enumerate(samples[m]):
+            n, h, w = images.shape
+            per_row = math.ceil(math.sqrt(n))
+            rows = math.ceil(n / per_row)
+            # tile the N images into one mosaic, one pixel of white between them
+            mosaic = torch.ones(rows * (h + 1) - 1, per_row * (w + 1) - 1)
+            for k in range(n):
+                r, c = divmod(k, per_row)
+                mosaic[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[k]
+            ax = axes[row][col]
+            ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"s = {s:g}", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(METHOD_NAMES[m], fontsize=8)
+    fig.suptitle(f"{run['activation']}: samples along (1-s)θ_A + sθ_B with fixed inputs "
+                 f"(seed {run['seed']} → {run['seed_b']})", fontsize=9)
+    fig.tight_layout()
+    path = report.save_figure(fig, out_dir, f"path_samples_{_slug(run['activation'])}.png")
+    plt.close(fig)
+    return path
 
 
 def metric_names(exp) -> list:
@@ -263,7 +320,7 @@ def run_align(exp, cfg, options) -> dict:
                           ckpt_path=checkpoint_path(out, act.label(), seed), log_path=log_path, resume=False,
                           show_progress=show, show_lines=not quiet and not show)
     ckpt_dir = source or out
-    runs = []
+    runs, sample_plots = [], []
     for act in acts:
         label = act.label()
         model_a, width, metrics_a = load_final(exp, cfg, act, data, checkpoint_path(ckpt_dir, label, seed_a))
@@ -279,6 +336,8 @@ def run_align(exp, cfg, options) -> dict:
                "metrics": clean(metrics), "curve": clean(measured["curve"]),
                "alignment": clean(measured["alignment"]), "seconds": round(time.time() - t0, 3)}
         runs.append(run)
+        if "samples" in measured:
+            sample_plots.append(plot_path_samples(run, measured["samples"], out))
         if not quiet:
             shown = ", ".join(f"{k}={run['metrics'][k]:.4g}" for k in metric_names(exp))
             print(f"[align {exp.name}] {label} (C={width}) seeds {seed_a}/{seed_b}: {shown}", flush=True)
@@ -289,7 +348,7 @@ def run_align(exp, cfg, options) -> dict:
                "data": data.summary(), "device": "cpu", "train_device": train_device, "world_size": 1, "runs": runs,
                "summary": report.summarize(runs, metric_names(exp)), "wall_seconds": round(time.time() - started, 3)}
     atomic_write_json(os.path.join(out, "results.json"), results)
-    plots = [plot_barriers(results, out)]
+    plots = [plot_barriers(results, out)] + sample_plots
     atomic_write_text(os.path.join(out, "report.md"), render_report(results, plots))
     return results
 

@@ -20,6 +20,8 @@ def _train(argv, sweep: bool) -> int:
     request = None
     try:
         request = parse_cli(argv, prog, description, sweep=sweep)
+        if request.ablation:
+            return _ablation(request, prog, argv)
         results = run_all(request.exp, request.cfg, request.out, resume=request.resume,
                           overwrite=request.overwrite, quiet=request.quiet,
                           command=" ".join([prog, *map(shlex.quote, argv if argv is not None else sys.argv[2:])]))
@@ -38,6 +40,21 @@ def _train(argv, sweep: bool) -> int:
         print(f"\n{results['experiment']} ({results['data']['description']})")
         print(report.summary_table(results))
         print(f"results, plots and report.md in {request.out}")
+    return 0
+
+
+def _ablation(request, prog, argv) -> int:
+    """``colu sweep NAME --ablation``: every variant of the experiment's ablation grid, then ablation.md."""
+    from . import ablation
+
+    command = " ".join([prog, *map(shlex.quote, argv if argv is not None else sys.argv[2:])])
+    record = ablation.run_ablation(request.exp, request.cfg, request.out, explicit=request.explicit,
+                                   resume=request.resume, overwrite=request.overwrite, quiet=request.quiet,
+                                   command=command)
+    if _is_main():
+        print(f"\n{request.exp.name} ablation")
+        print(ablation.summary_table(request.exp, record))
+        print(f"ablation.md and one run folder per variant in {request.out}")
     return 0
 
 

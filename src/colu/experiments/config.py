@@ -394,6 +394,10 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (command-line options win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set width=256 (repeatable; see the config dataclass)")
+    p.add_argument("--ablation", action="store_true",
+                   help="colu sweep only: train the experiment's ablation grid (each variant of its settings in "
+                        "OUT/VARIANT, over its ablation activations) and write OUT/ablation.md, which sets the "
+                        "variants beside the paper's scale and direction")
     return p
 
 
@@ -477,6 +481,8 @@ class RunRequest:
     overwrite: bool = False
     quiet: bool = False
     resume_command: str = ""  # the exact command that continues this run after an interruption
+    ablation: bool = False  # colu sweep --ablation: cfg is the base config of the experiment's ablation grid
+    explicit: set = field(default_factory=set)  # the config keys given explicitly (the ablation may not vary them)
 
 
 def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequest:
@@ -495,6 +501,20 @@ def parse_cli(argv, prog: str, description: str, sweep: bool = False) -> RunRequ
                          f"{out!r}, --overwrite deletes it; choose one")
     yaml_values = load_yaml(args.config) if args.config else {}
     saved_path = os.path.join(out, "config.json")
+    if args.ablation:
+        if not sweep:
+            raise ValueError("--ablation applies to colu sweep (it trains a grid of settings); use colu sweep "
+                             f"{exp.name} --ablation")
+        if exp.ablation is None:
+            raise ValueError(f"--ablation: {exp.name} has no ablation grid; drop --ablation")
+        # every variant folder checks its own saved settings on --resume, so the base config is rebuilt from
+        # the same options as the first time
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
+        resolve_dataset(exp, cfg, explicit)
+        given = [a for a in (argv if argv is not None else sys.argv[2:]) if a != "--overwrite"]
+        resume_command = " ".join(["colu sweep", *map(shlex.quote, given), *([] if args.resume else ["--resume"])])
+        return RunRequest(exp, cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                          resume_command=resume_command, ablation=True, explicit=explicit)
     if args.resume:
         saved = read_saved_config(saved_path, out)
         if saved.get("experiment") != exp.name:

@@ -80,7 +80,9 @@ Optional fields (defaults in brackets)
     that a resumed run sees exactly the batches an uninterrupted one does.
     The runner gives each process rows ``rank::world`` and moves them to the
     device [:func:`permutation_batch`: the training set in the order of a
-    per-epoch permutation].
+    per-epoch permutation]. A batch may hold more than two tensors (e.g.
+    images, noise levels and noise): each is split alike and ``train_loss``
+    receives them in order in place of ``x, y``.
 ``train_examples(data) -> int``
     the number of training examples one epoch visits, for ``--epochs`` and
     the report [``len(data.x_train)``].
@@ -98,6 +100,38 @@ Optional fields (defaults in brackets)
     PNG paths to add to the report [none].
 ``align``
     :class:`AlignHooks` when ``colu align`` applies to this experiment [None].
+``ablation``
+    :class:`Ablation`: a named alternative sweep grid of configs, trained by
+    ``colu sweep NAME --ablation``. Each variant (a set of config settings
+    over the base config) trains the ablation's activations in its own run
+    folder ``OUT/VARIANT``; ``OUT/ablation.md`` sets the variants side by
+    side with the paper's scale and direction [None: no ``--ablation``].
+``figures``
+    figure name -> :class:`RunFigure`, drawn by ``colu plot --from DIR``
+    from the results and checkpoints a run or sweep left in ``DIR`` [none].
+``after_step(model, loss, cfg, step)``
+    called after every optimizer step, on every process, under
+    ``torch.no_grad``, with the model (not its DDP wrapper), the step's loss
+    (detached; this process's share, as ``train_loss`` returned it) and the
+    number of steps done. State it keeps (a moving average of the weights or
+    of the loss) belongs in the model's buffers: checkpoints then carry it
+    and a resumed run continues it exactly [none].
+``evaluation_files(model, data, cfg, device, out_dir, run, step)``
+    called on the main process at every evaluation point, right after
+    ``evaluate`` and in the same mode, to write that point's files (sample
+    images) into the run's output folder ``out_dir``; ``run`` names the
+    (activation, seed) run (``colu-S4-seed0``) and belongs in every file
+    name, so that runs do not overwrite each other's files. PNG files are
+    among what ``--overwrite`` deletes. It must not draw from torch's global
+    random generator, or a resumed run would continue differently [none].
+``stop_when(point, cfg) -> bool``
+    called at every evaluation point, on every process, with the point the
+    curve keeps (``step``, ``epoch``, ``lr`` and the metrics); True ends the
+    run there, after a checkpoint, as if its budget were spent (e.g. "the
+    training loss is below 1e-4"). The step budget is then a cap: the record's
+    ``steps`` are the steps trained, ``budget_steps`` the cap. It must be a
+    function of its arguments, so that a resumed run stops where an
+    uninterrupted one does [none: every run trains its whole budget].
 """
 
 from __future__ import annotations
@@ -137,6 +171,10 @@ class AlignHooks:
     main loss in the report ("cross-entropy"). ``flatter_claimed``: the paper
     states that weight matching gives a flatter barrier than state matching
     for this experiment (otherwise that claim is shown for information).
+    ``path_samples(model, cfg) -> (N, H, W)``: for a generator, images in
+    [0, 1] that ``model`` makes from inputs fixed inside the hook (the same
+    for every model); ``colu align`` then draws them at points along each
+    path (``path_samples_<activation>.png``) [None].
     """
 
     activations: tuple
@@ -144,6 +182,42 @@ class AlignHooks:
     loss_description: str
     extra_losses: dict = field(default_factory=dict)
     flatter_claimed: bool = False
+    path_samples: Optional[Callable] = None
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A named alternative sweep grid of configs (``colu sweep NAME --ablation``).
+
+    ``variants(cfg) -> dict``: variant name -> settings (config key -> value,
+    as ``--set`` takes them) applied over the base config ``cfg``; the
+    settings a variant changes may not be given on the command line.
+    ``activations``: the activation specs every variant trains (``--activations``
+    overrides). ``scale``: the activation whose metrics are set beside the
+    paper's row (the loss scale); ``pairs``: ``(a, b)`` activation pairs
+    whose difference ``a - b`` on each metric is set beside the paper's
+    (the direction). ``about``: a paragraph for ``ablation.md`` (what the
+    switches are and why they are varied).
+    """
+
+    variants: Callable
+    activations: tuple
+    scale: str = ""
+    pairs: tuple = ()
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class RunFigure:
+    """A figure ``colu plot --from DIR`` draws from a finished run or sweep folder.
+
+    ``draw(run_dir, path) -> path`` writes one PNG to ``path`` and raises
+    ValueError naming what ``run_dir`` lacks (and the command that makes it)
+    when it cannot. ``about``: one line for ``colu plot --help``.
+    """
+
+    draw: Callable
+    about: str
 
 
 def permutation_batch(data, cfg, seed: int, step: int):
@@ -215,6 +289,11 @@ class Experiment:
     probe: Optional[Callable] = None
     extra_plots: Optional[Callable] = None
     align: Optional[AlignHooks] = None
+    ablation: Optional[Ablation] = None
+    figures: dict = field(default_factory=dict)
+    after_step: Optional[Callable] = None
+    evaluation_files: Optional[Callable] = None
+    stop_when: Optional[Callable] = None
 
     def __post_init__(self):
         from .config import TrainConfig
@@ -232,6 +311,11 @@ class Experiment:
         for key, preset in self.presets.items():
             if not isinstance(preset, Preset):
                 raise ValueError(f"{where}: preset {key!r} must be a Preset(settings, about)")
+        if self.ablation is not None and not isinstance(self.ablation, Ablation):
+            raise ValueError(f"{where}: ablation must be an Ablation(variants, activations, ...)")
+        for key, figure in self.figures.items():
+            if not isinstance(figure, RunFigure):
+                raise ValueError(f"{where}: figure {key!r} must be a RunFigure(draw, about)")
         fill = object.__setattr__  # frozen: defaults that depend on other fields are set once, here
         if not self.curve_metrics:
             fill(self, "curve_metrics", tuple(self.metrics))

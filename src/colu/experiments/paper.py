@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 def format_number(value: float, like: float | None = None) -> str:
     """A metric value as reports print it, with the precision chosen by ``like`` (default: the value itself):
     4 decimals below 10, 2 up to a million, and 4 significant digits in exponent form above (FLOPs), so that
-    a mean and its spread print alike and a count of 252 M does not end in ".00"."""
+    a mean and its spread print alike and a count of 252 M does not end in ".00"; below 1e-3, 3 significant
+    digits in exponent form (an MSE of 1e-5 would print as 0.0000)."""
     scale = abs(value if like is None else like)
     if scale >= 1e6:
         return f"{value:.3e}"
+    if 0 < scale < 1e-3:
+        return f"{value:.2e}"
     return f"{value:.{4 if scale < 10 else 2}f}"
 
 

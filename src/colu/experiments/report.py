@@ -238,6 +238,9 @@ def render_report(results, plots, out_dir: str) -> str:
         lines += [f"Settings differ from the paper's: {'; '.join(reasons)}. Numbers are therefore **not comparable** "
                   "to the paper's; the direction of each effect is shown for information.", ""]
     lines += claim_verdicts(results) or ["- (no claims listed for this experiment)"]
+    from .ablation import report_section
+
+    lines += report_section(exp, out_dir)  # a variant of an ablation: the other readings tried beside it
     if exp.report_note:
         lines += ["", exp.report_note]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]

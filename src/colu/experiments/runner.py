@@ -244,11 +244,14 @@ def _mismatch(path: str, old_settings, settings: dict) -> str:
 
 
 def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_path: str | None,
-              log_path: str | None, resume: bool, show_progress: bool, show_lines: bool = False) -> dict:
+              log_path: str | None, resume: bool, show_progress: bool, show_lines: bool = False,
+              out_dir: str | None = None) -> dict:
     """Train one (activation, seed) and return its record: metrics, curve, width, extras.
 
     ``show_progress`` draws a tqdm bar (for terminals); ``show_lines`` prints one
-    line per evaluation to stderr instead (for logs and pipes).
+    line per evaluation to stderr instead (for logs and pipes). ``out_dir``: the
+    run's output folder, handed to the experiment's ``evaluation_files`` hook
+    (``None``: the hook is not called).
     """
     from .config import fingerprint, result_settings
 
@@ -272,6 +275,8 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
         step, curve = int(state["step"]), list(state["curve"])
     if info.main and log_path:
         prune_log(log_path, act.label(), seed, keep_through=step)
+    # a run checkpointed where the experiment's stop criterion held is finished, whatever budget is left
+    stopped = bool(curve) and curve[-1].get("step") == step and _stop_here(exp, curve[-1], cfg)
 
     def save_checkpoint():
         if info.main and ckpt_path:
@@ -292,7 +297,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     bar = _progress(total, step, f"{exp.name} {act.label()} seed {seed}", show_progress and info.main)
     started = time.time()
     model.train()
-    while step < total:
+    while step < total and not stopped:
         global_batch = exp.batches(data, cfg, seed, step)
         size = global_batch[0].shape[0]
         local = [t[info.rank::info.world].to(device, non_blocking=True) for t in global_batch]
@@ -307,15 +312,22 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
+        if exp.after_step is not None:
+            with torch.no_grad():
+                exp.after_step(model, loss.detach(), cfg, step)
         if bar is not None:
             bar.update(1)
         if step % eval_every == 0 or step == total:
             model.eval()
             with torch.no_grad():
                 metrics = exp.evaluate(model, data, cfg, device)
+                if exp.evaluation_files is not None and info.main and out_dir:
+                    exp.evaluation_files(model, data, cfg, device, out_dir=out_dir,
+                                         run=f"{_slug(act.label())}-seed{seed}", step=step)
             model.train()
             point = {"step": step, "epoch": step / steps_per_epoch, "lr": cfg.lr * factor, **metrics}
             curve.append(point)
+            stopped = _stop_here(exp, point, cfg)
             if info.main and log_path:
                 append_jsonl(log_path, {"activation": act.label(), "seed": seed, **point})
             if bar is not None:
@@ -324,8 +336,8 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
                 shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                 print(f"{tag}: step {step}/{total} ({time.time() - started:.1f} s) {shown}", file=sys.stderr,
                       flush=True)
-        halt = cfg.halt_after is not None and step == cfg.halt_after and step < total
-        if step % cfg.ckpt_every == 0 or step == total or halt:
+        halt = cfg.halt_after is not None and step == cfg.halt_after and step < total and not stopped
+        if step % cfg.ckpt_every == 0 or step == total or halt or stopped:
             save_checkpoint()
         if halt:
             if bar is not None:
@@ -333,14 +345,21 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
             raise Halted(f"halted after step {step} of {total} (--halt-after); rerun with --resume to continue")
     if bar is not None:
         bar.close()
-    record = {"activation": act.label(), "seed": seed, "width": width, "steps": total,
+    record = {"activation": act.label(), "seed": seed, "width": width, "steps": step,
               "batch_size": batch, "train_examples": n, "fingerprint": fp, "settings": settings,
               "metrics": clean(exp.final_metrics(curve)), "curve": clean(curve)}
+    if exp.stop_when is not None:
+        record["budget_steps"] = total  # "steps" may end below it, where the stop criterion held
     if seed == cfg.seed_offset and exp.probe is not None:
         model.eval()
         with torch.no_grad():
             record["probe"] = exp.probe(model, data, cfg, device)
     return record
+
+
+def _stop_here(exp, point: dict, cfg) -> bool:
+    """Whether the experiment's ``stop_when`` ends the run at evaluation point ``point`` (never without one)."""
+    return exp.stop_when is not None and bool(exp.stop_when(point, cfg))
 
 
 class Interrupted(Exception):
@@ -457,7 +476,7 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
             record = train_run(exp, cfg, act, seed, train_data, device=device, info=info,
                                ckpt_path=os.path.join(out_dir, "checkpoints", slug + ".pt"), log_path=log_path,
                                resume=resume, show_progress=not quiet and terminal,
-                               show_lines=not quiet and not terminal)
+                               show_lines=not quiet and not terminal, out_dir=out_dir)
             record["seconds"] = round(time.time() - t0, 3)
             if info.main:
                 atomic_write_json(done_path, record)

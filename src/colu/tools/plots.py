@@ -8,6 +8,10 @@
   CoLU (and around the all-ones axis through ReLU and RCoLU); CoLU keeps
   the circles, ReLU folds them onto the orthant.
 
+``colu plot --from DIR [--figure NAME]`` draws instead the figures an
+experiment defines (its ``figures``: the paper's result figures) from the
+results and checkpoints of a run or sweep folder.
+
 matplotlib (Agg backend) is imported only here, so ``import colu`` never
 pays for it.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from typing import List
 
 import torch
@@ -156,10 +161,77 @@ def make_all(out: str) -> List[str]:
     return [draw(os.path.join(out, name)) for name, draw in FIGURES.items()]
 
 
+def run_figures(run_dir: str, out: str, names=None) -> List[str]:
+    """Draw the figures the experiment of ``run_dir`` defines (its ``figures``) into ``out``; returns the paths.
+
+    ``names`` (default: all of them) picks figures by name; a figure that
+    cannot be drawn from this folder raises ValueError when it was named,
+    and is skipped with a line on stderr when it was not (a sweep folder
+    makes some figures, a single run others).
+    """
+    import json
+
+    from ..experiments.registry import EXPERIMENTS
+
+    config = os.path.join(run_dir, "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            name = json.load(f).get("experiment")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--from {run_dir!r}: cannot read {config} ({exc}); point it at a colu run/sweep --out")
+    exp = EXPERIMENTS.get(name)
+    if exp is None or not exp.figures:
+        have = ", ".join(sorted(n for n, e in EXPERIMENTS.items() if e.figures)) or "none"
+        raise ValueError(f"--from {run_dir!r}: a {name!r} run has no figures to draw (experiments with some: {have})")
+    unknown = [n for n in names or () if n not in exp.figures]
+    if unknown:
+        raise ValueError(f"--figure {', '.join(unknown)}: {name} draws {', '.join(exp.figures)}")
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    for key in names or exp.figures:
+        try:
+            paths.append(exp.figures[key].draw(run_dir, os.path.join(out, f"{key}.png")))
+        except ValueError as exc:
+            if names:
+                raise
+            print(f"colu plot: skipped {key}: {exc}", file=sys.stderr)
+    if not paths:
+        raise ValueError(f"--from {run_dir!r}: none of {name}'s figures could be drawn from it (see above)")
+    return paths
+
+
+def _figure_list() -> str:
+    """'Figures: EXPERIMENT: NAME (about); ...' for --figure's help."""
+    from ..experiments.registry import EXPERIMENTS
+
+    items = [f"{exp_name}: {name} ({figure.about})" for exp_name, exp in EXPERIMENTS.items()
+             for name, figure in exp.figures.items()]
+    return "Figures: " + "; ".join(items) if items else "No experiment defines figures."
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="colu plot", description="draw the explanatory figures as PNGs")
-    parser.add_argument("--out", default=os.path.join("docs", "figures"), help="output folder (default docs/figures)")
+    parser = argparse.ArgumentParser(
+        prog="colu plot", description="draw the explanatory figures as PNGs, or with --from the figures an "
+                                      "experiment draws from a run folder")
+    parser.add_argument("--out", help="output folder (default docs/figures, or the --from folder)")
+    parser.add_argument("--from", dest="from_dir", metavar="DIR",
+                        help="a colu run/sweep --out folder: draw its experiment's figures from its results and "
+                             "checkpoints instead of the explanatory ones")
+    parser.add_argument("--figure", action="append", metavar="NAME",
+                        help="with --from: only this figure (repeatable; default all that the folder allows). "
+                             + _figure_list())
     args = parser.parse_args(argv)
-    for path in make_all(args.out):
+    if args.from_dir is None:
+        if args.figure:
+            print("colu plot: error: --figure needs --from DIR (a run folder to draw it from)", file=sys.stderr)
+            return 2
+        paths = make_all(args.out or os.path.join("docs", "figures"))
+    else:
+        try:
+            paths = run_figures(args.from_dir, args.out or args.from_dir, args.figure)
+        except (ValueError, OSError) as exc:
+            print(f"colu plot: error: {exc}", file=sys.stderr)
+            return 2
+    for path in paths:
         print(path)
     return 0
