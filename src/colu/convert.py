@@ -30,6 +30,11 @@ Activations called as functions inside ``forward`` (``F.silu(x)``,
 ``torch.relu(x)``) cannot be swapped from outside the model; with
 ``example_input`` they are recorded in :attr:`ConversionReport.functional`
 so you can see what stays component-wise.
+
+CoLU has no parameters, so a converted model's saved weights load into the
+original architecture without its CoLU modules. :func:`conversion_record`
+describes them as JSON, to save beside the weights, and
+:func:`apply_conversion_record` puts them back into a freshly built model.
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import functional
-from .modules import CoLU
+from .modules import CoLU, RCoLU
 from .spec import LAYOUTS, SCALINGS, ConeSpec, check_choice, validate_cone_args
 
-__all__ = ["convert", "ConversionReport", "Replacement", "Skip", "FunctionalUse", "MultiSiteCoLU"]
+__all__ = [
+    "convert", "ConversionReport", "Replacement", "Skip", "FunctionalUse", "MultiSiteCoLU",
+    "conversion_record", "apply_conversion_record",
+]
 
 ON_MISMATCH = ("skip", "raise")
 
@@ -396,6 +404,128 @@ def _mismatch(report: ConversionReport, on_mismatch: str, name: str, reason: str
             f"or pass on_mismatch='skip' to keep the original activation there"
         )
     report.skipped.append(Skip(name, reason))
+
+
+# the version of the record written by conversion_record; apply_conversion_record refuses others
+RECORD_VERSION = 1
+
+
+def conversion_record(model: nn.Module, report: Optional[ConversionReport] = None) -> Dict[str, Any]:
+    """A JSON-serialisable description of the CoLU modules in ``model``.
+
+    Saving a converted model's ``state_dict`` (or a diffusers/transformers
+    ``save_pretrained``) keeps the weights but not the activations, since CoLU
+    has no parameters: loaded into a freshly built model they would run
+    through the original SiLU/ReLU/GELU. The record saved beside them lets
+    :func:`apply_conversion_record` put the same CoLU modules back, without an
+    example input and without pickling modules.
+
+    Args:
+        model: a model converted by :func:`convert` (any ``colu.CoLU``,
+            :class:`MultiSiteCoLU` or ``colu.RCoLU`` in it is recorded).
+        report: the :class:`ConversionReport` of that conversion; adds the
+            replaced type per module (checked when the record is applied) and
+            the sites, skips and functional calls, for whoever reads the file.
+
+    Returns:
+        A dict of JSON types: ``version``, ``modules`` (one entry per module
+        object: its registered ``names``, ``class``, constructor ``options``,
+        ``dims_by_rank`` for a :class:`MultiSiteCoLU`, ``old_type``) and,
+        with ``report``, ``sites``, ``skipped`` and ``functional``.
+    """
+    old_types = {r.name: r.old_type for r in report.replaced} if report is not None else {}
+    objects: Dict[int, Tuple[nn.Module, List[str]]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if name and isinstance(mod, (CoLU, RCoLU)):
+            objects.setdefault(id(mod), (mod, []))[1].append(name)
+    modules = []
+    for mod, names in objects.values():
+        entry: Dict[str, Any] = {"names": names, "class": type(mod).__name__}
+        if type(mod) not in (CoLU, MultiSiteCoLU, RCoLU):
+            raise TypeError(
+                f"cannot record {names[0]!r}: a {type(mod).__name__} (subclass of {type(mod).__mro__[1].__name__}) "
+                f"can only be rebuilt from a record as colu.CoLU, MultiSiteCoLU or colu.RCoLU"
+            )
+        options = dict(mod._options)
+        if isinstance(mod, MultiSiteCoLU):
+            options.pop("dim")
+            entry["dims_by_rank"] = {str(rank): d for rank, d in sorted(mod.dims.items())}
+        entry["options"] = options
+        entry["old_type"] = next((old_types[n] for n in names if n in old_types), None)
+        modules.append(entry)
+    record: Dict[str, Any] = {"version": RECORD_VERSION, "modules": modules}
+    if report is not None:
+        record["sites"] = [
+            {"name": r.name, "old_type": r.old_type, "channels": r.channels, "dim": r.dim, **r.config}
+            for r in report.replaced
+        ]
+        record["skipped"] = [{"name": s.name, "reason": s.reason} for s in report.skipped]
+        record["functional"] = [
+            {"module": f.module, "function": f.function, "calls": f.calls, "shapes": [list(x) for x in f.shapes]}
+            for f in report.functional
+        ]
+    return record
+
+
+def apply_conversion_record(model: nn.Module, record: Dict[str, Any]) -> List[str]:
+    """Put the CoLU modules described by ``record`` into ``model``, in place.
+
+    ``model`` is the architecture that was converted, freshly built or loaded
+    with the converted model's weights (they fit: CoLU adds no parameters).
+    Every module named in the record must exist; where the record knows the
+    replaced type (``old_type``), the module there must still be of that type,
+    so a record applied twice, or to another architecture, fails loudly
+    instead of converting half a model.
+
+    Args:
+        model: the model to convert.
+        record: a dict from :func:`conversion_record` (e.g. read back from JSON).
+
+    Returns:
+        The names whose modules were replaced.
+    """
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        found = record.get("version") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(
+            f"not a conversion record of version {RECORD_VERSION} (version {found!r}); "
+            f"write one with colu.convert.conversion_record(model, report)"
+        )
+    classes = {"CoLU": CoLU, "MultiSiteCoLU": MultiSiteCoLU, "RCoLU": RCoLU}
+    present = dict(model.named_modules(remove_duplicate=False))
+    plan = []
+    for entry in record.get("modules", []):
+        names = entry.get("names") or []
+        cls = classes.get(entry.get("class"))
+        if cls is None or not names:
+            raise ValueError(
+                f"conversion record entry {entry!r}: needs 'names' and a 'class' among {sorted(classes)}"
+            )
+        for name in names:
+            if name not in present:
+                raise ValueError(
+                    f"conversion record names module {name!r}, which this {type(model).__name__} does not have: "
+                    f"the record belongs to another architecture"
+                )
+            old = entry.get("old_type")
+            if old is not None and type(present[name]).__name__ != old:
+                raise ValueError(
+                    f"module {name!r} is a {type(present[name]).__name__}, the conversion record expects the "
+                    f"{old} it replaced: apply the record to the unconverted model (once)"
+                )
+        options = dict(entry.get("options", {}))
+        if cls is MultiSiteCoLU:
+            new = MultiSiteCoLU({int(k): v for k, v in entry["dims_by_rank"].items()}, **options)
+        else:
+            new = cls(**options)
+        plan.append((names, new))
+    replaced = []
+    # replaced only after every entry checked out, so a bad record leaves the model untouched
+    for names, new in plan:
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+            replaced.append(name)
+    return replaced
 
 
 class _CallableModule(types.ModuleType):

@@ -7,12 +7,13 @@ experiment, write its module and list it here (or :func:`register` it).
 
 from __future__ import annotations
 
-from . import gpt_shakespeare, hemisphere, mnist_mlp, mnist_vae, resnet_cifar
+from . import cap_rotation, diffusion_unet, gpt_shakespeare, hemisphere, mnist_mlp, mnist_vae, resnet_cifar
 from .contract import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (hemisphere.EXPERIMENT, mnist_mlp.EXPERIMENT,
                                                           mnist_vae.EXPERIMENT, gpt_shakespeare.EXPERIMENT,
-                                                          resnet_cifar.EXPERIMENT)}
+                                                          resnet_cifar.EXPERIMENT,
+                                                          cap_rotation.EXPERIMENT, diffusion_unet.EXPERIMENT)}
 
 
 def register(experiment: Experiment) -> Experiment:

@@ -1,12 +1,14 @@
 """What the ``colu`` command is made of, apart from the library: the command line (``cli``), the benchmark
-(``bench``), the explanatory figures (``plots``) and the convert-and-fine-tune check (``convert_check``).
+(``bench``), the explanatory figures (``plots``), the convert-and-fine-tune check (``convert_check``) and the
+fine-tuning of a pretrained diffusers pipeline (``finetune``).
 
-Nothing in the core imports this package.
+Nothing in the core imports this package, apart from ``colu.load_converted``, which is ``finetune``'s and is
+imported only when it is first used.
 """
 
 import importlib
 
-_TOOLS = ("bench", "cli", "convert_check", "plots")
+_TOOLS = ("bench", "cli", "convert_check", "finetune", "plots")
 
 
 def __getattr__(name):
