@@ -84,6 +84,30 @@ ALWAYS_INLINE void SFX(bwd_mid)(const i64 nb, const T* restrict nn, const T* res
     for (i64 j = 0; j < nb; ++j) SFX(bwd_scalars)(nn[j], q[j], SFX(act)(av[j], act), eps, sc, w + j, kk + j, coef + j);
 }
 
+/* The axis entries of a block's input gradient: each cone's own axis (g + k through phi'), or, for a shared
+ * axis, the block's sum of k, returned for shared_axis_grad to add once all blocks are done */
+ALWAYS_INLINE T SFX(axis_grads)(const T* restrict gr, T* restrict gi, const i64 ab, const i64 as, const i64 g0,
+                                const i64 nb, const T* restrict kk, const T* restrict av, const int shared,
+                                const int act) {
+    T ksum = 0;
+    if (shared) {
+        for (i64 j = 0; j < nb; ++j) ksum += kk[j];
+        return ksum;
+    }
+    for (i64 j = 0; j < nb; ++j) {
+        const i64 ai = ab + (g0 + j) * as;
+        const T v = gr[ai] + kk[j];
+        gi[ai] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(av[j], act) : v;
+    }
+    return ksum;
+}
+
+ALWAYS_INLINE void SFX(shared_axis_grad)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 ab,
+                                         const T ksum, const int act) {
+    const T v = gr[ab] + ksum;
+    gi[ab] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ab], act) : v;
+}
+
 ALWAYS_INLINE void SFX(fwd_blk)(const T* restrict x, T* restrict y, const i64 G, const i64 S, const i64 ab, const i64 as,
                                 const i64 sb, const i64 ss, const int shared, const int sc, const int act, const T eps) {
     const i64 m = S - 1;
@@ -130,20 +154,9 @@ ALWAYS_INLINE void SFX(bwd_blk)(const T* restrict x, const T* restrict gr, T* re
             const i64 so = sb + (g0 + j) * ss;
             for (i64 k = 0; k < m; ++k) gi[so + k] = w[j] * gr[so + k] - coef[j] * x[so + k];
         }
-        if (shared) {
-            for (i64 j = 0; j < nb; ++j) ksum += kk[j];
-        } else {
-            for (i64 j = 0; j < nb; ++j) {
-                const i64 ai = ab + (g0 + j) * as;
-                const T v = gr[ai] + kk[j];
-                gi[ai] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(av[j], act) : v;
-            }
-        }
+        ksum += SFX(axis_grads)(gr, gi, ab, as, g0, nb, kk, av, shared, act);
     }
-    if (shared) {
-        const T v = gr[ab] + ksum;
-        gi[ab] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ab], act) : v;
-    }
+    if (shared) SFX(shared_axis_grad)(x, gr, gi, ab, ksum, act);
 }
 
 /* Rows whose cones are not S contiguous values: a shared axis, or the
@@ -249,20 +262,9 @@ ALWAYS_INLINE void SFX(split_bwd)(const T* restrict x, const T* restrict gr, T* 
         mid(nb, nn, q, av, w, coef, kk, eps);
         for (i64 j = 0; j < nb; ++j)
             for (i64 k = 0; k < m; ++k) os[j * m + k] = w[j] * gs[j * m + k] - coef[j] * s[j * m + k];
-        if (shared) {
-            for (i64 j = 0; j < nb; ++j) ksum += kk[j];
-        } else {
-            for (i64 j = 0; j < nb; ++j) {
-                const i64 ai = ab + (g0 + j) * as;
-                const T v = gr[ai] + kk[j];
-                gi[ai] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(av[j], act) : v;
-            }
-        }
+        ksum += SFX(axis_grads)(gr, gi, ab, as, g0, nb, kk, av, shared, act);
     }
-    if (shared) {
-        const T v = gr[ab] + ksum;
-        gi[ab] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ab], act) : v;
-    }
+    if (shared) SFX(shared_axis_grad)(x, gr, gi, ab, ksum, act);
 }
 
 #define SPLIT_LOOPS(SS)                                                                                           \
