@@ -268,3 +268,14 @@ def test_bench_json_gets_the_umask_mode_not_mkstemps_0600(tmp_path, monkeypatch)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
     assert json.loads(out.read_text())["dropped"] == []
+
+
+def test_plot_from_a_run_folder_needs_the_experiments_extra(monkeypatch, capsys):
+    """`colu plot` draws the explanatory figures with matplotlib alone; `colu plot --from DIR` loads the
+    run's experiment and data, so it asks for the experiments extra before importing anything."""
+    _pretend_missing(monkeypatch, "sklearn")
+    assert cli.missing_modules("plot") == []
+    assert cli.missing_modules("plot", ["--from", "runs/x"]) == ["sklearn"]
+    assert cli.missing_modules("plot", ["--from=runs/x"]) == ["sklearn"]
+    assert cli.main(["plot", "--from", "runs/x"]) == 2
+    assert "pip install 'colu[experiments]'" in capsys.readouterr().err

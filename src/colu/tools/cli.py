@@ -79,9 +79,17 @@ def _installed(module: str) -> bool:
         return module in sys.modules
 
 
-def missing_modules(name: str) -> list:
-    """The modules command ``name`` imports that are not installed."""
-    _, modules = NEEDS[name]
+def _needs(name: str, rest: list) -> tuple:
+    """(extra, modules) that command ``name`` needs with the options ``rest``: ``colu plot --from DIR`` draws
+    a run folder's figures, which loads the experiment and its data, so it needs the experiments extra."""
+    if name == "plot" and any(a == "--from" or a.startswith("--from=") for a in rest):
+        return "experiments", EXPERIMENTS_NEEDS
+    return NEEDS[name]
+
+
+def missing_modules(name: str, rest: list = ()) -> list:
+    """The modules command ``name`` (with options ``rest``) imports that are not installed."""
+    _, modules = _needs(name, list(rest))
     return [m for m in modules if not _installed(m)]
 
 
@@ -97,9 +105,9 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"colu: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    missing = missing_modules(name)
+    missing = missing_modules(name, rest)
     if missing:
-        extra = NEEDS[name][0]
+        extra = _needs(name, rest)[0]
         print(f"colu {name}: needs {', '.join(missing)} (not installed): pip install 'colu[{extra}]'",
               file=sys.stderr)
         return 2
