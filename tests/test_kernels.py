@@ -390,6 +390,46 @@ def test_cached_call_plan_matches_checked_path(monkeypatch):
     torch.testing.assert_close(colu.colu(xt, cone_dim=4, scaling="soft"), colu.colu(xt.contiguous(), cone_dim=4, scaling="soft"))
 
 
+@pytest.mark.parametrize("fn,kw", [(colu.colu, dict(cone_dim=4, scaling="soft")), (colu.rcolu, dict(cone_dim=8)),
+                                   (colu.colu, dict(cone_dim=4, layout="axes_first", axis_activation="relu"))])
+def test_channels_last_calls_replay_a_plan(fn, kw, monkeypatch):
+    """Channels-last images with dim=1 (channels innermost in memory) are planned like contiguous tensors: the
+    plan runs on the view with the channels last, and results, gradients and memory format match the checked
+    path; another non-contiguous layout of the same shape still takes the checked path."""
+    from colu.ops import plans
+
+    monkeypatch.delenv("COLU_BACKEND", raising=False)
+    plans.clear()
+    torch.manual_seed(1)
+    x = torch.randn(3, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    expected = fn(x.double(), dim=1, backend="closed_form", **kw)
+    xr = x.double().requires_grad_(True)
+    fn(xr, dim=1, backend="closed_form", **kw).backward(g.double())
+    for i in range(3):  # the first call checks and caches, the others replay
+        xg = x.clone().requires_grad_(True)
+        assert not xg.is_contiguous() and xg.is_contiguous(memory_format=torch.channels_last)
+        y = fn(xg, dim=1, **kw)
+        y.backward(g)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.double(), expected, **TOL[torch.float32])
+        torch.testing.assert_close(xg.grad.double(), xr.grad, **TOL[torch.float32])
+        with torch.no_grad():
+            torch.testing.assert_close(fn(x, dim=1, **kw).double(), expected, **TOL[torch.float32])
+    (plan,) = plans.cache.values()
+    assert plan.moved == 1 and (plan.outer, plan.C, plan.inner) == (3 * 5 * 7, 16, 1)
+    # replayed: a planned call skips the checked path's apply_cones
+    seen = []
+    monkeypatch.setattr(plans, "apply_cones", lambda *a: seen.append(a) or pytest.fail("checked path taken"))
+    fn(x, dim=1, **kw)
+    assert not seen
+    monkeypatch.undo()
+    # the same shape in another non-contiguous layout (H and W swapped in memory) is not served by that plan
+    other = torch.randn(3, 16, 7, 5).transpose(2, 3)
+    assert other.shape == x.shape and not other.is_contiguous()
+    torch.testing.assert_close(fn(other, dim=1, **kw), fn(other.contiguous(), dim=1, **kw), **TOL[torch.float32])
+
+
 def test_cached_plans_are_per_thread():
     """Plans are cached per thread: the ctypes route writes a plan's argument block, which the kernel reads after
     ctypes has released the GIL, so threads never share one."""

@@ -37,7 +37,7 @@ __all__ = ["Plan", "CpuPlan", "TritonPlan", "cache", "clear", "replay", "run"]
 class Plan:
     """What a checked call on a contiguous tensor resolved to, for replaying it (base of the per-backend plans)."""
 
-    __slots__ = ("outer", "C", "inner", "spec", "scaling", "eps", "axis_activation")
+    __slots__ = ("outer", "C", "inner", "spec", "scaling", "eps", "axis_activation", "moved")
     backend = ""
     lib = None  # the CPU library a plan was made with; None: nothing to re-check
 
@@ -46,6 +46,9 @@ class Plan:
         self.C = x.shape[dim]
         self.inner = math.prod(x.shape[dim + 1 :])
         self.spec, self.scaling, self.eps, self.axis_activation = spec, scaling, eps, axis_activation
+        # None: made for contiguous tensors; else the channel dim of the calls it serves, whose view with that
+        # dim moved last is contiguous (channels-last images, dim=1) and is what the plan runs on
+        self.moved = None
 
 
 class CpuPlan(Plan):
@@ -127,7 +130,9 @@ def replay(x, backend, call):
     """Replay a cached plan for this call: ``(result, key)``.
 
     ``result`` is ``None`` where the checked path must run: no plan yet (:func:`run`
-    then caches one under ``key``), a non-contiguous input, a reset kernel
+    then caches one under ``key``; for contiguous tensors, and for those whose
+    channels are innermost in memory, such as channels-last images with
+    ``dim=1``), another non-contiguous layout, a reset kernel
     library, or a call under ``torch.compile``/``torch.export``/``torch.func``
     (``key`` is then ``None``: nothing is cached). ``call`` names the
     arguments: :func:`colu.colu` and :func:`colu.rcolu` pass theirs followed
@@ -141,17 +146,30 @@ def replay(x, backend, call):
     if type(x) is not torch.Tensor or _is_compiling() or _is_exporting() or _transforming():
         return None, None
     env = dispatch.env_token() if backend == "auto" else None
-    key = (call, x.shape, x.dtype, x.device, backend, env, get_ident())
+    contiguous = x.is_contiguous()
+    key = (call, x.shape, x.dtype, x.device, backend, env, contiguous, get_ident())
     try:
         plan = cache.get(key)
     except TypeError:  # an unhashable argument: let the checks report it
         return None, None
-    if plan is None or not x.is_contiguous() or (plan.lib is not None and cpu._state["lib"] is not plan.lib):
+    if plan is None or (plan.lib is not None and cpu._state["lib"] is not plan.lib):
         return None, key
+    if not contiguous:
+        # a plan for channels that are innermost in memory (channels-last images): it runs on the view with
+        # the channels moved last, which must be contiguous for this tensor too (not merely for the one the
+        # plan was made for: another layout of the same shape takes the checked path)
+        moved = x.movedim(plan.moved, -1)
+        if not moved.is_contiguous():
+            return None, key
+        return _replay(moved, plan).movedim(-1, plan.moved), key
+    return _replay(x, plan), key
+
+
+def _replay(x, plan):
     if x.requires_grad and torch.is_grad_enabled():
-        return PlannedFunction.apply(x, plan), key
+        return PlannedFunction.apply(x, plan)
     dispatch.calls[plan.backend] += 1
-    return plan.forward(x), key
+    return plan.forward(x)
 
 
 def run(key, x, dim, spec, scaling, eps, axis_activation, backend):
@@ -159,12 +177,16 @@ def run(key, x, dim, spec, scaling, eps, axis_activation, backend):
     component-wise) on the backend :func:`~colu.ops.dispatch.select` picks, caching a plan under
     ``key`` (from :func:`replay`; ``None``: none) where that backend is a kernel on a contiguous tensor."""
     chosen = dispatch.select(x, backend)
-    if key is not None and x.is_contiguous():
-        _remember(key, x, dim, spec, scaling, float(eps), axis_activation, chosen)
+    if key is not None:
+        if x.is_contiguous():
+            _remember(key, x, dim, spec, scaling, float(eps), axis_activation, chosen)
+        elif x.movedim(dim, -1).is_contiguous():  # channels innermost in memory: plan the moved view
+            moved = x.movedim(dim, -1)
+            _remember(key, moved, moved.dim() - 1, spec, scaling, float(eps), axis_activation, chosen, moved=dim)
     return apply_cones(x, dim, spec, scaling, eps, axis_activation, chosen)
 
 
-def _remember(key, x, dim, spec, scaling, eps, axis_activation, chosen):
+def _remember(key, x, dim, spec, scaling, eps, axis_activation, chosen, moved=None):
     lib = cpu._state["lib"]
     if chosen == "cpu" and lib is not None and (
         x.dtype in (torch.float32, torch.float64) or _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation)
@@ -174,6 +196,7 @@ def _remember(key, x, dim, spec, scaling, eps, axis_activation, chosen):
         plan = TritonPlan(x, dim, spec, scaling, eps, axis_activation)
     else:
         return
+    plan.moved = moved
     if len(cache) >= _MAX_PLANS:
         cache.clear()
     cache[key] = plan
