@@ -145,23 +145,13 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, str]:
-        from PIL import Image
+        # the same decoding, resize (shorter side) and centre crop as diffusion-unet's image folders; a body
+        # that fails to decode after its header opened is named in the error
+        from colu.experiments.image_folder import load_image
 
         path, caption = self.items[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except OSError as exc:
-            # a header that opened can still hide a truncated or corrupt body
-            raise ValueError(f"{path} could not be decoded ({exc}); remove it from metadata.jsonl") from None
-        r = self.resolution
-        scale = r / min(image.size)
-        size = (max(r, round(image.size[0] * scale)), max(r, round(image.size[1] * scale)))
-        image = image.resize(size, Image.BICUBIC)
-        left, top = (size[0] - r) // 2, (size[1] - r) // 2
-        image = image.crop((left, top, left + r, top + r))
-        data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(r, r, 3)
-        return data.permute(2, 0, 1).float() / 127.5 - 1.0, caption
+        data = torch.from_numpy(load_image(path, self.resolution, channels=3))
+        return data.float() / 127.5 - 1.0, caption
 
     def captions(self, n: int) -> List[str]:
         """The first ``n`` captions (in file order)."""
