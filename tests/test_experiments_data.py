@@ -150,9 +150,11 @@ def test_digits_builtin():
 
 
 def test_hemisphere_points_and_rotation():
-    d = D.hemisphere(20, 30)
+    from colu.experiments import hemisphere
+
+    d = hemisphere.load_data(hemisphere.Config(n_lat=20, n_lon=30))
     x = torch.cat([d.x_train, d.x_test])
-    assert x.shape == (600, 3) and torch.allclose(x.norm(dim=1), torch.ones(600), atol=1e-6)
+    assert x.shape == (601, 3) and torch.allclose(x.norm(dim=1), torch.ones(601), atol=1e-6)
     assert (x[:, 2] >= -1e-7).all()
     r = D.rotation_45()
     assert torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-12)

@@ -547,28 +547,6 @@ def rotation_45() -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def hemisphere_points(n_lat: int, n_lon: int, polar_max: float = math.pi / 2) -> torch.Tensor:
-    """Polar grid on the upper unit hemisphere (z >= 0): n_lat polar angles in [0, polar_max] x n_lon longitudes."""
-    theta = torch.linspace(0, polar_max, n_lat, dtype=torch.float64)
-    phi = torch.arange(n_lon, dtype=torch.float64) * (2 * math.pi / n_lon)
-    t, p = torch.meshgrid(theta, phi, indexing="ij")
-    return torch.stack([t.sin() * p.cos(), t.sin() * p.sin(), t.cos()], -1).reshape(-1, 3)
-
-
-def hemisphere(n_lat: int = 200, n_lon: int = 200, test_fraction: float = 0.2) -> Data:
-    """(x, Rx) on a polar grid (200 x 200 = 40K points by default), fixed random train/test split."""
-    x = hemisphere_points(n_lat, n_lon)
-    y = x @ rotation_45().T
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_test = int(round(test_fraction * n))
-    te, tr = perm[:n_test], perm[n_test:]
-    f = lambda a: a.float()
-    return Data("hemisphere", f(x[tr]), f(y[tr]), f(x[te]), f(y[te]),
-                f"{n_lat}x{n_lon} polar grid on the unit hemisphere z>=0 ({n} points) and its image under "
-                f"R = Rz(45)Ry(45)Rx(45); {len(tr)} train / {len(te)} test (fixed split, seed {SPLIT_SEED})")
-
-
 # -------------------------------------------------------- character corpus
 CHAR_CORPUS_SOURCE = ("get tiny Shakespeare's input.txt (e.g. data/tinyshakespeare/input.txt in Andrej Karpathy's "
                       "char-rnn repository) and pass --data PATH/input.txt")
