@@ -180,9 +180,11 @@ def run(key, x, dim, spec, scaling, eps, axis_activation, backend):
     if key is not None:
         if x.is_contiguous():
             _remember(key, x, dim, spec, scaling, float(eps), axis_activation, chosen)
-        elif x.movedim(dim, -1).is_contiguous():  # channels innermost in memory: plan the moved view
+        else:
             moved = x.movedim(dim, -1)
-            _remember(key, moved, moved.dim() - 1, spec, scaling, float(eps), axis_activation, chosen, moved=dim)
+            if moved.is_contiguous():  # channels innermost in memory: plan the moved view
+                _remember(key, moved, moved.dim() - 1, spec, scaling, float(eps), axis_activation, chosen,
+                          moved=dim)
     return apply_cones(x, dim, spec, scaling, eps, axis_activation, chosen)
 
 
