@@ -215,7 +215,8 @@ def test_backend_is_selected_once_per_cache_miss(monkeypatch):
     monkeypatch.delenv("COLU_BACKEND", raising=False)
     seen = []
     select = dispatch.select
-    monkeypatch.setattr(dispatch, "select", lambda x, backend="auto": seen.append(backend) or select(x, backend))
+    monkeypatch.setattr(dispatch, "select",
+                        lambda x, backend="auto", scaling="hard": seen.append(backend) or select(x, backend, scaling))
     plans.clear()
     x = torch.randn(3, 20, requires_grad=True)
     m = colu.CoLU(cone_dim=5)

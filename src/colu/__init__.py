@@ -10,13 +10,16 @@ name is the module :mod:`colu.convert` (``colu.convert.ConversionReport``).
 import importlib
 
 from . import convert, reference
-from .functional import colu, rcolu
+from .functional import bregman_divergence, colu, potential, rcolu
 from .modules import CoLU, RCoLU
 from .spec import ConeSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["colu", "rcolu", "CoLU", "RCoLU", "ConeSpec", "reference", "convert", "__version__"]
+__all__ = [
+    "colu", "rcolu", "CoLU", "RCoLU", "ConeSpec", "potential", "bregman_divergence", "reference", "convert",
+    "__version__",
+]
 
 # Submodules imported on first attribute access (PEP 562): `colu.align.match_weights` works after a bare
 # `import colu`, while `import colu` itself stays free of scipy, matplotlib and the experiments package.

@@ -12,9 +12,13 @@ import torch
 
 from . import reference
 from .ops import plans
+from .ops.autograd import apply_scaled_cones
 from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
 
-__all__ = ["colu", "rcolu"]
+__all__ = ["colu", "rcolu", "potential", "bregman_divergence"]
+
+# the weightings the paper defines for cone_dim=2 (the component-wise activations of Section 3.2)
+_COMPONENTWISE_SCALINGS = ("hard", "soft", "firm")
 
 
 def _check_input(x, name):
@@ -60,6 +64,7 @@ def colu(
     layout: str = "grouped",
     axis_activation: str = "identity",
     backend: str = "auto",
+    angle_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Conic Linear Unit: project each cone of channels onto a Lorentz cone.
 
@@ -77,7 +82,20 @@ def colu(
       nearest-point projection onto the cone inside the plane
       :math:`y_1 = a'` (Lemma 4.2);
     * ``"soft"`` (eq. 2): :math:`w(r) = \mathrm{sigmoid}(r - 1/2)`;
-    * ``"firm"`` (Section 3.1): :math:`w(r) = \mathrm{sigmoid}(4r - 2)`.
+    * ``"firm"`` (Section 3.1): :math:`w(r) = \mathrm{sigmoid}(4r - 2)`;
+    * ``"sqrt"`` and ``"log"`` (the JAX package's, jax-colu 0.3.0):
+      :math:`w(r) = \sqrt{\max(r, 0)}` and :math:`\log(1 + \max(r, 0))`. These are **not
+      projections**: for :math:`r > 1` the section grows (:math:`\sqrt r > 1`), for :math:`0 < r < 1`
+      the output leaves the cone, and they are not idempotent. jax-colu applies them after a ReLU on the
+      axis: pass ``axis_activation="relu"`` (and ``layout="axes_first"``) to match it; other axis
+      activations stay allowed. Their slope at :math:`r \le 0` is taken as 0;
+    * ``"exact"``: the metric projection onto the Lorentz cone
+      :math:`V = \{(a, s): \lVert s \rVert \le a\}`, which unlike the weightings above also moves
+      the axis: :math:`(a', s)` if :math:`\lVert s\rVert \le a'`, :math:`0` if
+      :math:`\lVert s\rVert \le -a'`, else :math:`\tfrac{a' + \lVert s\rVert}{2}(1, s/\lVert s\rVert)`.
+      It is idempotent, firmly non-expansive and the gradient of the convex :func:`potential`. It
+      ignores ``eps``, needs an axis per cone (no ``share_axis``) and runs on the closed form on every
+      device (the fused kernels do not compute it; a forced kernel backend refuses it).
 
     and :math:`\phi` the ``axis_activation`` (the identity in the paper).
     With ``share_axis=True`` all cones use channel 0 as their axis
@@ -88,7 +106,8 @@ def colu(
     every channel: ReLU for ``"hard"``, SiLU for ``"soft"`` and
     :math:`x\,\mathrm{sigmoid}(4x)` for ``"firm"`` (the component-wise
     analogue, as SiLU's :math:`\mathrm{sigmoid}(x)` is to
-    :math:`\mathrm{sigmoid}(r-1/2)`); ``axis_activation`` has no effect there.
+    :math:`\mathrm{sigmoid}(r-1/2)`); ``axis_activation`` has no effect there. The paper defines no
+    component-wise form for the other weightings, so they need ``cone_dim >= 3``.
 
     The output satisfies :math:`\lVert s' \rVert \le \max(a', 0)` for hard
     scaling, hard CoLU is idempotent, and the op is equivariant under
@@ -105,7 +124,8 @@ def colu(
         share_axis: share one axis (channel 0) among all cones; then
             :math:`C - 1 = G (S - 1)`, otherwise :math:`C = G S`.
             Default: ``False``.
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
+        scaling: ``"hard"``, ``"soft"``, ``"firm"``, ``"sqrt"``, ``"log"`` or
+            ``"exact"``. Default: ``"hard"``.
         dim: the channel axis: ``-1`` for ``(N, C)``/``(N, L, C)``, ``1`` for
             ``NCHW``. Default: ``-1``.
         eps: the :math:`\varepsilon` of eq. (1), a finite number >= 0. It also
@@ -122,10 +142,18 @@ def colu(
         backend: ``"auto"`` or a backend name from
             :mod:`colu.ops.dispatch` to force one (``COLU_BACKEND`` does the
             same from the environment). Default: ``"auto"``.
+        angle_scale: a positive tensor, one value per cone (shape ``(G,)``) or
+            one for all (a scalar), that multiplies each cone's :math:`r`:
+            :math:`w(c_g r)` is the weighting of a cone of half-angle
+            :math:`\arctan c_g` (1 is the paper's 45 degrees). It receives a
+            gradient (:class:`colu.CoLU` with ``learnable_angle`` holds it as
+            :math:`c_g = e^{\theta_g}`). Calls with it run on the closed form
+            and are not cached. Not for ``"exact"``. Default: ``None``.
 
     Shape:
         - Input: :math:`(*, C, *)` with :math:`C` at ``dim``.
         - Output: same shape, dtype and memory format as the input.
+        - ``angle_scale``: :math:`(G,)` or :math:`()`.
 
     Examples::
 
@@ -134,7 +162,14 @@ def colu(
         >>> y = colu.colu(x[:, :10], cone_dim=4, share_axis=True)  # 10 - 1 = 3 * (4 - 1)
         >>> img = torch.randn(2, 16, 5, 5)
         >>> y = colu.colu(img, num_cones=4, scaling="soft", dim=1)
+        >>> y = colu.colu(x, cone_dim=4, scaling="sqrt", layout="axes_first", axis_activation="relu")  # jax-colu
     """
+    if angle_scale is not None:
+        _check_input(x, "colu")
+        _check_options(scaling, eps, axis_activation)
+        dim = _channel_dim(x, dim)
+        spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
+        return _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale)
     call = (
         "colu", cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation,
         type(cone_dim), type(num_cones), type(share_axis), type(dim), type(eps),
@@ -168,9 +203,47 @@ def _colu_checked(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, la
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
     if spec.is_identity:
         return x
+    _check_scaling_fits(spec, scaling)
     if spec.componentwise:
         return reference.componentwise(x, scaling)
     return plans.run(key, x, dim, spec, scaling, eps, axis_activation, backend)
+
+
+def _check_scaling_fits(spec: ConeSpec, scaling: str) -> None:
+    """The weightings that exist only for some cone configurations."""
+    if spec.componentwise and scaling not in _COMPONENTWISE_SCALINGS:
+        raise ValueError(
+            f"cone_dim=2 is the component-wise activation, defined for scaling 'hard', 'soft' or 'firm'; "
+            f"scaling={scaling!r} needs cone_dim >= 3"
+        )
+    if scaling == "exact" and spec.share_axis:
+        raise ValueError(
+            "scaling='exact' moves each cone's axis, which a shared axis cannot do for every cone at once; "
+            "use share_axis=False (or another scaling)"
+        )
+
+
+def _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale):
+    """A validated call with a cone-angle scale: checks the scale and runs the closed form (no plan)."""
+    if not isinstance(angle_scale, torch.Tensor) or not angle_scale.is_floating_point():
+        raise TypeError(f"angle_scale must be a floating-point tensor, got {angle_scale!r}")
+    if backend not in ("auto", "closed_form"):
+        raise RuntimeError(f"backend={backend!r}: calls with angle_scale run on the closed form; use 'auto'")
+    if spec.is_identity:
+        return x
+    _check_scaling_fits(spec, scaling)
+    if spec.componentwise:
+        raise ValueError("cone_dim=2 is component-wise and has no cone angle; angle_scale needs cone_dim >= 3")
+    if scaling == "exact":
+        raise ValueError("angle_scale scales the weighting's r; scaling='exact' has none (use another scaling)")
+    if angle_scale.shape not in ((), (spec.num_cones,)):
+        raise ValueError(
+            f"angle_scale has shape {tuple(angle_scale.shape)}; expected ({spec.num_cones},), one value per cone, "
+            f"or () for all cones"
+        )
+    if angle_scale.device != x.device:
+        raise ValueError(f"angle_scale is on {angle_scale.device} but the input on {x.device}; move one of them")
+    return apply_scaled_cones(x, dim, spec, scaling, eps, axis_activation, angle_scale)
 
 
 def rcolu(
@@ -183,6 +256,7 @@ def rcolu(
     eps: float = 1e-7,
     axis_activation: str = "identity",
     backend: str = "auto",
+    angle_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Rotated Conic Linear Unit (paper Section 3.4): cones around the all-ones axis.
 
@@ -218,13 +292,16 @@ def rcolu(
             cone over all channels (``num_cones=1``) is the paper's axis
             sharing for RCoLU (:math:`e = (1, \dots, 1)/\sqrt{C}`).
             Default: ``None`` (follows from ``cone_dim`` and C).
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
+        scaling: any of :func:`colu`'s; ``"exact"`` projects onto the cone
+            around :math:`e` (moving :math:`t` too). Default: ``"hard"``.
         dim: the channel axis. Default: ``-1``.
         eps: numerical-stability constant, a finite number >= 0.
             Default: ``1e-7``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"`` applied to
             :math:`t`. Default: ``"identity"``.
         backend: force a backend (see :func:`colu`). Default: ``"auto"``.
+        angle_scale: multiplies each group's :math:`r` (see :func:`colu`).
+            Default: ``None``.
 
     Shape:
         - Input: :math:`(*, C, *)` with :math:`C = G S` at ``dim``.
@@ -235,6 +312,12 @@ def rcolu(
         >>> x = torch.randn(8, 12)
         >>> y = colu.rcolu(x, cone_dim=3)
     """
+    if angle_scale is not None:
+        _check_input(x, "rcolu")
+        _check_options(scaling, eps, axis_activation)
+        dim = _channel_dim(x, dim)
+        spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, kind="rcolu")
+        return _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale)
     call = ("rcolu", cone_dim, num_cones, scaling, dim, eps, axis_activation, type(cone_dim), type(num_cones), type(dim), type(eps))
     y, key = plans.replay(x, backend, call)
     if y is not None:
@@ -259,3 +342,78 @@ def _rcolu_checked(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activati
     if spec.is_identity:
         return x
     return plans.run(key, x, dim, spec, scaling, eps, axis_activation, backend)
+
+
+def potential(
+    x: torch.Tensor,
+    cone_dim: int | None = None,
+    num_cones: int | None = None,
+    *,
+    layout: str = "grouped",
+    dim: int = -1,
+    rotated: bool = False,
+) -> torch.Tensor:
+    r"""The convex potential whose gradient is the exact cone projection: :math:`\nabla F = \pi_V`.
+
+    .. math::
+        F(x) = \tfrac12 \lVert x \rVert^2 - \tfrac12 \operatorname{dist}(x, V)^2
+             = \tfrac12 \lVert \pi_V(x) \rVert^2
+
+    (the two agree by Moreau's decomposition), summed over the cones of each
+    position. :math:`\pi_V` is ``colu(x, ..., scaling="exact")`` (``rcolu``
+    with ``rotated=True``). Because :math:`F` is convex, its Bregman
+    divergence :math:`D_F(x, y) = F(x) - F(y) - \langle \pi_V(y), x - y\rangle
+    \ge 0` is a matching loss for the projection (:func:`bregman_divergence`).
+
+    Args:
+        x: input tensor.
+        cone_dim, num_cones, layout, dim: the cones, as in :func:`colu`.
+        rotated: cones around the all-ones axis of each group, as in
+            :func:`rcolu` (``layout`` is then ignored). Default: ``False``.
+
+    Shape:
+        - Input: :math:`(*, C, *)` with :math:`C` at ``dim``.
+        - Output: the input's shape without ``dim``.
+
+    Example::
+
+        >>> x = torch.randn(8, 12, requires_grad=True)
+        >>> colu.potential(x, cone_dim=4).sum().backward()
+        >>> torch.allclose(x.grad, colu.colu(x, cone_dim=4, scaling="exact"))
+        True
+    """
+    projected = _exact(x, cone_dim, num_cones, layout, dim, rotated)
+    return 0.5 * (projected * projected).sum(dim)
+
+
+def bregman_divergence(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cone_dim: int | None = None,
+    num_cones: int | None = None,
+    *,
+    layout: str = "grouped",
+    dim: int = -1,
+    rotated: bool = False,
+) -> torch.Tensor:
+    r""":math:`D_F(x, y) = F(x) - F(y) - \langle \nabla F(y), x - y \rangle \ge 0` for the
+    :func:`potential` :math:`F` (same cone arguments), per position: the matching loss of the exact cone
+    projection between pre-activations ``x`` and ``y``. Zero when both project to the same point and
+    ``x - y`` is normal to the cone there (e.g. ``x == y``).
+
+    Shape:
+        - ``x``, ``y``: the same shape :math:`(*, C, *)`.
+        - Output: that shape without ``dim``.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    py = _exact(y, cone_dim, num_cones, layout, dim, rotated)
+    return potential(x, cone_dim, num_cones, layout=layout, dim=dim, rotated=rotated) - 0.5 * (py * py).sum(dim) - (
+        py * (x - y)
+    ).sum(dim)
+
+
+def _exact(x, cone_dim, num_cones, layout, dim, rotated):
+    if rotated:
+        return rcolu(x, cone_dim, num_cones, scaling="exact", dim=dim)
+    return colu(x, cone_dim, num_cones, scaling="exact", dim=dim, layout=layout)

@@ -40,6 +40,8 @@ __all__ = [
     "KINDS",
     "Group",
     "UnknownGroupError",
+    "angle_classes",
+    "canonical_classes",
     "group_kind",
     "group_of",
     "is_group_name",
@@ -156,11 +158,17 @@ class Group:
         channels: C.
         cone: the :class:`~colu.ConeSpec` of a ``"colu"`` or ``"rcolu"`` group
             (default ``None``, for the other kinds).
+        cone_classes: for cones of unequal angles (a learnable angle per
+            cone), a class label per cone, numbered in order of first
+            appearance: only cones of one class may be permuted, so the group
+            is the product over classes of Perm(class) x O(S-1)^class. Default
+            ``None``: one class, every permutation of the cones.
     """
 
     kind: str
     channels: int
     cone: Optional[ConeSpec] = None
+    cone_classes: Optional[tuple] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -168,6 +176,23 @@ class Group:
         if (self.cone is not None) != (self.kind in CONE_KINDS):
             raise ValueError(f"a {self.kind!r} group needs a cone spec exactly when its kind is 'colu' or 'rcolu'; "
                              f"got cone={self.cone}")
+        if self.cone_classes is not None:
+            if self.cone is None or len(self.cone_classes) != self.cone.num_cones:
+                raise ValueError(f"cone_classes needs one label per cone of a cone group; got {self.cone_classes} "
+                                 f"for {self.cone}")
+            if tuple(self.cone_classes) != canonical_classes(self.cone_classes):
+                raise ValueError(f"cone_classes must be numbered in order of first appearance (see "
+                                 f"canonical_classes), got {self.cone_classes}")
+
+    def _class_members(self) -> list:
+        """The cone indices of each class (all cones in one when there are no classes)."""
+        G = self.cone.num_cones
+        if self.cone_classes is None:
+            return [list(range(G))]
+        members: dict = {}
+        for g, label in enumerate(self.cone_classes):
+            members.setdefault(label, []).append(g)
+        return list(members.values())
 
     def sample(self, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """A random element: random permutations and Haar-random orthogonal blocks.
@@ -182,7 +207,10 @@ class Group:
         if self.kind == "permutation":
             return torch.eye(C, dtype=dtype)[torch.randperm(C, generator=generator)]
         G, S = self.cone.num_cones, self.cone.cone_dim
-        perm = torch.randperm(G, generator=generator).tolist()
+        perm = list(range(G))
+        for members in self._class_members():  # cones move only within their class
+            for g, k in zip(members, torch.randperm(len(members), generator=generator).tolist()):
+                perm[g] = members[k]
         blocks = [(perm[g], g, random_orthogonal(S - 1, generator=generator)) for g in range(G)]
         return self._from_cone_blocks(blocks).to(dtype)
 
@@ -197,7 +225,8 @@ class Group:
         Procrustes; for cones the score of matching cone ``g`` of A to cone
         ``h`` of B is their axis correlation plus the value of the best
         section rotation (Procrustes), and the Hungarian algorithm on these
-        ``G x G`` scores picks the cone permutation.
+        ``G x G`` scores picks the cone permutation (within each class of
+        ``cone_classes``).
         """
         C = self.channels
         corr = corr.double()
@@ -244,7 +273,12 @@ class Group:
                 axis, section = blocks(g, h)
                 rotations[g, h], value = procrustes(section)
                 score[g, h] = value + axis
-        match = _hungarian(score).tolist() if G > 1 else [0]
+        match = list(range(G))
+        for members in self._class_members():
+            if len(members) > 1:
+                idx = torch.tensor(members)
+                for g, k in zip(members, _hungarian(score[idx[:, None], idx]).tolist()):
+                    match[g] = members[k]
         for g in range(G):
             total += float(score[g, match[g]])
         return self._from_cone_blocks([(g, match[g], rotations[g, match[g]]) for g in range(G)]), total
@@ -272,8 +306,23 @@ class Group:
 
     def __str__(self) -> str:
         if self.cone is not None:
-            return f"Group({self.cone})"
+            classes = "" if self.cone_classes is None else f", {len(set(self.cone_classes))} angle classes"
+            return f"Group({self.cone}{classes})"
         return f"Group({self.kind}, C={self.channels})"
+
+
+def canonical_classes(labels) -> tuple:
+    """Class labels renumbered in order of first appearance: ``(7, 3, 7) -> (0, 1, 0)``."""
+    seen: dict = {}
+    return tuple(seen.setdefault(label, len(seen)) for label in labels)
+
+
+def angle_classes(angles) -> Optional[tuple]:
+    """:attr:`Group.cone_classes` for per-cone angles (any values, e.g. ``log_angle_scale``): cones share a
+    class when their angles are exactly equal; ``None`` when all are (the full group)."""
+    values = torch.as_tensor(angles).detach().flatten().tolist()
+    classes = canonical_classes(values)
+    return None if len(set(classes)) <= 1 else classes
 
 
 def group_of(activation: Any, channels: int, *, training: bool = False) -> Group:
@@ -335,6 +384,13 @@ def group_of(activation: Any, channels: int, *, training: bool = False) -> Group
                 cone = ConeSpec.resolve(channels, activation.cone_dim, activation.num_cones, kind="rcolu")
         except ValueError as err:
             raise ValueError(f"{activation!r} does not fit a hidden state of {channels} channels: {err}") from err
+        angles = activation.log_angle_scale
+        if angles is not None and angles.dim() and not cone.is_identity:
+            if angles.numel() != cone.num_cones:
+                raise ValueError(f"{activation!r} holds {angles.numel()} cone angles but a hidden state of "
+                                 f"{channels} channels has {cone.num_cones} cones")
+            # cones of unequal angles compute different functions: only equal ones may be permuted
+            return Group(cone.kind, channels, cone, angle_classes(angles))
         return group_of(cone, channels)
     if isinstance(activation, nn.PReLU):
         if activation.num_parameters != 1:

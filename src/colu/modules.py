@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from . import functional
-from .spec import LAYOUTS, check_choice, check_share_axis, validate_cone_args
+from .spec import LAYOUTS, ConeSpec, check_choice, check_share_axis, validate_cone_args
+
+LEARNABLE_ANGLES = (False, True, "per_cone", "shared")
 
 __all__ = ["CoLU", "RCoLU"]
 
@@ -51,9 +53,63 @@ class _ConeActivation(nn.Module):
         validate_cone_args(options["cone_dim"], options["num_cones"])
         functional._check_options(options["scaling"], options["eps"], options["axis_activation"])
         functional._check_dim(options["dim"])
+        cone_dim, scaling = options["cone_dim"], options["scaling"]
+        if cone_dim == 2 and self._KIND == "CoLU" and scaling not in functional._COMPONENTWISE_SCALINGS:
+            raise ValueError(f"cone_dim=2 is the component-wise activation, defined for scaling 'hard', 'soft' "
+                             f"or 'firm'; scaling={scaling!r} needs cone_dim >= 3")
+        if scaling == "exact" and options.get("share_axis"):
+            raise ValueError("scaling='exact' moves each cone's axis, which a shared axis cannot do for every "
+                             "cone at once; use share_axis=False (or another scaling)")
+        if scaling == "exact" and getattr(self, "log_angle_scale", None) is not None:
+            raise ValueError("a learnable angle scales the weighting's r; scaling='exact' has none")
         self._options = {name: options[name] for name in self._OPTIONS}
         self._args = tuple(self._options.values())
         self._call = (self._KIND, *self._args)
+
+    def _init_angle(self, learnable_angle, channels) -> None:
+        """The learnable cone angle: ``log_angle_scale`` (theta, one per cone or one shared), or ``None``."""
+        if isinstance(learnable_angle, bool) or learnable_angle in LEARNABLE_ANGLES:
+            pass
+        else:
+            raise ValueError(f"learnable_angle={learnable_angle!r}; expected one of "
+                             f"{', '.join(map(repr, LEARNABLE_ANGLES))}")
+        if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+            raise ValueError(f"channels must be a positive int, got channels={channels!r}")
+        if learnable_angle is False:
+            self.register_parameter("log_angle_scale", None)
+            return
+        if self.scaling == "exact":
+            raise ValueError("a learnable angle scales the weighting's r; scaling='exact' has none")
+        if learnable_angle == "shared":
+            self.log_angle_scale = nn.Parameter(torch.zeros(()))
+            return
+        if channels is not None:
+            kind = "rcolu" if self._KIND == "RCoLU" else "colu"
+            extra = {} if kind == "rcolu" else {"share_axis": self.share_axis, "layout": self.layout}
+            num_cones = ConeSpec.resolve(channels, self.cone_dim, self.num_cones, kind=kind, **extra).num_cones
+        elif self.num_cones is not None:
+            num_cones = self.num_cones
+        else:
+            raise ValueError(
+                f"learnable_angle={learnable_angle!r} holds one angle per cone, so the number of cones must be "
+                f"known when the module is built: give num_cones=G, or channels=C with cone_dim, or use "
+                f"learnable_angle='shared' for one angle"
+            )
+        self.log_angle_scale = nn.Parameter(torch.zeros(num_cones))
+
+    @property
+    def cone_angle(self) -> torch.Tensor | None:
+        """Each cone's half-angle in degrees, ``atan(exp(theta))`` (45 for the paper's cone); ``None``
+        without a learnable angle."""
+        if self.log_angle_scale is None:
+            return None
+        return torch.rad2deg(torch.atan(self.log_angle_scale.detach().exp()))
+
+    def _angle_repr(self) -> list:
+        if self.log_angle_scale is None:
+            return []
+        shape = tuple(self.log_angle_scale.shape)
+        return [f"learnable_angle={'shared' if not shape else 'per_cone'}"]
 
 
 class CoLU(_ConeActivation):
@@ -67,8 +123,9 @@ class CoLU(_ConeActivation):
 
     with :math:`w(r) = \min\{\max\{r, 0\}, 1\}` (``"hard"``),
     :math:`\mathrm{sigmoid}(r - 1/2)` (``"soft"``) or
-    :math:`\mathrm{sigmoid}(4r - 2)` (``"firm"``). See :func:`colu.colu` for
-    the layouts, axis sharing and the special cases.
+    :math:`\mathrm{sigmoid}(4r - 2)` (``"firm"``), the JAX package's
+    ``"sqrt"``/``"log"``, or the exact Lorentz-cone projection (``"exact"``).
+    See :func:`colu.colu` for the layouts, axis sharing and the special cases.
 
     The arguments are checked here; those that depend on the input (``dim``
     against its number of dimensions, the cone split against its width) are
@@ -82,7 +139,8 @@ class CoLU(_ConeActivation):
             (follows from ``cone_dim`` and C).
         share_axis: all cones share channel 0 as their axis
             (:math:`C - 1 = G(S-1)`). Default: ``False``.
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
+        scaling: ``"hard"``, ``"soft"``, ``"firm"``, ``"sqrt"``, ``"log"`` or
+            ``"exact"`` (see :func:`colu.colu`). Default: ``"hard"``.
         dim: channel axis (``-1`` for ``(N, *, C)``, ``1`` for ``NCHW``).
             Default: ``-1``.
         eps: numerical-stability constant, a finite number >= 0.
@@ -90,6 +148,17 @@ class CoLU(_ConeActivation):
         layout: ``"grouped"`` or ``"axes_first"``. Default: ``"grouped"``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"``.
             Default: ``"identity"``.
+        learnable_angle: ``False``; ``True`` (or ``"per_cone"``): a parameter
+            :math:`\theta_g` per cone, ``log_angle_scale``, that scales each
+            cone's :math:`r` by :math:`e^{\theta_g}` (the cone's half-angle
+            becomes :math:`\arctan e^{\theta_g}`; 0 is the paper's 45 degree
+            cone; :attr:`cone_angle` reads them in degrees), trained with the
+            network; ``"shared"``: one :math:`\theta` for all cones. Such a
+            layer runs on the closed form. Only cones of equal angle may be
+            permuted by its symmetries (:func:`colu.groups.group_of`).
+            Not with ``"exact"``. Default: ``False``.
+        channels: C, needed with a per-cone angle when ``num_cones`` is not
+            given (to size the parameter). Default: ``None``.
 
     Shape:
         - Input: :math:`(*, C, *)`, :math:`C` at ``dim``.
@@ -117,12 +186,15 @@ class CoLU(_ConeActivation):
         eps: float = 1e-7,
         layout: str = "grouped",
         axis_activation: str = "identity",
+        learnable_angle: bool | str = False,
+        channels: int | None = None,
     ):
         super().__init__()
         self._configure(
             cone_dim=cone_dim, num_cones=num_cones, share_axis=share_axis, scaling=scaling, dim=dim, eps=eps,
             layout=layout, axis_activation=axis_activation,
         )
+        self._init_angle(learnable_angle, channels)
 
     def _configure(self, **options):
         check_share_axis(options["share_axis"])
@@ -130,6 +202,8 @@ class CoLU(_ConeActivation):
         super()._configure(**{**options, "share_axis": bool(options["share_axis"])})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_angle_scale is not None:
+            return functional.colu(x, **self._options, angle_scale=self.log_angle_scale.exp())
         return functional._colu_validated(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
@@ -148,7 +222,7 @@ class CoLU(_ConeActivation):
             parts.append(f"axis_activation={self.axis_activation!r}")
         if self.eps != 1e-7:
             parts.append(f"eps={self.eps}")
-        return ", ".join(parts)
+        return ", ".join(parts + self._angle_repr())
 
 
 class RCoLU(_ConeActivation):
@@ -170,12 +244,17 @@ class RCoLU(_ConeActivation):
             ``num_cones`` is not given either).
         num_cones: G, the number of groups (0: identity). Default: ``None``
             (follows from ``cone_dim`` and C).
-        scaling: ``"hard"``, ``"soft"`` or ``"firm"``. Default: ``"hard"``.
+        scaling: any of :func:`colu.rcolu`'s. Default: ``"hard"``.
         dim: channel axis. Default: ``-1``.
         eps: numerical-stability constant, a finite number >= 0.
             Default: ``1e-7``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"``.
             Default: ``"identity"``.
+        learnable_angle: a learnable cone angle per group (``True`` or
+            ``"per_cone"``) or one for all (``"shared"``), as in
+            :class:`CoLU`. Default: ``False``.
+        channels: C, to size a per-group angle when ``num_cones`` is not
+            given. Default: ``None``.
 
     Shape:
         - Input: :math:`(*, C, *)`, :math:`C = GS` at ``dim``.
@@ -199,13 +278,18 @@ class RCoLU(_ConeActivation):
         dim: int = -1,
         eps: float = 1e-7,
         axis_activation: str = "identity",
+        learnable_angle: bool | str = False,
+        channels: int | None = None,
     ):
         super().__init__()
         self._configure(
             cone_dim=cone_dim, num_cones=num_cones, scaling=scaling, dim=dim, eps=eps, axis_activation=axis_activation
         )
+        self._init_angle(learnable_angle, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_angle_scale is not None:
+            return functional.rcolu(x, **self._options, angle_scale=self.log_angle_scale.exp())
         return functional._rcolu_validated(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
@@ -215,4 +299,4 @@ class RCoLU(_ConeActivation):
             parts.append(f"axis_activation={self.axis_activation!r}")
         if self.eps != 1e-7:
             parts.append(f"eps={self.eps}")
-        return ", ".join(parts)
+        return ", ".join(parts + self._angle_repr())

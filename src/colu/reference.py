@@ -18,16 +18,50 @@ import torch.nn.functional as F
 
 from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice
 
-__all__ = ["colu", "rcolu", "weighting", "componentwise"]
+__all__ = ["colu", "rcolu", "weighting", "componentwise", "exact_projection"]
 
 
 def weighting(r: torch.Tensor, scaling: str) -> torch.Tensor:
-    """The section weight w(r) of eq. (1) (hard), eq. (2) (soft) or Section 3.1 (firm)."""
+    """The section weight w(r) of eq. (1) (hard), eq. (2) (soft), Section 3.1 (firm), or the JAX package's
+    ``sqrt(max(r, 0))`` and ``log1p(max(r, 0))``.
+
+    The square root is taken of ``r`` only where ``r > 0`` (0 where ``r <= 0``): autograd would otherwise multiply
+    its infinite slope at 0 by the clamp's and return NaN, where the kernels (and jax-colu behind a ReLU
+    axis) give a zero gradient.
+    """
     if scaling == "hard":
         return torch.clamp(r, 0.0, 1.0)
     if scaling == "soft":
         return torch.sigmoid(r - 0.5)
-    return torch.sigmoid(4.0 * r - 2.0)
+    if scaling == "firm":
+        return torch.sigmoid(4.0 * r - 2.0)
+    off = r <= 0  # false for NaN, which comes back as NaN like the other weightings'
+    r_on = torch.where(off, torch.ones_like(r), r)  # the double where keeps NaN out of the gradient
+    if scaling == "sqrt":
+        return torch.where(off, torch.zeros_like(r), torch.sqrt(r_on))
+    if scaling == "log":
+        return torch.where(off, torch.zeros_like(r), torch.log1p(r_on))
+    raise ValueError(f"weighting() has no formula for scaling={scaling!r}: 'exact' is not a weighting of the section")
+
+
+def exact_projection(a: torch.Tensor, norm: torch.Tensor):
+    """The metric projection of ``(a, s)`` onto the Lorentz cone ``{||s|| <= a}`` given ``norm = ||s||``:
+    ``(axis, c)`` with the projection ``(axis, c * s)``.
+
+    ``(a, s)`` where ``||s|| <= a``; ``0`` where ``||s|| <= -a``; otherwise
+    ``m (1, s/||s||)`` with ``m = (a + ||s||)/2``. No ``eps``: the middle case has ``||s|| > |a| >= 0``.
+    """
+    inside = norm <= a
+    polar = norm <= -a
+    safe = torch.where(inside | polar, torch.ones_like(norm), norm)  # the middle case only divides
+    m = 0.5 * (a + safe)
+    axis = torch.where(inside, a, torch.where(polar, torch.zeros_like(a), m))
+    coef = torch.where(inside, torch.ones_like(a), torch.where(polar, torch.zeros_like(a), m / safe))
+    return axis, coef
+
+
+def _scaled(r: torch.Tensor, angle_scale) -> torch.Tensor:
+    return r if angle_scale is None else r * angle_scale.to(r.dtype)
 
 
 def _axis_activation(a: torch.Tensor, name: str) -> torch.Tensor:
@@ -44,7 +78,9 @@ def componentwise(x: torch.Tensor, scaling: str) -> torch.Tensor:
         return torch.relu(x)
     if scaling == "soft":
         return F.silu(x)
-    return x * torch.sigmoid(4.0 * x)
+    if scaling == "firm":
+        return x * torch.sigmoid(4.0 * x)
+    raise ValueError(f"cone_dim=2 is component-wise only for 'hard', 'soft' and 'firm', not scaling={scaling!r}")
 
 
 def _to_channels_last(x: torch.Tensor, dim: int):
@@ -63,6 +99,7 @@ def colu(
     eps=1e-7,
     layout="grouped",
     axis_activation="identity",
+    angle_scale=None,
 ):
     """Reference CoLU; same arguments and semantics as :func:`colu.colu`."""
     check_choice("scaling", scaling, SCALINGS)
@@ -76,15 +113,23 @@ def colu(
     axis_idx, section_idx = spec.axis_channels(), spec.section_channels()
     a = _axis_activation(xl[..., axis_idx], axis_activation)  # (..., G)
     s = xl[..., section_idx]  # (..., G, S-1)
-    r = a / (torch.linalg.vector_norm(s, dim=-1) + eps)
-    s_out = weighting(r, scaling).unsqueeze(-1) * s
+    if scaling == "exact":
+        if share_axis:
+            raise ValueError("scaling='exact' moves each cone's axis; a shared axis cannot move per cone")
+        a, coef = exact_projection(a, torch.linalg.vector_norm(s, dim=-1))
+        s_out = coef.unsqueeze(-1) * s
+    else:
+        r = _scaled(a / (torch.linalg.vector_norm(s, dim=-1) + eps), angle_scale)
+        s_out = weighting(r, scaling).unsqueeze(-1) * s
     out = torch.zeros_like(xl)
     out = out.index_copy(-1, axis_idx[:1] if share_axis else axis_idx, a[..., :1] if share_axis else a)
     out = out.index_copy(-1, section_idx.flatten(), s_out.flatten(-2))
     return out.movedim(-1, dim).to(x.dtype)
 
 
-def rcolu(x, cone_dim=None, num_cones=None, *, scaling="hard", dim=-1, eps=1e-7, axis_activation="identity"):
+def rcolu(
+    x, cone_dim=None, num_cones=None, *, scaling="hard", dim=-1, eps=1e-7, axis_activation="identity", angle_scale=None
+):
     """Reference RCoLU (Section 3.4, signed projection); same arguments as :func:`colu.rcolu`."""
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
@@ -97,6 +142,9 @@ def rcolu(x, cone_dim=None, num_cones=None, *, scaling="hard", dim=-1, eps=1e-7,
     t = groups @ e  # (..., G)
     perp = groups - t.unsqueeze(-1) * e
     t_out = _axis_activation(t, axis_activation)
-    r = t_out / (torch.linalg.vector_norm(perp, dim=-1) + eps)
-    out = t_out.unsqueeze(-1) * e + weighting(r, scaling).unsqueeze(-1) * perp
+    if scaling == "exact":
+        t_out, w = exact_projection(t_out, torch.linalg.vector_norm(perp, dim=-1))
+    else:
+        w = weighting(_scaled(t_out / (torch.linalg.vector_norm(perp, dim=-1) + eps), angle_scale), scaling)
+    out = t_out.unsqueeze(-1) * e + w.unsqueeze(-1) * perp
     return out.flatten(-2).movedim(-1, dim).to(x.dtype)

@@ -31,7 +31,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-SCALINGS = ("hard", "soft", "firm")
+SCALINGS = ("hard", "soft", "firm", "sqrt", "log", "exact")
+"""Every weighting the op accepts: the paper's three, the JAX package's two non-projections and the exact
+Lorentz-cone projection (see :func:`colu.colu`)."""
+KERNEL_SCALINGS = ("hard", "soft", "firm", "sqrt", "log")
+"""The weightings the fused kernels compute; the others run on the closed form on every device."""
 LAYOUTS = ("grouped", "axes_first")
 AXIS_ACTIVATIONS = ("identity", "relu", "silu")
 KINDS = ("colu", "rcolu")

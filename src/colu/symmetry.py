@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .groups import Group, group_kind, group_of, random_orthogonal
+from .groups import Group, angle_classes, group_kind, group_of, random_orthogonal
 from .spec import KINDS as CONE_KINDS
 from .spec import ConeSpec, check_choice
 
@@ -61,6 +61,7 @@ def group_element(
     generator: Optional[torch.Generator] = None,
     kind: str = "colu",
     dtype: torch.dtype = torch.float64,
+    angles=None,
 ) -> torch.Tensor:
     """A random ``C x C`` orthogonal matrix from the activation's isometric symmetry group.
 
@@ -86,11 +87,20 @@ def group_element(
         generator: the random source (default: torch's global one).
         kind: the group's kind, see :mod:`colu.groups` (default ``"colu"``).
         dtype: of the result (default float64).
+        angles: per-cone angles (e.g. a learnable angle's ``log_angle_scale``,
+            shape ``(G,)``): only cones of equal angle are permuted. Default
+            ``None``: all cones alike.
     """
     kind = group_kind(kind)
     if kind in CONE_KINDS:
         spec = ConeSpec.resolve(C, cone_dim, num_cones, share_axis=share_axis, layout=layout, kind=kind)
         group = group_of(spec, C)
+        if angles is not None and not spec.is_identity and group.cone is not None:
+            if torch.as_tensor(angles).numel() != spec.num_cones:
+                raise ValueError(f"angles has {torch.as_tensor(angles).numel()} values for {spec.num_cones} cones")
+            group = Group(group.kind, C, group.cone, angle_classes(angles))
+    elif angles is not None:
+        raise ValueError(f"angles are per-cone; the group {kind!r} has no cones")
     else:
         group = Group(kind, C)
     return group.sample(generator, dtype)

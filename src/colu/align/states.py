@@ -112,6 +112,9 @@ def infer_spec(model: nn.Module) -> list:
         (name_in, lin_in), (name_out, lin_out) = items[i], items[j]
         between = items[i + 1:j]
         for name, m in between:
+            # a learnable cone angle stays as it is: its group permutes only cones of equal angle
+            if isinstance(m, (CoLU, RCoLU)) and not any(True for _ in m.buffers()):
+                continue
             if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
                 raise ValueError(
                     f"module {name!r} ({type(m).__name__}) between {name_in!r} and {name_out!r} has "

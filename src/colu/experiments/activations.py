@@ -5,10 +5,13 @@ Grammar: ``NAME`` or ``NAME:OPT,OPT,...``.
 * ``relu``, ``silu``, ``gelu``, ``tanh``, ``identity``: component-wise, no options
   (except ``C=``).
 * ``colu``: options ``S=int`` (cone dimension) or ``G=int`` (number of cones;
-  ``G=0`` is the identity), ``hard`` (default) / ``soft`` / ``firm``, ``share``
-  (one shared axis, C - 1 = G(S - 1)), ``axis=relu|silu`` (activation on the
-  axis; identity by default, as in the paper).
-* ``rcolu``: ``S=`` or ``G=``, ``hard`` / ``soft`` / ``firm``.
+  ``G=0`` is the identity), ``hard`` (default) / ``soft`` / ``firm`` / ``sqrt`` /
+  ``log`` (the JAX package's weightings) / ``exact`` (the exact Lorentz-cone
+  projection), ``share`` (one shared axis, C - 1 = G(S - 1)),
+  ``axis=relu|silu`` (activation on the axis; identity by default, as in the
+  paper), ``learnable`` (a learnable cone angle per cone; ``learnable=shared``:
+  one for all cones).
+* ``rcolu``: ``S=`` or ``G=``, the scalings, ``learnable``.
 * any of them: ``C=int`` pins the hidden width, overriding the experiment's.
 
 A spec does not know the width of the layer it will sit in; experiments pick
@@ -30,15 +33,17 @@ from colu.spec import ConeSpec
 COMPONENTWISE = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "identity": nn.Identity}
 CONIC = ("colu", "rcolu")
 NAMES = tuple(COMPONENTWISE) + CONIC
-SCALING_FLAGS = ("hard", "soft", "firm")
-EXAMPLES = "relu, silu, gelu, identity, colu:S=4, colu:S=4,soft,share, colu:G=50,soft, rcolu:S=3"
+SCALING_FLAGS = ("hard", "soft", "firm", "sqrt", "log", "exact")
+EXAMPLES = ("relu, silu, gelu, identity, colu:S=4, colu:S=4,soft,share, colu:G=50,soft, rcolu:S=3, "
+            "colu:S=4,exact, colu:S=4,learnable")
 
 
 def _options_for(name: str) -> str:
     if name == "colu":
-        return "S=<int>, G=<int>, hard, soft, firm, share, axis=relu|silu, C=<int>"
+        return ("S=<int>, G=<int>, hard, soft, firm, sqrt, log, exact, share, axis=relu|silu, learnable, "
+                "learnable=shared, C=<int>")
     if name == "rcolu":
-        return "S=<int>, G=<int>, hard, soft, firm, C=<int>"
+        return "S=<int>, G=<int>, hard, soft, firm, sqrt, log, exact, learnable, learnable=shared, C=<int>"
     return "C=<int>"
 
 
@@ -53,6 +58,7 @@ class ActivationSpec:
     share_axis: bool = False
     axis_activation: str = "identity"
     width: Optional[int] = None
+    learnable_angle: object = False  # False, True (one angle per cone) or "shared"
 
     @property
     def conic(self) -> bool:
@@ -71,6 +77,8 @@ class ActivationSpec:
             opts.append("share")
         if self.axis_activation != "identity":
             opts.append(f"axis={self.axis_activation}")
+        if self.learnable_angle:
+            opts.append("learnable" if self.learnable_angle is True else f"learnable={self.learnable_angle}")
         if self.width is not None:
             opts.append(f"C={self.width}")
         return self.name + (":" + ",".join(opts) if opts else "")
@@ -138,12 +146,13 @@ class ActivationSpec:
         self.check_width(channels)
         if self.name in COMPONENTWISE:
             return COMPONENTWISE[self.name]()
+        angle = {"learnable_angle": self.learnable_angle, "channels": channels} if self.learnable_angle else {}
         if self.name == "colu":
             return colu.CoLU(
                 self.cone_dim, self.num_cones, share_axis=self.share_axis, scaling=self.scaling,
-                axis_activation=self.axis_activation, dim=dim,
+                axis_activation=self.axis_activation, dim=dim, **angle,
             )
-        return colu.RCoLU(self.cone_dim, self.num_cones, scaling=self.scaling, dim=dim)
+        return colu.RCoLU(self.cone_dim, self.num_cones, scaling=self.scaling, dim=dim, **angle)
 
     def factory(self, base: int, dim: int = -1):
         """``(C, make)``: the fitted width and a zero-argument module constructor (channel axis ``dim``)."""
@@ -203,6 +212,10 @@ def parse_activation(spec) -> ActivationSpec:
             scalings.append(token)
         elif not eq and token == "share" and name == "colu":
             fields["share"] = True
+        elif key_l == "learnable" and name in CONIC and (not eq or value.strip() in ("shared", "per_cone")):
+            if "learnable" in fields:
+                raise ValueError(f"activation spec {spec!r}: option learnable given twice")
+            fields["learnable"] = True if not eq or value.strip() == "per_cone" else "shared"
         else:
             raise ValueError(f"activation spec {spec!r}: unknown option {token!r} for {name}; "
                              f"valid options: {_options_for(name)}")
@@ -217,14 +230,22 @@ def parse_activation(spec) -> ActivationSpec:
                          f"(number of cones), e.g. {name}:S=4")
     if fields.get("S") == 1:
         raise ValueError(f"activation spec {spec!r}: S=1 is not a cone; use S>=2")
+    scaling = scalings[0] if scalings else "hard"
+    if name == "colu" and fields.get("S") == 2 and (scaling not in ("hard", "soft", "firm") or "learnable" in fields):
+        raise ValueError(f"activation spec {spec!r}: S=2 is the component-wise activation (hard, soft or firm, "
+                         f"no cone angle); use S>=3")
+    if scaling == "exact" and (fields.get("share") or "learnable" in fields):
+        raise ValueError(f"activation spec {spec!r}: exact moves each cone's axis and has no weighting to "
+                         f"scale, so it takes neither share nor learnable")
     return ActivationSpec(
         name=name,
         cone_dim=fields.get("S"),
         num_cones=fields.get("G"),
-        scaling=scalings[0] if scalings else "hard",
+        scaling=scaling,
         share_axis=fields.get("share", False),
         axis_activation=fields.get("axis", "identity"),
         width=fields.get("C"),
+        learnable_angle=fields.get("learnable", False),
     )
 
 

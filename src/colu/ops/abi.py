@@ -11,14 +11,15 @@ differs, which a cached build of older sources would otherwise misread.
 
 from __future__ import annotations
 
-VERSION = 3
+VERSION = 4
 """``COLU_ABI_VERSION``: what ``colu_abi_version()`` of a matching library returns."""
 
 KINDS = {"colu": 0, "rcolu": 1}
 """``enum colu_kind``: ``colu_cfg.kind``."""
 
-SCALINGS = {"hard": 0, "soft": 1, "firm": 2}
-"""``enum colu_scaling``: the weight of the section, ``colu_cfg.scaling`` (the Triton kernels' ``SCALING``)."""
+SCALINGS = {"hard": 0, "soft": 1, "firm": 2, "sqrt": 3, "log": 4}
+"""``enum colu_scaling``: the weight of the section, ``colu_cfg.scaling`` (the Triton kernels' ``SCALING``): the
+weightings of :data:`colu.spec.KERNEL_SCALINGS`, in that order."""
 
 AXIS_ACTIVATIONS = {"identity": 0, "relu": 1, "silu": 2}
 """``enum colu_act``: the axis activation, ``colu_cfg.act`` (the Triton kernels' ``ACT``)."""

@@ -25,9 +25,9 @@ import math
 
 import torch
 
-from . import cpu, dispatch
+from . import closed_form, cpu, dispatch
 
-__all__ = ["ConeFunction", "EagerConeFunction", "PlannedFunction", "apply_cones"]
+__all__ = ["ConeFunction", "EagerConeFunction", "PlannedFunction", "ScaledConeFunction", "apply_cones", "apply_scaled_cones"]
 
 
 class ConeFunction(torch.autograd.Function):
@@ -104,7 +104,7 @@ class PlannedFunction(torch.autograd.Function):
             dispatch.calls[p.backend] += 1
             return p.backward(x, grad), None
         # create_graph=True: stay differentiable; a reset library: the checked route
-        backend = "closed_form" if torch.is_grad_enabled() else dispatch.select(x)
+        backend = "closed_form" if torch.is_grad_enabled() else dispatch.select(x, scaling=p.scaling)
         shape3 = (p.outer, p.C, p.inner)
         g = dispatch.backward(
             x.view(shape3), grad.reshape(shape3), p.spec, p.scaling, p.eps, p.axis_activation, backend
@@ -139,4 +139,49 @@ def apply_cones(x, dim, spec, scaling, eps, axis_activation, backend):
         return y.reshape(moved.shape).movedim(-1, dim)
     outer = math.prod(x.shape[:dim])
     y = fn.apply(x.contiguous().reshape(outer, C, -1), spec, scaling, float(eps), axis_activation, backend)
+    return y.reshape(x.shape)
+
+
+class ScaledConeFunction(torch.autograd.Function):
+    """The cone activation with each cone's ``r`` multiplied by ``scale`` (a learnable cone angle), on an
+    ``(outer, C, inner)`` tensor: the closed form on any device, gradients for the input and the scale.
+
+    It saves the input and the scale; its backward is torch ops, so under ``create_graph=True`` it is
+    itself differentiable, and ``torch.func`` transforms get a generated vmap rule.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, scale, spec, scaling, eps, axis_activation):
+        if x.dtype in dispatch.HALF_DTYPES:
+            return closed_form.cone_forward(x.float(), spec, scaling, eps, axis_activation, scale.float()).to(x.dtype)
+        return closed_form.cone_forward(x, spec, scaling, eps, axis_activation, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, scale, spec, scaling, eps, axis_activation = inputs
+        ctx.save_for_backward(x, scale)
+        ctx.config = (spec, scaling, eps, axis_activation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale = ctx.saved_tensors
+        spec, scaling, eps, axis_activation = ctx.config
+        work = torch.float32 if x.dtype in dispatch.HALF_DTYPES else x.dtype
+        g_x, g_scale = closed_form.cone_backward(
+            x.to(work), grad.to(work), spec, scaling, eps, axis_activation, scale.to(work), scale_grad=True
+        )
+        return g_x.to(x.dtype), g_scale.to(scale.dtype), None, None, None, None
+
+
+def apply_scaled_cones(x, dim, spec, scaling, eps, axis_activation, scale):
+    """:func:`apply_cones` with the angle ``scale`` (see :class:`ScaledConeFunction`)."""
+    C = x.shape[dim]
+    moved = x.movedim(dim, -1)
+    if moved.is_contiguous():
+        y = ScaledConeFunction.apply(moved.reshape(-1, C, 1), scale, spec, scaling, float(eps), axis_activation)
+        return y.reshape(moved.shape).movedim(-1, dim)
+    outer = math.prod(x.shape[:dim])
+    y = ScaledConeFunction.apply(x.contiguous().reshape(outer, C, -1), scale, spec, scaling, float(eps), axis_activation)
     return y.reshape(x.shape)

@@ -33,10 +33,12 @@ import math
 
 import torch
 
+from ..reference import exact_projection
 from ..spec import ConeSpec
 
 
 def _weight_and_slope(r: torch.Tensor, scaling: str):
+    """``w(r)`` and ``w'(r)`` (see :func:`colu.reference.weighting`)."""
     if scaling == "hard":
         w = torch.clamp(r, 0.0, 1.0)
         # inclusive at 0 and 1, as torch.clamp's own gradient
@@ -45,8 +47,18 @@ def _weight_and_slope(r: torch.Tensor, scaling: str):
     if scaling == "soft":
         w = torch.sigmoid(r - 0.5)
         return w, w * (1 - w)
-    w = torch.sigmoid(4.0 * r - 2.0)
-    return w, 4.0 * w * (1 - w)
+    if scaling == "firm":
+        w = torch.sigmoid(4.0 * r - 2.0)
+        return w, 4.0 * w * (1 - w)
+    # sqrt, log: 0 for r <= 0 with slope 0 there (sqrt's slope at 0+ is infinite, and a ReLU axis gives r = 0
+    # for every negative axis value); NaN stays NaN
+    off = r <= 0
+    r_on = torch.where(off, torch.ones_like(r), r)
+    zero = torch.zeros_like(r)
+    if scaling == "sqrt":
+        root = torch.sqrt(r_on)
+        return torch.where(off, zero, root), torch.where(off, zero, 0.5 / root)
+    return torch.where(off, zero, torch.log1p(r_on)), torch.where(off, zero, 1.0 / (1.0 + r_on))
 
 
 def _axis_act(a: torch.Tensor, name: str) -> torch.Tensor:
@@ -114,36 +126,92 @@ def _own(t: torch.Tensor) -> torch.Tensor:
     return t if t.requires_grad else t.detach()
 
 
-def cone_forward(x: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
+def _per_cone(scale, like):
+    """The angle scale (``None``, a scalar or one value per cone) shaped to broadcast over ``(outer, G, inner)``."""
+    if scale is None:
+        return None
+    scale = scale.to(like.dtype)
+    return scale.reshape(1, -1, 1) if scale.dim() else scale
+
+
+def cone_forward(
+    x: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str, scale=None
+) -> torch.Tensor:
+    """The activation of an ``(outer, C, inner)`` tensor; ``scale`` (``None``, a scalar or ``(G,)``) multiplies
+    each cone's ``r`` (the learnable cone angle; differentiable through torch's autograd here)."""
     if spec.kind == "rcolu":
-        return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation))
+        return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
     axes_out = _axis_act(axes, axis_activation)
     norm = _norm(sections)
-    w, _ = _weight_and_slope(axes_out / (norm + eps), scaling)
+    if scaling == "exact":
+        axes_out, w = exact_projection(axes_out, norm)
+    else:
+        r = axes_out / (norm + eps)
+        c = _per_cone(scale, r)
+        w, _ = _weight_and_slope(r if c is None else r * c, scaling)
     return _own(_merge(axes_out, w.unsqueeze(2) * sections, spec))
 
 
+def _exact_backward(a, n, g_a, q):
+    """The exact projection's vector-Jacobian product at axis ``a`` and section norm ``n``, for an upstream
+    ``(g_a, g_s)`` with ``q = <g_s, s>``: ``(dL/da, W, V)`` with ``dL/ds = W g_s + V s``.
+
+    Where ``|a| < n`` the projection is ``m (1, s/n)``, ``m = (a + n)/2``, whose Jacobian gives
+    ``dL/da = g_a/2 + q/(2n)`` and ``dL/ds = g_a s/(2n) + (m/n) g_s - (a q/(2 n^3)) s``; it is the identity
+    inside the cone and 0 in the polar cone."""
+    inside, polar = n <= a, n <= -a
+    mid = ~(inside | polar)
+    safe = torch.where(mid, n, torch.ones_like(n))
+    zero, one = torch.zeros_like(n), torch.ones_like(n)
+    g_axis = torch.where(inside, g_a, torch.where(polar, zero, 0.5 * g_a + q / (2 * safe)))
+    W = torch.where(inside, one, torch.where(polar, zero, (a + safe) / (2 * safe)))
+    V = torch.where(mid, g_a / (2 * safe) - a * q / (2 * safe**3), zero)
+    return g_axis, W, V
+
+
 def cone_backward(
-    x: torch.Tensor, grad: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str
-) -> torch.Tensor:
+    x: torch.Tensor, grad: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis_activation: str,
+    scale=None, scale_grad: bool = False,
+):
+    """The gradient w.r.t. ``x`` of :func:`cone_forward` for the upstream ``grad``; with ``scale_grad`` also
+    the gradient w.r.t. ``scale`` (shaped like it): ``(grad_x, grad_scale)``."""
     if spec.kind == "rcolu":
-        return _rcolu_backward(x, grad, spec, scaling, eps, axis_activation)
+        g_in, g_c = _rcolu_backward(x, grad, spec, scaling, eps, axis_activation, scale)
+        return (g_in, _scale_grad(g_c, scale)) if scale_grad else g_in
     axes, sections = _split(x, spec)
     g_axes, g_sections = _split(grad.contiguous(), spec)
     axes_out = _axis_act(axes, axis_activation)
     norm = _norm(sections)
-    denom = norm + eps
-    r = axes_out / denom
-    w, slope = _weight_and_slope(r, scaling)
-    k = (g_sections * sections).sum(2) * slope / denom
-    # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
-    coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
-    g_sec_in = w.unsqueeze(2) * g_sections - coef.unsqueeze(2) * sections
-    g_ax = g_axes + (k.sum(1, keepdim=True) if spec.share_axis else k)
+    q = (g_sections * sections).sum(2)
+    g_c = None
+    if scaling == "exact":
+        # an own axis per cone (a shared one is refused before this)
+        g_ax, W, V = _exact_backward(axes_out, norm, g_axes, q)
+        g_sec_in = W.unsqueeze(2) * g_sections + V.unsqueeze(2) * sections
+    else:
+        denom = norm + eps
+        r = axes_out / denom
+        c = _per_cone(scale, r)
+        w, slope = _weight_and_slope(r if c is None else r * c, scaling)
+        k = q * slope / denom
+        if c is not None:
+            g_c = k * axes_out  # q w'(cr) r
+            k = k * c
+        # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
+        coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+        g_sec_in = w.unsqueeze(2) * g_sections - coef.unsqueeze(2) * sections
+        g_ax = g_axes + (k.sum(1, keepdim=True) if spec.share_axis else k)
     if axis_activation != "identity":
         g_ax = g_ax * _axis_act_grad(axes, axis_activation)
-    return _merge(g_ax, g_sec_in, spec)
+    g_in = _merge(g_ax, g_sec_in, spec)
+    return (g_in, _scale_grad(g_c, scale)) if scale_grad else g_in
+
+
+def _scale_grad(g_c, scale):
+    """Sum the per-cone ``(outer, G, inner)`` gradient ``g_c`` into the shape of ``scale``."""
+    total = g_c.sum((0, 2))
+    return (total if scale.dim() else total.sum()).to(scale.dtype)
 
 
 def _rcolu_parts(x, spec, scaling, eps, axis_activation):
@@ -155,28 +223,47 @@ def _rcolu_parts(x, spec, scaling, eps, axis_activation):
     norm = _norm(perp)
     t = mean.squeeze(2) * math.sqrt(S)
     t_out = _axis_act(t, axis_activation)
-    denom = norm + eps
-    r = t_out / denom
-    w, slope = _weight_and_slope(r, scaling)
-    return groups, perp, norm, denom, t, t_out, r, w, slope
+    return perp, norm, t, t_out
 
 
-def _rcolu_forward(x, spec, scaling, eps, axis_activation):
-    _, perp, _, _, _, t_out, _, w, _ = _rcolu_parts(x, spec, scaling, eps, axis_activation)
+def _rcolu_forward(x, spec, scaling, eps, axis_activation, scale):
+    perp, norm, _, t_out = _rcolu_parts(x, spec, scaling, eps, axis_activation)
+    if scaling == "exact":
+        t_out, w = exact_projection(t_out, norm)
+    else:
+        r = t_out / (norm + eps)
+        c = _per_cone(scale, r)
+        w, _ = _weight_and_slope(r if c is None else r * c, scaling)
     out = (t_out / math.sqrt(spec.cone_dim)).unsqueeze(2) + w.unsqueeze(2) * perp
     return out.view(x.shape)
 
 
-def _rcolu_backward(x, grad, spec, scaling, eps, axis_activation):
+def _rcolu_backward(x, grad, spec, scaling, eps, axis_activation, scale):
     S = spec.cone_dim
-    _, perp, norm, denom, t, _, r, w, slope = _rcolu_parts(x, spec, scaling, eps, axis_activation)
+    perp, norm, t, t_out = _rcolu_parts(x, spec, scaling, eps, axis_activation)
     g = grad.reshape(perp.shape)
     g_mean = g.mean(2)
-    k = (g * perp).sum(2) * slope / denom
-    coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
-    # dL/dt' = sum(g)/sqrt(S) + k, pushed back along e (dt/dx = e)
-    g_t = g_mean + k / math.sqrt(S)
+    q = (g * perp).sum(2)  # perp has zero mean, so this is <g_perp, perp>
+    g_c = None
+    if scaling == "exact":
+        # in the basis (e, e-perp): g_t = sum(g)/sqrt(S) = g_mean sqrt(S)
+        g_t, W, V = _exact_backward(t_out, norm, g_mean * math.sqrt(S), q)
+        g_t = g_t / math.sqrt(S)
+        g_perp = W.unsqueeze(2) * (g - g_mean.unsqueeze(2)) + V.unsqueeze(2) * perp
+    else:
+        denom = norm + eps
+        r = t_out / denom
+        c = _per_cone(scale, r)
+        w, slope = _weight_and_slope(r if c is None else r * c, scaling)
+        k = q * slope / denom
+        if c is not None:
+            g_c = k * t_out
+            k = k * c
+        coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+        # dL/dt' = sum(g)/sqrt(S) + k, pushed back along e (dt/dx = e)
+        g_t = g_mean + k / math.sqrt(S)
+        g_perp = w.unsqueeze(2) * (g - g_mean.unsqueeze(2)) - coef.unsqueeze(2) * perp
     if axis_activation != "identity":
         g_t = g_t * _axis_act_grad(t, axis_activation)
-    g_in = w.unsqueeze(2) * (g - g_mean.unsqueeze(2)) - coef.unsqueeze(2) * perp + g_t.unsqueeze(2)
-    return g_in.view(x.shape)
+    g_in = g_perp + g_t.unsqueeze(2)
+    return g_in.view(x.shape), g_c

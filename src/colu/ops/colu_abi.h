@@ -11,13 +11,19 @@
 
 #include <stdint.h>
 
-#define COLU_ABI_VERSION 3
+#define COLU_ABI_VERSION 4
 
 /* colu_cfg.kind */
 enum colu_kind { COLU_KIND_COLU = 0, COLU_KIND_RCOLU = 1 };
 
-/* colu_cfg.scaling: the weight w(r) of the section */
-enum colu_scaling { COLU_SCALING_HARD = 0, COLU_SCALING_SOFT = 1, COLU_SCALING_FIRM = 2 };
+/* colu_cfg.scaling: the weight w(r) of the section (sqrt and log: sqrt(r) and log1p(r) where r > 0, else 0) */
+enum colu_scaling {
+    COLU_SCALING_HARD = 0,
+    COLU_SCALING_SOFT = 1,
+    COLU_SCALING_FIRM = 2,
+    COLU_SCALING_SQRT = 3,
+    COLU_SCALING_LOG = 4
+};
 
 /* colu_cfg.act: the activation phi applied to the axis */
 enum colu_act { COLU_ACT_IDENTITY = 0, COLU_ACT_RELU = 1, COLU_ACT_SILU = 2 };

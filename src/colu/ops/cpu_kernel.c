@@ -33,6 +33,11 @@
  *    each cone's plane a tile of pixels at a time, one pixel per vector lane
  *    and S unit-stride streams (kernel_planes.h).
  *
+ * Only the hard, soft and firm scalings have loops of their own (OWN_LOOPS):
+ * sqrt and log run on every path in the loops that read the scaling at run
+ * time (on the float32 planes path, loops compiled apart from the three's:
+ * SC_OWN).
+ *
  * Channel maps (see colu/spec.py): cone g's axis is channel
  * axis_base + g * axis_step and its section channels sec_base + g * sec_step
  * + k, k < S - 1. grouped: (0, S, 1, S); axes_first: (0, 1, G, S - 1);
@@ -64,6 +69,22 @@ typedef int64_t i64;
 
 /* cones that are S contiguous channels: every RCoLU, and grouped CoLU without a shared axis */
 #define FLAT(c) ((c)->kind == COLU_KIND_RCOLU || (!(c)->shared && (c)->axis_step == (c)->S))
+
+/* the scalings that have loops of their own (specialised per S, the vector blocks, the rows' per-cone
+ * loops); sqrt and log run only where the scaling is read at run time, which keeps the build short */
+#define OWN_LOOPS(sc) ((sc) == COLU_SCALING_HARD || (sc) == COLU_SCALING_SOFT || (sc) == COLU_SCALING_FIRM)
+
+/* The scaling as given to the loops that read it at run time and vectorise by computing every weighting
+ * and selecting one (the planes' per-pixel scalars, RCoLU's relu/silu loops): one of the three above, a
+ * range the compiler sees, so that sqrt's and log's branches are not in them (log1p is a call, which keeps
+ * the vectoriser out of any loop it is in). sqrt and log take the float32 planes loops compiled with
+ * SC_SQRT_LOG and, on the flat path, the run-time loop, which vectorises within a cone rather than across
+ * cones. */
+#define SC_OWN(c)                                                                                   \
+    ((int)(c)->scaling == COLU_SCALING_SOFT   ? COLU_SCALING_SOFT                                   \
+     : (int)(c)->scaling == COLU_SCALING_FIRM ? COLU_SCALING_FIRM                                   \
+                                              : COLU_SCALING_HARD)
+#define SC_SQRT_LOG(c) ((int)(c)->scaling == COLU_SCALING_SQRT ? COLU_SCALING_SQRT : COLU_SCALING_LOG)
 
 /* the scalar helpers must inline into every specialised loop, or the loops
  * stop vectorising once the compiler's inlining budget for the file runs out */
@@ -176,24 +197,28 @@ static inline float colu_expf(float x) {
 #define SFX(name) name##_f32
 #define SQRT sqrtf
 #define EXP colu_expf
+#define LOG1P log1pf
 #define SPECIALISE_S 1
 #include "kernel_body.h"
 #undef T
 #undef SFX
 #undef SQRT
 #undef EXP
+#undef LOG1P
 #undef SPECIALISE_S
 
 #define T double
 #define SFX(name) name##_f64
 #define SQRT sqrt
 #define EXP exp
+#define LOG1P log1p
 #define SPECIALISE_S 0
 #include "kernel_body.h"
 #undef T
 #undef SFX
 #undef SQRT
 #undef EXP
+#undef LOG1P
 #undef SPECIALISE_S
 
 /* One entry point that takes its arguments packed in an int64 array (the

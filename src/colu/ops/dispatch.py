@@ -34,6 +34,7 @@ import os
 
 import torch
 
+from ..spec import KERNEL_SCALINGS
 from . import closed_form, cpu
 
 BACKENDS = ("auto", "closed_form", "cpu", "triton")
@@ -74,8 +75,11 @@ def env_token():
     return _ENV_DATA.get(_ENV_KEY)
 
 
-def select(x: torch.Tensor, backend: str = "auto") -> str:
-    """Name of the backend that will run ``x``, after ``COLU_BACKEND`` and the checks above."""
+def select(x: torch.Tensor, backend: str = "auto", scaling: str = "hard") -> str:
+    """Name of the backend that will run ``x`` with ``scaling``, after ``COLU_BACKEND`` and the checks above.
+
+    The kernels compute the weightings of :data:`colu.spec.KERNEL_SCALINGS`; the exact projection runs on the
+    closed form (``"auto"``), and a forced kernel refuses it."""
     if backend == "auto":
         backend = os.environ.get("COLU_BACKEND") or "auto"
         where = "COLU_BACKEND"
@@ -84,6 +88,13 @@ def select(x: torch.Tensor, backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown {where}={backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
     if backend == "closed_form" or _exporting():
+        return "closed_form"
+    if scaling not in KERNEL_SCALINGS:
+        if backend != "auto":
+            raise RuntimeError(
+                f"{where}={backend!r} does not compute scaling={scaling!r}, which runs on the closed form only; "
+                "use backend='auto' or 'closed_form'"
+            )
         return "closed_form"
     compiling = torch.compiler.is_compiling()
     device = x.device.type

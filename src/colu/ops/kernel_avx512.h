@@ -58,10 +58,10 @@ ALWAYS_INLINE __m512 avz_exp(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* w = weight(t / (|s| + eps)) for 16 cones: hard in one vector pass of the shared helper, soft and firm
- * through avz_exp */
+/* w = weight(t / (|s| + eps)) for 16 cones: soft and firm through avz_exp, any other scaling (hard) in
+ * one vector pass of the shared helper, so that no scaling is ever computed as a sigmoid it is not */
 ALWAYS_INLINE void avz_weights(float* w, const float* t, const float* ss, const float eps, const int sc) {
-    if (sc == COLU_SCALING_HARD) {
+    if (sc != COLU_SCALING_SOFT && sc != COLU_SCALING_FIRM) {
         _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
         return;
     }

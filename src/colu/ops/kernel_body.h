@@ -1,10 +1,11 @@
 /* The kernels' paths, written once over a floating type: cpu_kernel.c
  * includes this file once per dtype, with T the type, SFX(name) the name
- * with the dtype's suffix (_f32, _f64), SQRT and EXP its square root and
- * exponential, and SPECIALISE_S 1 for float32, whose instance adds the loops
- * specialised per S and, where the machine has them, the vector blocks. The
- * scalar helpers at the top are shared by every path, so that all of them
- * compute a cone alike. No include guard: it is included twice. */
+ * with the dtype's suffix (_f32, _f64), SQRT, EXP and LOG1P its square root,
+ * exponential and log(1 + x), and SPECIALISE_S 1 for float32, whose instance
+ * adds the loops specialised per S and, where the machine has them, the
+ * vector blocks. The scalar helpers at the top are shared by every path, so
+ * that all of them compute a cone alike. No include guard: it is included
+ * twice. */
 
 ALWAYS_INLINE T SFX(sigm)(T z) { return (T)1 / ((T)1 + EXP(-z)); }
 
@@ -21,22 +22,28 @@ ALWAYS_INLINE T SFX(act_grad)(T a, int act) {
     return sg * ((T)1 + a * ((T)1 - sg));
 }
 
-/* w(r); for NaN r every comparison is false and r comes back. The clamp is two selects whose comparisons
- * are both always made (see colu_expf), so that loops over it vectorise. */
+/* w(r); for NaN r every comparison is false and r comes back (NaN from sqrt and log1p). The clamp is two
+ * selects whose comparisons are both always made (see colu_expf), so that loops over it vectorise. sqrt
+ * and log are 0 for r <= 0: a relu axis gives r = 0 for every negative axis value. */
 ALWAYS_INLINE T SFX(weight)(T r, int scaling) {
     if (scaling == COLU_SCALING_HARD) {
         const T lo = r < 0 ? (T)0 : r;
         return lo > 1 ? (T)1 : lo;
     }
     if (scaling == COLU_SCALING_SOFT) return SFX(sigm)(r - (T)0.5);
-    return SFX(sigm)((T)4 * r - (T)2);
+    if (scaling == COLU_SCALING_FIRM) return SFX(sigm)((T)4 * r - (T)2);
+    if (scaling == COLU_SCALING_SQRT) return r <= 0 ? (T)0 : SQRT(r);
+    return r <= 0 ? (T)0 : LOG1P(r);
 }
 
-/* w'(r) given w; inclusive at 0 and 1 as torch.clamp's gradient */
+/* w'(r) given w; inclusive at 0 and 1 as torch.clamp's gradient. sqrt and log have slope 0 for r <= 0, as
+ * the closed form: sqrt's slope at 0+ is infinite, and the r = 0 of a relu axis must give finite gradients. */
 ALWAYS_INLINE T SFX(slope)(T r, T w, int scaling) {
     if (scaling == COLU_SCALING_HARD) return (T)((r >= 0) & (r <= 1)); /* &, not &&: both always compared */
     if (scaling == COLU_SCALING_SOFT) return w * ((T)1 - w);
-    return (T)4 * w * ((T)1 - w);
+    if (scaling == COLU_SCALING_FIRM) return (T)4 * w * ((T)1 - w);
+    if (scaling == COLU_SCALING_SQRT) return r <= 0 ? (T)0 : (T)0.5 / w; /* w = sqrt(r) */
+    return r <= 0 ? (T)0 : (T)1 / ((T)1 + r);
 }
 
 /* The backward's per-cone scalars, shared by every loop below: from the
@@ -61,13 +68,12 @@ ALWAYS_INLINE void SFX(bwd_scalars)(const T nn, const T q, const T ap, const T e
 
 /* the per-cone loop instantiated for each scaling with the identity axis
  * activation (the default), so that the clamp or the sigmoid is straight-line
- * code the vectoriser accepts (float32 only); relu/silu axes take the
- * generic loop */
-#define DISPATCH9(F, ...)                                                                   \
-    if (!SPECIALISE_S) F(__VA_ARGS__, sc, act);                                             \
-    else if (act != COLU_ACT_IDENTITY) F(__VA_ARGS__, sc, act);                             \
-    else if (sc == COLU_SCALING_HARD) F(__VA_ARGS__, COLU_SCALING_HARD, COLU_ACT_IDENTITY); \
-    else if (sc == COLU_SCALING_SOFT) F(__VA_ARGS__, COLU_SCALING_SOFT, COLU_ACT_IDENTITY); \
+ * code the vectoriser accepts (float32 only); relu/silu axes, sqrt and log
+ * take the generic loop */
+#define DISPATCH9(F, ...)                                                                     \
+    if (!SPECIALISE_S || act != COLU_ACT_IDENTITY || !OWN_LOOPS(sc)) F(__VA_ARGS__, sc, act); \
+    else if (sc == COLU_SCALING_HARD) F(__VA_ARGS__, COLU_SCALING_HARD, COLU_ACT_IDENTITY);   \
+    else if (sc == COLU_SCALING_SOFT) F(__VA_ARGS__, COLU_SCALING_SOFT, COLU_ACT_IDENTITY);   \
     else F(__VA_ARGS__, COLU_SCALING_FIRM, COLU_ACT_IDENTITY);
 
 ALWAYS_INLINE void SFX(fwd_mid)(const i64 nb, const T* restrict nn, T* restrict ap, T* restrict w, const T eps,
@@ -207,7 +213,7 @@ static void SFX(pick_mids)(const colu_cfg* c, SFX(fwd_mid_fn) * f, SFX(bwd_mid_f
     }
     MID_ALL(CASE)
 #undef CASE
-    *f = SFX(fwd_mid_HARD_IDENTITY); /* unreachable: Python writes only the values above */
+    *f = SFX(fwd_mid_HARD_IDENTITY); /* unreachable: split_range passes on the other scalings */
     *b = SFX(bwd_mid_HARD_IDENTITY);
 }
 #undef MID_ALL
@@ -293,7 +299,8 @@ SPLIT_ALL(SPLIT_LOOPS)
 static int SFX(split_range)(const T* x, const T* g, T* out, const i64 outer, const i64 C, const colu_cfg* c,
                             const int nt, const int backward) {
 #if SPECIALISE_S
-    if (c->kind != COLU_KIND_COLU || c->sec_step != c->S - 1) return 0;
+    /* sqrt and log have no per-cone loops of their own (pick_mids): the generic rows loops take them */
+    if (c->kind != COLU_KIND_COLU || c->sec_step != c->S - 1 || !OWN_LOOPS(c->scaling)) return 0;
 #define CASE(SS)                                                      \
     if (c->S == SS) {                                                 \
         if (backward) SFX(split_bwd_##SS)(x, g, out, outer, C, c, nt); \
@@ -390,7 +397,7 @@ ALWAYS_INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, c
                          SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps));   \
     }
 
-/* run-time configuration: any S, axis activation and dtype */
+/* run-time configuration: any S, axis activation, scaling and dtype */
 FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 
 #if SPECIALISE_S && defined(COLU_AVX2)
@@ -481,6 +488,10 @@ static void SFX(flat_act_bwd)(const T* restrict x, const T* restrict gr, T* rest
 #endif
 
 static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt) {
+    if (!OWN_LOOPS(c->scaling)) { /* every loop below is for one of the three */
+        SFX(flat_fwd_any)(x, y, n, c, nt);
+        return;
+    }
 #if SPECIALISE_S
     if (ACT_VIA_IDENTITY(c)) {
         SFX(flat_act_fwd)(x, y, n, c, nt);
@@ -515,6 +526,10 @@ static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n,
 
 static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
                                 const colu_cfg* c, const int nt) {
+    if (!OWN_LOOPS(c->scaling)) { /* as in flat_fwd_range */
+        SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
+        return;
+    }
 #if SPECIALISE_S
     if (ACT_VIA_IDENTITY(c)) {
         SFX(flat_act_bwd)(x, gr, gi, n, c, nt);

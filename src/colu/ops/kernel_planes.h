@@ -185,8 +185,14 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
         PLANE_SPANS(PLANE_BWD_CALL, SS, KIND, SC, ACT);                                                           \
     }
 
-/* run-time configuration: any S, kind, scaling, axis activation and dtype */
+/* run-time configuration: any S, kind, scaling, axis activation and dtype; for float32, sqrt and log in
+ * loops of their own (SC_OWN in cpu_kernel.c; float64's exp is a call, which its loops carry already) */
+#if SPECIALISE_S
+PLANE_LOOPS(any, c->S, (int)c->kind, SC_OWN(c), (int)c->act)
+PLANE_LOOPS(sqrt_log, c->S, (int)c->kind, SC_SQRT_LOG(c), (int)c->act)
+#else
 PLANE_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
+#endif
 
 #if SPECIALISE_S
 /* S, kind and scaling are constants; the axis activation is read at run time (a branch outside the
@@ -208,6 +214,10 @@ PLANE_ALL(DEF_PLANE)
 static void SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C, const i64 inner, const colu_cfg* c,
                                  const int nt) {
 #if SPECIALISE_S
+    if (!OWN_LOOPS(c->scaling)) { /* the loops below are for the other three */
+        SFX(plane_fwd_sqrt_log)(x, y, outer, C, inner, c, nt);
+        return;
+    }
 #define CASE(SS, KIND, SC)                                                               \
     if (PLANE_HIT(SS, KIND, SC)) {                                                       \
         SFX(plane_fwd_##SS##_##KIND##_##SC)(x, y, outer, C, inner, c, nt);               \
@@ -222,6 +232,10 @@ static void SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C,
 static void SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer, const i64 C, const i64 inner,
                                  const colu_cfg* c, const int nt) {
 #if SPECIALISE_S
+    if (!OWN_LOOPS(c->scaling)) { /* as in plane_fwd_range */
+        SFX(plane_bwd_sqrt_log)(x, gr, gi, outer, C, inner, c, nt);
+        return;
+    }
 #define CASE(SS, KIND, SC)                                                               \
     if (PLANE_HIT(SS, KIND, SC)) {                                                       \
         SFX(plane_bwd_##SS##_##KIND##_##SC)(x, gr, gi, outer, C, inner, c, nt);          \

@@ -21,10 +21,10 @@
 FLAT_ALL(DEF_FLAT)
 #undef DEF_FLAT
 
-/* RCoLU with a relu/silu axis, per S, the scaling and the axis activation read at run time (the compiler
- * takes the branches out of the loops); CoLU's take the identity loops (flat_act_fwd in kernel_body.h), which
- * for RCoLU would recompute the cone's mean of a shifted input and lose exact zeros */
+/* RCoLU with a relu/silu axis, per S, the scaling (of the three: SC_OWN) and the axis activation read at run
+ * time (the compiler takes the branches out of the loops); CoLU's take the identity loops (flat_act_fwd in
+ * kernel_body.h), which for RCoLU would recompute the cone's mean of a shifted input and lose exact zeros */
 #define RCOLU_ACT_ALL(M) M(4) M(8)
-#define DEF_RACT(SS) FLAT_LOOPS(SS##_RCOLU_act, SS, COLU_KIND_RCOLU, (int)c->scaling, (int)c->act)
+#define DEF_RACT(SS) FLAT_LOOPS(SS##_RCOLU_act, SS, COLU_KIND_RCOLU, SC_OWN(c), (int)c->act)
 RCOLU_ACT_ALL(DEF_RACT)
 #undef DEF_RACT

@@ -176,7 +176,7 @@ def run(key, x, dim, spec, scaling, eps, axis_activation, backend):
     """Compute a validated call (``dim`` normalised, ``spec`` resolved, neither the identity nor
     component-wise) on the backend :func:`~colu.ops.dispatch.select` picks, caching a plan under
     ``key`` (from :func:`replay`; ``None``: none) where that backend is a kernel on a contiguous tensor."""
-    chosen = dispatch.select(x, backend)
+    chosen = dispatch.select(x, backend, scaling)
     if key is not None:
         if x.is_contiguous():
             _remember(key, x, dim, spec, scaling, float(eps), axis_activation, chosen)

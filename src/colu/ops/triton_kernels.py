@@ -37,6 +37,7 @@ the result is deterministic), and writes the axis at the end.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -49,6 +50,24 @@ from .abi import SCALINGS as _SCALING
 @triton.jit
 def _sigmoid(z):
     return 1.0 / (1.0 + tl.exp(-z))
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+
+    @triton.jit
+    def _log1p(r):
+        # the interpreter has no libdevice: log(u), u = 1 + r, corrected for the rounding of u (exact to
+        # first order in it), so as accurate as log itself however small r is; r >= 1 leaves the correction
+        # out (it is within about an ulp of the result there, and r = inf would make it inf - inf)
+        u = 1.0 + r
+        return tl.log(u) - tl.where(r < 1.0, ((u - 1.0) - r) / u, 0.0)
+
+else:
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _log1p(r):
+        return libdevice.log1p(r)
 
 
 @triton.jit
@@ -78,8 +97,17 @@ def _weight(r, SCALING: tl.constexpr):
         return tl.where(r < 0, 0.0, tl.where(r > 1, 1.0, r))
     elif SCALING == 1:
         return _sigmoid(r - 0.5)
-    else:
+    elif SCALING == 2:
         return _sigmoid(4.0 * r - 2.0)
+    else:
+        # sqrt, log: 0 for r <= 0 (false for NaN, which stays NaN); the inner where keeps r <= 0 out of
+        # sqrt and log1p, as the closed form does
+        off = r <= 0
+        r_on = tl.where(off, 1.0, r)
+        if SCALING == 3:
+            return tl.where(off, 0.0, tl.sqrt(r_on))
+        else:
+            return tl.where(off, 0.0, _log1p(r_on))
 
 
 @triton.jit
@@ -88,8 +116,15 @@ def _slope(r, w, SCALING: tl.constexpr):
         return tl.where((r >= 0) & (r <= 1), 1.0, 0.0)
     elif SCALING == 1:
         return w * (1.0 - w)
-    else:
+    elif SCALING == 2:
         return 4.0 * w * (1.0 - w)
+    else:
+        # 0 for r <= 0, where sqrt's slope is infinite at 0 and a relu axis puts every negative axis value
+        off = r <= 0
+        if SCALING == 3:
+            return tl.where(off, 0.0, 0.5 / tl.where(off, 1.0, w))  # w = sqrt(r)
+        else:
+            return tl.where(off, 0.0, 1.0 / (1.0 + tl.where(off, 1.0, r)))
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import colu
 from colu.files import atomic_write_json
 from colu.ops.dispatch import BACKENDS, select
-from colu.spec import AXIS_ACTIVATIONS, LAYOUTS
+from colu.spec import AXIS_ACTIVATIONS, LAYOUTS, SCALINGS
 
 CPU_SHAPES = "4096x1024,64x512"
 # 1 GiB in float32: (4096, 1024) fits in the 50 MB L2 of recent GPUs and would time the cache, not memory
@@ -32,7 +32,6 @@ GPU_LARGE = "32768x8192"
 CONE_DIMS, REPEATS, WARMUP = "4,8,16", 30, 5
 # --quick: a tiny shape and few repeats; options given explicitly still win
 QUICK = dict(shapes="64x48", cone_dims="4", repeats=3, warmup=1)
-SCALINGS = ("hard", "soft", "firm")
 # the MLP of the model rows: its hidden width must be a multiple of the cone dimension it uses
 MODEL_WIDTH, QUICK_MODEL_WIDTH = 2048, 64
 
