@@ -3,6 +3,8 @@
 Usage: python benchmarks/kernel_ab.py OLD.c NEW.c [--shape 4096x1024] [--cone-dim 4] [--kind colu]
        [--scaling hard] [--backward] [--repeats 200]
 
+A 4-dimensional --shape (e.g. 128x16x32x32) is an NCHW activation with the cones over dim 1: the planes path.
+
 Builds each kernel source with the package's flags, then times ATen's ReLU
 (or its backward, threshold_backward) and every build in turn, one call each
 per repetition, each call writing a freshly allocated output as a model's
@@ -35,18 +37,20 @@ def build(source: Path, out_dir: Path) -> ctypes.CDLL:
     return lib
 
 
-def shape(text: str) -> tuple[int, int]:
+def shape(text: str) -> tuple:
     try:
-        N, C = (int(v) for v in text.lower().split("x"))
+        dims = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape must look like 4096x1024, got {text!r}") from None
-    return N, C
+        dims = ()
+    if len(dims) not in (2, 4):
+        raise argparse.ArgumentTypeError(f"--shape must look like 4096x1024 or 128x16x32x32, got {text!r}")
+    return dims
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", type=Path)
-    p.add_argument("--shape", type=shape, default=(4096, 1024), help="NxC (default: 4096x1024)")
+    p.add_argument("--shape", type=shape, default=(4096, 1024), help="NxC or NxCxHxW (default: 4096x1024)")
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
     p.add_argument("--scaling", choices=["hard", "soft", "firm"], default="hard")
@@ -57,10 +61,11 @@ def main():
         if not src.is_file():
             p.error(f"no kernel source at {src} (give cpu_kernel.c files, e.g. from git show REV:src/colu/ops/cpu_kernel.c)")
     bench._keep_freed_buffers()
-    N, C = args.shape
-    x, g = torch.randn(N, C), torch.randn(N, C)
+    N, C = args.shape[:2]
+    inner = args.shape[2] * args.shape[3] if len(args.shape) == 4 else 1
+    x, g = torch.randn(args.shape), torch.randn(args.shape)
     cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), args.scaling, 1e-7, "identity")
-    block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, 1,
+    block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, inner,
                                   ctypes.addressof(cfg), torch.get_num_threads())
 
     def kernel(lib):

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 KERNEL=$(realpath "${1:-src/colu/ops/cpu_kernel.c}")
 BIN=$(mktemp)
 trap 'rm -f "$BIN"' EXIT
-${CC:-cc} -O3 -march=native -fno-math-errno -fopenmp -std=gnu11 -DKFILE="\"$KERNEL\"" benchmarks/kernel_micro.c -o "$BIN" -lm
+${CC:-cc} -O3 -march=native -fno-math-errno -fno-trapping-math -fopenmp -std=gnu11 -DKFILE="\"$KERNEL\"" benchmarks/kernel_micro.c -o "$BIN" -lm
 "$BIN"

@@ -14,6 +14,24 @@
  * it is included twice. */
 #define PT 64
 
+/* The per-pixel loops below with the identity axis (the paper's, and what conv nets use) a compile-time
+ * constant ACTC: read at run time, the axis activation is a branch in the loop body that GCC does not take
+ * out of the loop ("control flow in loop"), and the loop that holds the square root and the division then
+ * runs one pixel at a time (about half the planes path's speed). relu/silu axes keep the run-time value:
+ * a constant for each as well would add about 10 s to the first-use build. */
+#ifndef PLANE_WITH_ACT
+#define PLANE_WITH_ACT(act, ...)                       \
+    do {                                               \
+        if ((act) == COLU_ACT_IDENTITY) {              \
+            enum { ACTC = COLU_ACT_IDENTITY };         \
+            __VA_ARGS__                                \
+        } else {                                       \
+            const int ACTC = (act);                    \
+            __VA_ARGS__                                \
+        }                                              \
+    } while (0)
+#endif
+
 /* cones g0 <= g < g1 of a tile of nb pixels */
 ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 cs, const i64 nb,
                                   const colu_cfg* c, const i64 g0, const i64 g1, const i64 S, const int kind,
@@ -33,12 +51,12 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
             for (i64 i = 0; i < nb; ++i) mv[i] *= inv_s;
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i) { const T p = xg[k * cs + i] - mv[i]; nv[i] += p * p; }
-            for (i64 i = 0; i < nb; ++i) {
-                const T tp = SFX(act)(mv[i] * rs, act);
+            PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
+                const T tp = SFX(act)(mv[i] * rs, ACTC);
                 wv[i] = SFX(weight)(tp / (SQRT(nv[i]) + eps), sc);
                 /* tp e in each channel; mu itself for the identity axis (as cone_fwd) */
-                bv[i] = act != COLU_ACT_IDENTITY ? tp * inv_rs : mv[i];
-            }
+                bv[i] = ACTC != COLU_ACT_IDENTITY ? tp * inv_rs : mv[i];
+            });
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i) yg[k * cs + i] = bv[i] + wv[i] * (xg[k * cs + i] - mv[i]);
         }
@@ -57,11 +75,11 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
         for (i64 i = 0; i < nb; ++i) nv[i] = 0;
         for (i64 k = 0; k < m; ++k)
             for (i64 i = 0; i < nb; ++i) nv[i] += s[k * cs + i] * s[k * cs + i];
-        for (i64 i = 0; i < nb; ++i) {
-            const T a = SFX(act)(xa[i], act);
+        PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
+            const T a = SFX(act)(xa[i], ACTC);
             av[i] = a;
             wv[i] = SFX(weight)(a / (SQRT(nv[i]) + eps), sc);
-        }
+        });
         for (i64 k = 0; k < m; ++k)
             for (i64 i = 0; i < nb; ++i) ys[k * cs + i] = wv[i] * s[k * cs + i];
         /* a shared axis is the same channel for every cone and gets the same value each time */
@@ -92,17 +110,17 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
                     nv[i] += p * p;
                     qv[i] += gg[k * cs + i] * p;
                 }
-            for (i64 i = 0; i < nb; ++i) {
+            PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
                 const T mu = mv[i], gm = gv[i], t = mu * rs;
                 T w, kk, coef;
-                SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(t, act), eps, sc, &w, &kk, &coef);
+                SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(t, ACTC), eps, sc, &w, &kk, &coef);
                 T gt = gm + kk * inv_rs;
-                if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
+                if (ACTC != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, ACTC);
                 /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded (as cone_bwd) */
                 wv[i] = w;
                 cv[i] = coef;
                 dv[i] = gt - w * gm + coef * mu;
-            }
+            });
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i) og[k * cs + i] = wv[i] * gg[k * cs + i] - cv[i] * xg[k * cs + i] + dv[i];
         }
@@ -122,17 +140,17 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
                 nv[i] += s[k * cs + i] * s[k * cs + i];
                 qv[i] += gs[k * cs + i] * s[k * cs + i];
             }
-        for (i64 i = 0; i < nb; ++i)
-            SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], act), eps, sc, wv + i, kv + i, cv + i);
+        PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i)
+            SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], ACTC), eps, sc, wv + i, kv + i, cv + i););
         for (i64 k = 0; k < m; ++k)
             for (i64 i = 0; i < nb; ++i) os[k * cs + i] = wv[i] * gs[k * cs + i] - cv[i] * s[k * cs + i];
         if (c->shared) {
             for (i64 i = 0; i < nb; ++i) ksum[i] += kv[i];
         } else {
-            for (i64 i = 0; i < nb; ++i) {
+            PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
                 const T v = gr[ao + i] + kv[i];
-                gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
-            }
+                gi[ao + i] = ACTC != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], ACTC) : v;
+            });
         }
     }
     if (c->shared) {
