@@ -153,6 +153,24 @@ def cone_forward(
     return _own(_merge(axes_out, w.unsqueeze(2) * sections, spec))
 
 
+def _weighted_terms(a, n, q, eps, scaling, scale):
+    """The per-cone terms of a weighting's backward at axis ``a``, section norm ``n`` and ``q = <g_s, s>``:
+    ``(w, k, coef, g_c)`` with ``dL/da += k``, ``dL/ds = w g_s - coef s`` and ``g_c`` the gradient for the
+    angle ``scale`` before its sum over positions (``None`` without a scale)."""
+    denom = n + eps
+    r = a / denom
+    c = _per_cone(scale, r)
+    w, slope = _weight_and_slope(r if c is None else r * c, scaling)
+    k = q * slope / denom
+    g_c = None
+    if c is not None:
+        g_c = k * a  # q w'(c r) r
+        k = k * c
+    # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
+    coef = k * r / torch.where(n > 0, n, torch.ones_like(n))
+    return w, k, coef, g_c
+
+
 def _exact_backward(a, n, g_a, q):
     """The exact projection's vector-Jacobian product at axis ``a`` and section norm ``n``, for an upstream
     ``(g_a, g_s)`` with ``q = <g_s, s>``: ``(dL/da, W, V)`` with ``dL/ds = W g_s + V s``.
@@ -190,16 +208,7 @@ def cone_backward(
         g_ax, W, V = _exact_backward(axes_out, norm, g_axes, q)
         g_sec_in = W.unsqueeze(2) * g_sections + V.unsqueeze(2) * sections
     else:
-        denom = norm + eps
-        r = axes_out / denom
-        c = _per_cone(scale, r)
-        w, slope = _weight_and_slope(r if c is None else r * c, scaling)
-        k = q * slope / denom
-        if c is not None:
-            g_c = k * axes_out  # q w'(cr) r
-            k = k * c
-        # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
-        coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+        w, k, coef, g_c = _weighted_terms(axes_out, norm, q, eps, scaling, scale)
         g_sec_in = w.unsqueeze(2) * g_sections - coef.unsqueeze(2) * sections
         g_ax = g_axes + (k.sum(1, keepdim=True) if spec.share_axis else k)
     if axis_activation != "identity":
@@ -251,15 +260,7 @@ def _rcolu_backward(x, grad, spec, scaling, eps, axis_activation, scale):
         g_t = g_t / math.sqrt(S)
         g_perp = W.unsqueeze(2) * (g - g_mean.unsqueeze(2)) + V.unsqueeze(2) * perp
     else:
-        denom = norm + eps
-        r = t_out / denom
-        c = _per_cone(scale, r)
-        w, slope = _weight_and_slope(r if c is None else r * c, scaling)
-        k = q * slope / denom
-        if c is not None:
-            g_c = k * t_out
-            k = k * c
-        coef = k * r / torch.where(norm > 0, norm, torch.ones_like(norm))
+        w, k, coef, g_c = _weighted_terms(t_out, norm, q, eps, scaling, scale)
         # dL/dt' = sum(g)/sqrt(S) + k, pushed back along e (dt/dx = e)
         g_t = g_mean + k / math.sqrt(S)
         g_perp = w.unsqueeze(2) * (g - g_mean.unsqueeze(2)) - coef.unsqueeze(2) * perp
