@@ -86,7 +86,7 @@ def test_nchw_dim1(channels_last, kind, layout, share, scaling, act):
 @pytest.mark.parametrize("S", [3, 4, 8, 16, 24])
 def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
     # big enough to run multithreaded; every float32 loop specialised for (S, kind, scaling), the
-    # AVX-512 blocks of 16 cones for S = 4, 8 and the AVX2 blocks of 8 for S = 16, 24 (603 * 71 cones:
+    # AVX-512 blocks of 16 cones for S = 4, 8, 16 and the AVX2 blocks of 8 for S = 4, 8, 16, 24 (603 * 71 cones:
     # remainders of 13 and 5 after the last block)
     x, g = _inputs((603, S * 71), -1, torch.float32, seed=S)
     _check(lambda t: colu.colu(t, S, scaling=scaling), lambda t: reference.colu(t, S, scaling=scaling), x, g, torch.float32)
@@ -470,8 +470,8 @@ def test_cached_plans_are_per_thread():
 _ISA_BUILDS = {
     # no AVX2: the plain C loops everywhere; no F16C, so float16 is upcast in torch
     "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_"), False),
-    # AVX2 without AVX-512: the AVX2 blocks for S = 16, gcc's flat loops for S = 4 and 8
-    "x86-64-v3": (("avx_fwd_16",), ("avx_fwd_4_", "avx_fwd_8_"), True),
+    # AVX2 without AVX-512: the AVX2 blocks of 8 cones for S = 4, 8 and 16, and none of gcc's flat loops for them
+    "x86-64-v3": (("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_"), ("flat_fwd_4_COLU_HARD", "flat_fwd_8_COLU_HARD"), True),
 }
 
 

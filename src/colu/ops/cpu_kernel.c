@@ -16,9 +16,10 @@
  *    the identity axis, hand-written vector blocks take over where the
  *    compiler's code was compute-bound: AVX-512 blocks of 16 cones for
  *    S = 4, 8, 16 and AVX2 blocks of 8 cones for larger multiples of 8 (and
- *    S = 16 without AVX-512), run a few blocks at a time (avz_fwd_chunk,
- *    avz_bwd_chunk); see the comments above avz_transpose4, avz_reduce8,
- *    avz_fold16, avz_stats4 (kernel_avx512.h) and avx_fwd8 (kernel_avx2.h).
+ *    S = 4, 8, 16 without AVX-512), run a few blocks at a time (avz_fwd_chunk,
+ *    avz_bwd_chunk, avx_fwd_chunk); see the comments above avz_transpose4,
+ *    avz_reduce8, avz_fold16, avz_stats4 (kernel_avx512.h) and avx_stats8,
+ *    avx_transpose4 (kernel_avx2.h).
  *    A relu/silu axis: CoLU runs the identity loops on a copy of a chunk of
  *    cones whose axes are activated first (exact: only the axis changes);
  *    RCoLU S = 4, 8 has loops with the scaling and axis activation read at

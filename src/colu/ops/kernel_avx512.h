@@ -11,10 +11,10 @@
  * results back. About 35 instructions per 16 cones, against about 90 for
  * gcc's vectorisation of the flat loop, which de-interleaves with cross-lane
  * permutes and redoes them for the writes: measured 0.075 against 0.12 ns
- * per element for the hard forward in L2 on one core. (The same scheme in
- * 256-bit vectors measured slower than gcc's loop, so AVX2-only machines
- * keep the flat loop for S = 4.) No lane ever mixes two cones, so a NaN
- * stays in its own cone. */
+ * per element for the hard forward in L2 on one core. (AVX2-only machines
+ * run the same scheme in 256-bit vectors, avx_fwd4_chunk in kernel_avx2.h,
+ * with the transpose kept inside each 128-bit lane.) No lane ever mixes two
+ * cones, so a NaN stays in its own cone. */
 ALWAYS_INLINE void avz_transpose4(__m512* v) {
     const __m512 t0 = _mm512_unpacklo_ps(v[0], v[1]), t1 = _mm512_unpackhi_ps(v[0], v[1]);
     const __m512 t2 = _mm512_unpacklo_ps(v[2], v[3]), t3 = _mm512_unpackhi_ps(v[2], v[3]);
@@ -160,8 +160,8 @@ ALWAYS_INLINE __m512 avz_axes8(const __m512* u) {
  * two halves of each cone and packs two cones per vector, which is the
  * S = 8 layout above (cone 2k in the low half of vector k, cone 2k+1 in the
  * high half), so the per-cone sums come from avz_reduce8 and sit in the same
- * lanes. 256-bit blocks of 8 cones (avx_fwd8) measured 0.10 ns per element for
- * the hard forward against 0.07 for these. */
+ * lanes. 256-bit blocks of 8 cones (kernel_avx2.h's avx_stats8/avx_apply8) measured 0.10 ns per
+ * element for the hard forward against 0.07 for these. */
 ALWAYS_INLINE void avz_fold16(const __m512* u, __m512* z) {
     for (int k = 0; k < 8; ++k)
         z[k] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x44),

@@ -3,15 +3,13 @@
  *
  * float32 with the identity axis activation (the default) gets its own loop
  * for each S in {3, 4, 8, 16}, kind and scaling, except the S that the vector
- * blocks of kernel_vector.h take (4, 8, 16 with AVX-512; 16 with AVX2);
+ * blocks of kernel_vector.h take (4, 8, 16 with AVX2 or AVX-512);
  * everything else runs the run-time loop, which keeps the build short.
  * flat_fwd_range and flat_bwd_range pick them through FLAT_ALL. */
 #define FLAT_KEYS(M, SS) \
     M(SS, COLU, HARD) M(SS, COLU, SOFT) M(SS, COLU, FIRM) M(SS, RCOLU, HARD) M(SS, RCOLU, SOFT) M(SS, RCOLU, FIRM)
-#ifdef COLU_AVX512
+#ifdef COLU_AVX2
 #define FLAT_ALL(M) FLAT_KEYS(M, 3)
-#elif defined(COLU_AVX2)
-#define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8)
 #else
 #define FLAT_ALL(M) FLAT_KEYS(M, 3) FLAT_KEYS(M, 4) FLAT_KEYS(M, 8) FLAT_KEYS(M, 16)
 #endif

@@ -24,10 +24,13 @@
  * (64, 512) for soft S = 4, 16 and the S = 8 backward. The soft and firm
  * forward of S = 4, 8 is the exception, chunked at every size: 10-16% faster
  * on an L3-resident (2048, 1024) and no slower when streaming (4096, 1024),
- * where for S = 16 chunks cost 7-11%. */
+ * where for S = 16 chunks cost 7-11%. The AVX2 blocks of 8 cones of S = 4, 8
+ * run AVX_CHUNK blocks per call under the same rules (their chains are as
+ * long, for half as many cones); those of S >= 16 one, their sums being long
+ * enough to cover the chain. */
 #define CHUNKED_MAX (128 * 1024)
-#define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? 1 : ((SS) == 4 || (SC) != COLU_SCALING_HARD) ? 4 : 2)
-#define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : 1)
+#define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? ((SS) <= 8 ? AVX_CHUNK : 1) : ((SS) == 4 || (SC) != COLU_SCALING_HARD) ? 4 : 2)
+#define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : (BN) == 8 && (SS) <= 8 ? AVX_CHUNK : 1)
 #define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                        \
     static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,               \
                                                          const i64 n, const colu_cfg* c, const int nt) {           \
@@ -59,7 +62,7 @@
             cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, COLU_ACT_IDENTITY, eps);        \
     }
 
-/* S = 4, 8, 16 in AVX-512 blocks of 16 cones (S = 16 in AVX2 blocks of 8 without AVX-512); larger
+/* S = 4, 8, 16 in AVX-512 blocks of 16 cones (in AVX2 blocks of 8 without AVX-512); larger
  * multiples of 8 in AVX2 blocks with S read at run time */
 #define AVX_KEYS(M, SN, SS, HIT, F, B, BN)                                                                         \
     M(SN, SS, HIT, COLU, HARD, F, B, BN) M(SN, SS, HIT, COLU, SOFT, F, B, BN) M(SN, SS, HIT, COLU, FIRM, F, B, BN) \
@@ -70,7 +73,10 @@
     AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd_chunk, 16) \
     AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16_chunk, 16)
 #else
-#define AVX_KEYS_512(M) AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd_chunk, 8)
+#define AVX_KEYS_512(M)                                            \
+    AVX_KEYS(M, 4, 4, c->S == 4, avx_fwd4_chunk, avx_bwd4_chunk, 8) \
+    AVX_KEYS(M, 8, 8, c->S == 8, avx_fwd_chunk, avx_bwd_phased, 8)  \
+    AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd_chunk, 8)
 #endif
 #define AVX_ALL(M)                                                      \
     AVX_KEYS_512(M)                                                     \
