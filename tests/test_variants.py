@@ -379,3 +379,8 @@ def test_activation_specs_for_the_variants(text, scaling, learnable):
 def test_bad_variant_specs(text):
     with pytest.raises(ValueError, match=text.split(",")[-1].split("=")[0]):
         parse_activation(text)
+
+
+def test_groups_is_reachable_from_the_package():
+    # the README points at colu.groups.group_of after a bare `import colu`
+    assert colu.groups.group_of is group_of

@@ -23,7 +23,7 @@ __all__ = [
 
 # Submodules imported on first attribute access (PEP 562): `colu.align.match_weights` works after a bare
 # `import colu`, while `import colu` itself stays free of scipy, matplotlib and the experiments package.
-_LAZY_SUBMODULES = ("align", "experiments", "files", "ops", "symmetry", "tools")
+_LAZY_SUBMODULES = ("align", "experiments", "files", "groups", "ops", "symmetry", "tools")
 # functions imported on first access, from the submodule named: `colu.load_converted` needs diffusers only when used
 _LAZY_FUNCTIONS = {"load_converted": "tools.finetune"}
 
