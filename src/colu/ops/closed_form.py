@@ -142,15 +142,19 @@ def cone_forward(
     if spec.kind == "rcolu":
         return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
-    axes_out = _axis_act(axes, axis_activation)
-    norm = _norm(sections)
-    if scaling == "exact":
-        axes_out, w = exact_projection(axes_out, norm)
-    else:
-        r = axes_out / (norm + eps)
-        c = _per_cone(scale, r)
-        w, _ = _weight_and_slope(r if c is None else r * c, scaling)
+    axes_out, w = _projected(_axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
     return _own(_merge(axes_out, w.unsqueeze(2) * sections, spec))
+
+
+def _projected(a, n, eps, scaling, scale):
+    """``(axis, w)`` of a cone whose activated axis is ``a`` and section norm ``n``: the output is
+    ``(axis, w s)``. The weightings keep the axis; the exact projection moves it."""
+    if scaling == "exact":
+        return exact_projection(a, n)
+    r = a / (n + eps)
+    c = _per_cone(scale, r)
+    w, _ = _weight_and_slope(r if c is None else r * c, scaling)
+    return a, w
 
 
 def _weighted_terms(a, n, q, eps, scaling, scale):
@@ -237,12 +241,7 @@ def _rcolu_parts(x, spec, scaling, eps, axis_activation):
 
 def _rcolu_forward(x, spec, scaling, eps, axis_activation, scale):
     perp, norm, _, t_out = _rcolu_parts(x, spec, scaling, eps, axis_activation)
-    if scaling == "exact":
-        t_out, w = exact_projection(t_out, norm)
-    else:
-        r = t_out / (norm + eps)
-        c = _per_cone(scale, r)
-        w, _ = _weight_and_slope(r if c is None else r * c, scaling)
+    t_out, w = _projected(t_out, norm, eps, scaling, scale)
     out = (t_out / math.sqrt(spec.cone_dim)).unsqueeze(2) + w.unsqueeze(2) * perp
     return out.view(x.shape)
 
