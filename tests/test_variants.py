@@ -262,6 +262,10 @@ def test_angle_scale_arguments_are_checked():
         colu.CoLU(4, learnable_angle=True)
     with pytest.raises(ValueError, match="learnable_angle='sideways'"):
         colu.CoLU(4, learnable_angle="sideways")
+    with pytest.raises(ValueError, match="learnable_angle=0"):
+        colu.CoLU(4, channels=8, learnable_angle=0)
+    with pytest.raises(ValueError, match="no cone angle"):
+        colu.CoLU(2, learnable_angle="shared")
     with pytest.raises(ValueError, match="exact"):
         colu.CoLU(4, scaling="exact", learnable_angle="shared")
 

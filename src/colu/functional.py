@@ -203,24 +203,29 @@ def _colu_checked(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, la
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
     if spec.is_identity:
         return x
-    _check_scaling_fits(spec, scaling)
+    _check_scaling_fits(spec.componentwise, spec.share_axis, scaling)
     if spec.componentwise:
         return reference.componentwise(x, scaling)
     return plans.run(key, x, dim, spec, scaling, eps, axis_activation, backend)
 
 
-def _check_scaling_fits(spec: ConeSpec, scaling: str) -> None:
-    """The weightings that exist only for some cone configurations."""
-    if spec.componentwise and scaling not in _COMPONENTWISE_SCALINGS:
+def _check_scaling_fits(componentwise: bool, share_axis: bool, scaling: str, angle: bool = False) -> None:
+    """The weightings and cone angles that exist only for some cone configurations (``componentwise``: CoLU
+    with ``cone_dim=2``; ``angle``: an angle scale is given). :class:`colu.CoLU` checks the same when built."""
+    if componentwise and scaling not in _COMPONENTWISE_SCALINGS:
         raise ValueError(
             f"cone_dim=2 is the component-wise activation, defined for scaling 'hard', 'soft' or 'firm'; "
             f"scaling={scaling!r} needs cone_dim >= 3"
         )
-    if scaling == "exact" and spec.share_axis:
+    if scaling == "exact" and share_axis:
         raise ValueError(
             "scaling='exact' moves each cone's axis, which a shared axis cannot do for every cone at once; "
             "use share_axis=False (or another scaling)"
         )
+    if angle and componentwise:
+        raise ValueError("cone_dim=2 is component-wise and has no cone angle; an angle scale needs cone_dim >= 3")
+    if angle and scaling == "exact":
+        raise ValueError("an angle scale multiplies the weighting's r; scaling='exact' has none (use another scaling)")
 
 
 def _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale):
@@ -231,11 +236,7 @@ def _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angl
         raise RuntimeError(f"backend={backend!r}: calls with angle_scale run on the closed form; use 'auto'")
     if spec.is_identity:
         return x
-    _check_scaling_fits(spec, scaling)
-    if spec.componentwise:
-        raise ValueError("cone_dim=2 is component-wise and has no cone angle; angle_scale needs cone_dim >= 3")
-    if scaling == "exact":
-        raise ValueError("angle_scale scales the weighting's r; scaling='exact' has none (use another scaling)")
+    _check_scaling_fits(spec.componentwise, spec.share_axis, scaling, angle=True)
     if angle_scale.shape not in ((), (spec.num_cones,)):
         raise ValueError(
             f"angle_scale has shape {tuple(angle_scale.shape)}; expected ({spec.num_cones},), one value per cone, "

@@ -53,24 +53,21 @@ class _ConeActivation(nn.Module):
         validate_cone_args(options["cone_dim"], options["num_cones"])
         functional._check_options(options["scaling"], options["eps"], options["axis_activation"])
         functional._check_dim(options["dim"])
-        cone_dim, scaling = options["cone_dim"], options["scaling"]
-        if cone_dim == 2 and self._KIND == "CoLU" and scaling not in functional._COMPONENTWISE_SCALINGS:
-            raise ValueError(f"cone_dim=2 is the component-wise activation, defined for scaling 'hard', 'soft' "
-                             f"or 'firm'; scaling={scaling!r} needs cone_dim >= 3")
-        if scaling == "exact" and options.get("share_axis"):
-            raise ValueError("scaling='exact' moves each cone's axis, which a shared axis cannot do for every "
-                             "cone at once; use share_axis=False (or another scaling)")
-        if scaling == "exact" and getattr(self, "log_angle_scale", None) is not None:
-            raise ValueError("a learnable angle scales the weighting's r; scaling='exact' has none")
+        functional._check_scaling_fits(self._componentwise(options["cone_dim"]), bool(options.get("share_axis")),
+                                       options["scaling"], angle=getattr(self, "log_angle_scale", None) is not None)
         self._options = {name: options[name] for name in self._OPTIONS}
         self._args = tuple(self._options.values())
         self._call = (self._KIND, *self._args)
 
+    def _componentwise(self, cone_dim) -> bool:
+        """Whether this is CoLU's component-wise case (``cone_dim=2``; a ``num_cones`` split is known only
+        with the input)."""
+        return self._KIND == "CoLU" and cone_dim == 2
+
     def _init_angle(self, learnable_angle, channels) -> None:
         """The learnable cone angle: ``log_angle_scale`` (theta, one per cone or one shared), or ``None``."""
-        if isinstance(learnable_angle, bool) or learnable_angle in LEARNABLE_ANGLES:
-            pass
-        else:
+        # a bool or a name: 0 and 1 compare equal to False and True but would read as neither
+        if not (isinstance(learnable_angle, bool) or learnable_angle in ("per_cone", "shared")):
             raise ValueError(f"learnable_angle={learnable_angle!r}; expected one of "
                              f"{', '.join(map(repr, LEARNABLE_ANGLES))}")
         if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
@@ -78,8 +75,7 @@ class _ConeActivation(nn.Module):
         if learnable_angle is False:
             self.register_parameter("log_angle_scale", None)
             return
-        if self.scaling == "exact":
-            raise ValueError("a learnable angle scales the weighting's r; scaling='exact' has none")
+        functional._check_scaling_fits(self._componentwise(self.cone_dim), False, self.scaling, angle=True)
         if learnable_angle == "shared":
             self.log_angle_scale = nn.Parameter(torch.zeros(()))
             return
