@@ -32,6 +32,85 @@
     } while (0)
 #endif
 
+#if SPECIALISE_S && defined(COLU_AVX2)
+/* The identity-axis CoLU tile in AVX2 registers, a chunk of PV_CH(m) vectors of 8 pixels at a time (fewer
+ * for larger cones: every row of a chunk stays in L1 until its writes, and at inner sizes of 1024 the rows
+ * are 4 KB apart, in one L1 set; two vectors for S = 8 measured faster than four): a cone's S channels
+ * are S unit-stride loads, the squared section norm (and in the backward q = <grad section, section>)
+ * accumulates in a register, the per-pixel scalars go through the shared helpers in one fixed-length loop
+ * the compiler makes a vector pass of, and the writes re-read the inputs from L1. Against the loops below,
+ * no per-pixel sums go through memory between rows. Returns how many of the nb pixels it did (a multiple
+ * of 8 * PV_CH(m)); the loops below do the rest. */
+#define PV_MAX 4
+#define PV_CH(m) ((m) <= 3 ? PV_MAX : 2)
+ALWAYS_INLINE i64 plane_fwd_avx(const float* restrict xa, const float* restrict s, float* restrict ya,
+                                float* restrict ys, const i64 cs, const i64 nb, const i64 m, const int sc,
+                                const float eps) {
+    const int nv = PV_CH(m), n = 8 * nv;
+    i64 i = 0;
+    for (; i + n <= nb; i += n) {
+        float nn[8 * PV_MAX], w[8 * PV_MAX];
+        for (int j = 0; j < nv; ++j) {
+            __m256 acc = _mm256_setzero_ps();
+            for (i64 k = 0; k < m; ++k) {
+                const __m256 v = _mm256_loadu_ps(s + k * cs + i + 8 * j);
+                acc = _mm256_fmadd_ps(v, v, acc);
+            }
+            _mm256_storeu_ps(nn + 8 * j, acc);
+        }
+        _Pragma("omp simd") for (int j = 0; j < n; ++j) w[j] = weight_f32(xa[i + j] / (sqrtf(nn[j]) + eps), sc);
+        for (int j = 0; j < nv; ++j) {
+            const __m256 bw = _mm256_loadu_ps(w + 8 * j);
+            for (i64 k = 0; k < m; ++k)
+                _mm256_storeu_ps(ys + k * cs + i + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(s + k * cs + i + 8 * j), bw));
+            _mm256_storeu_ps(ya + i + 8 * j, _mm256_loadu_ps(xa + i + 8 * j));
+        }
+    }
+    return i;
+}
+
+/* the backward's tile as plane_fwd_avx; a shared axis adds each pixel's k into ksum instead of writing */
+ALWAYS_INLINE i64 plane_bwd_avx(const float* restrict xa, const float* restrict s, const float* restrict ga,
+                                const float* restrict gs, float* restrict oa, float* restrict os, const i64 cs,
+                                const i64 nb, const i64 m, const int sc, const float eps, const int shared,
+                                float* restrict ksum) {
+    const int nv = PV_CH(m), n = 8 * nv;
+    i64 i = 0;
+    for (; i + n <= nb; i += n) {
+        float nn[8 * PV_MAX], q[8 * PV_MAX], w[8 * PV_MAX], kk[8 * PV_MAX], cf[8 * PV_MAX];
+        for (int j = 0; j < nv; ++j) {
+            __m256 an = _mm256_setzero_ps(), aq = _mm256_setzero_ps();
+            for (i64 k = 0; k < m; ++k) {
+                const __m256 v = _mm256_loadu_ps(s + k * cs + i + 8 * j);
+                an = _mm256_fmadd_ps(v, v, an);
+                aq = _mm256_fmadd_ps(_mm256_loadu_ps(gs + k * cs + i + 8 * j), v, aq);
+            }
+            _mm256_storeu_ps(nn + 8 * j, an);
+            _mm256_storeu_ps(q + 8 * j, aq);
+        }
+        _Pragma("omp simd") for (int j = 0; j < n; ++j)
+            bwd_scalars_f32(nn[j], q[j], xa[i + j], eps, sc, w + j, kk + j, cf + j);
+        for (int j = 0; j < nv; ++j) {
+            const __m256 bw = _mm256_loadu_ps(w + 8 * j), bc = _mm256_loadu_ps(cf + 8 * j);
+            for (i64 k = 0; k < m; ++k) {
+                const i64 o = k * cs + i + 8 * j;
+                _mm256_storeu_ps(os + o, _mm256_fnmadd_ps(bc, _mm256_loadu_ps(s + o),
+                                                          _mm256_mul_ps(bw, _mm256_loadu_ps(gs + o))));
+            }
+            const __m256 bk = _mm256_loadu_ps(kk + 8 * j);
+            if (shared)
+                _mm256_storeu_ps(ksum + i + 8 * j, _mm256_add_ps(_mm256_loadu_ps(ksum + i + 8 * j), bk));
+            else
+                _mm256_storeu_ps(oa + i + 8 * j, _mm256_add_ps(_mm256_loadu_ps(ga + i + 8 * j), bk));
+        }
+    }
+    return i;
+}
+#define PLANE_AVX(call) ((act) == COLU_ACT_IDENTITY ? (call) : 0)
+#else
+#define PLANE_AVX(call) 0
+#endif
+
 /* cones g0 <= g < g1 of a tile of nb pixels */
 ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 cs, const i64 nb,
                                   const colu_cfg* c, const i64 g0, const i64 g1, const i64 S, const int kind,
@@ -72,18 +151,19 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
         /* the section's squared norms, the per-pixel scalars, then the writes, each a loop of its own over
          * the tile: fused into one loop, the compiler specialises the writes for the clamp's branches and
          * nothing vectorises; split, every loop runs one pixel per lane */
-        for (i64 i = 0; i < nb; ++i) nv[i] = 0;
+        const i64 i0 = PLANE_AVX(plane_fwd_avx(xa, s, ya, ys, cs, nb, m, sc, eps));
+        for (i64 i = i0; i < nb; ++i) nv[i] = 0;
         for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) nv[i] += s[k * cs + i] * s[k * cs + i];
-        PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
+            for (i64 i = i0; i < nb; ++i) nv[i] += s[k * cs + i] * s[k * cs + i];
+        PLANE_WITH_ACT(act, for (i64 i = i0; i < nb; ++i) {
             const T a = SFX(act)(xa[i], ACTC);
             av[i] = a;
             wv[i] = SFX(weight)(a / (SQRT(nv[i]) + eps), sc);
         });
         for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) ys[k * cs + i] = wv[i] * s[k * cs + i];
+            for (i64 i = i0; i < nb; ++i) ys[k * cs + i] = wv[i] * s[k * cs + i];
         /* a shared axis is the same channel for every cone and gets the same value each time */
-        for (i64 i = 0; i < nb; ++i) ya[i] = av[i];
+        for (i64 i = i0; i < nb; ++i) ya[i] = av[i];
     }
 }
 
@@ -134,20 +214,22 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
         const T *s = x + so, *gs = gr + so;
         T* os = gi + so;
         /* sums, scalars, writes: one loop each (see plane_fwd) */
-        for (i64 i = 0; i < nb; ++i) { nv[i] = 0; qv[i] = 0; }
+        const i64 i0 = PLANE_AVX(plane_bwd_avx(x + ao, s, gr + ao, gs, gi + ao, os, cs, nb, m, sc, eps, (int)c->shared,
+                                               ksum));
+        for (i64 i = i0; i < nb; ++i) { nv[i] = 0; qv[i] = 0; }
         for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) {
+            for (i64 i = i0; i < nb; ++i) {
                 nv[i] += s[k * cs + i] * s[k * cs + i];
                 qv[i] += gs[k * cs + i] * s[k * cs + i];
             }
-        PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i)
+        PLANE_WITH_ACT(act, for (i64 i = i0; i < nb; ++i)
             SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], ACTC), eps, sc, wv + i, kv + i, cv + i););
         for (i64 k = 0; k < m; ++k)
-            for (i64 i = 0; i < nb; ++i) os[k * cs + i] = wv[i] * gs[k * cs + i] - cv[i] * s[k * cs + i];
+            for (i64 i = i0; i < nb; ++i) os[k * cs + i] = wv[i] * gs[k * cs + i] - cv[i] * s[k * cs + i];
         if (c->shared) {
-            for (i64 i = 0; i < nb; ++i) ksum[i] += kv[i];
+            for (i64 i = i0; i < nb; ++i) ksum[i] += kv[i];
         } else {
-            PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
+            PLANE_WITH_ACT(act, for (i64 i = i0; i < nb; ++i) {
                 const T v = gr[ao + i] + kv[i];
                 gi[ao + i] = ACTC != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], ACTC) : v;
             });
@@ -274,3 +356,6 @@ static void SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer
 #undef PLANE_BWD_CALL
 #undef PLANE_SPANS
 #undef PT
+#undef PLANE_AVX
+#undef PV_CH
+#undef PV_MAX
