@@ -5,8 +5,11 @@ Usage: python benchmarks/bench_conv.py [--repeats 30] [--threads N] [--backend c
 For each shape (the three of the conv-speed table: (128, 16, 32, 32), (128, 64, 8, 8), (16, 128, 32, 32)),
 memory format and CoLU configuration (S = 4 and 8, hard against ReLU, soft against SiLU), one process times
 the baseline and CoLU in turn, interleaved, a fresh output per call as in a model, and prints the medians
-and their ratios: forward, and forward+backward. Shared machines drift 10-30% between runs: compare ratios
-within one run, not times across runs.
+and their ratios: forward, and forward+backward. The backward gets a dense upstream gradient in the input's
+memory format, as a convolution's backward hands it on (and as `colu bench` does); a `.sum()` loss would
+hand on one value expanded at stride 0, which ATen's element-wise backward reads in place and CoLU's kernel
+first makes contiguous. Shared machines drift 10-30% between runs: compare ratios within one run, not times
+across runs.
 """
 
 import argparse
@@ -50,6 +53,7 @@ def main():
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(shape).contiguous(memory_format=fmt)
             xg = x.clone().requires_grad_()
+            grad = torch.randn(shape).contiguous(memory_format=fmt)
             name = "NCHW" if fmt is torch.contiguous_format else "channels_last"
             for scaling, base_name, base in (("hard", "relu", F.relu), ("soft", "silu", F.silu)):
                 for S in (4, 8):
@@ -57,7 +61,10 @@ def main():
                         return colu.colu(t, S, dim=1, scaling=scaling, backend=args.backend)
 
                     def fb(f):
-                        return lambda: f(xg).sum().backward()
+                        def run():
+                            xg.grad = None  # as colu bench: no accumulation into an earlier gradient
+                            f(xg).backward(grad)
+                        return run
 
                     b_f, c_f, b_fb, c_fb = medians([lambda: base(x), lambda: act(x), fb(base), fb(act)], args.repeats)
                     label = "x".join(map(str, shape))

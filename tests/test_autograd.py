@@ -114,3 +114,31 @@ def test_double_backward_matches_reference():
     g2 = torch.autograd.grad((reference.colu(x, cone_dim=4, scaling="soft") ** 2).sum(), x, create_graph=True)[0]
     h2 = torch.autograd.grad((g2 * v).sum(), x)[0]
     torch.testing.assert_close(h1, h2)
+
+
+@pytest.mark.parametrize("layout,share,scaling", [
+    ("grouped", False, "hard"), ("grouped", True, "soft"), ("axes_first", False, "firm"),
+    ("axes_first", True, "hard"), ("grouped", False, "exact"), ("axes_first", False, "sqrt"),
+])
+def test_closed_form_in_place_and_recorded_paths_agree(layout, share, scaling):
+    # the closed form writes into a fresh output with out= ops where autograd records nothing (grad mode off),
+    # and assembles it with torch.cat otherwise (create_graph, torch.func): both must give the same values
+    from colu.ops import closed_form
+    from colu.spec import ConeSpec
+
+    torch.manual_seed(0)
+    S, G = 4, 3
+    C = 1 + G * (S - 1) if share else G * S
+    spec = ConeSpec.resolve(C, S, share_axis=share, layout=layout)
+    x, g = torch.randn(2, C, 37, dtype=torch.float64), torch.randn(2, C, 37, dtype=torch.float64)
+    with torch.no_grad():
+        y_fast = closed_form.cone_forward(x, spec, scaling, 1e-7, "identity")
+        b_fast = closed_form.cone_backward(x, g, spec, scaling, 1e-7, "identity")
+    with torch.enable_grad():
+        y_rec = closed_form.cone_forward(x, spec, scaling, 1e-7, "identity")
+        b_rec = closed_form.cone_backward(x, g, spec, scaling, 1e-7, "identity")
+    assert y_fast.is_contiguous() and b_fast.is_contiguous()
+    torch.testing.assert_close(y_fast, y_rec, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b_fast, b_rec, rtol=1e-12, atol=1e-12)
+    ref = reference.colu(x.movedim(1, -1), S, share_axis=share, layout=layout, scaling=scaling).movedim(-1, 1)
+    torch.testing.assert_close(y_fast, ref)

@@ -41,9 +41,9 @@ def _weight_and_slope(r: torch.Tensor, scaling: str):
     """``w(r)`` and ``w'(r)`` (see :func:`colu.reference.weighting`)."""
     if scaling == "hard":
         w = torch.clamp(r, 0.0, 1.0)
-        # inclusive at 0 and 1, as torch.clamp's own gradient
-        slope = ((r >= 0) & (r <= 1)).to(r.dtype)
-        return w, slope
+        # 1 where the clamp keeps r: inclusive at 0 and 1, as torch.clamp's own gradient; 0 for NaN (one
+        # comparison instead of two and their conjunction)
+        return w, (w == r).to(r.dtype)
     if scaling == "soft":
         w = torch.sigmoid(r - 0.5)
         return w, w * (1 - w)
@@ -112,6 +112,23 @@ def _merge(axes: torch.Tensor, sections: torch.Tensor, spec: ConeSpec) -> torch.
     return torch.cat([axes, sections.reshape(outer, -1, inner)], dim=1)
 
 
+def _in_place_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the result may be computed straight into a fresh output through ``out=`` and in-place ops.
+
+    That saves the temporaries and the ``torch.cat`` of :func:`_merge` (on NCHW activations, about a third of
+    the closed form's time), but autograd does not differentiate ``out=`` ops. So only where nothing records
+    them: grad mode off (the autograd Functions' forward, and a backward without ``create_graph``), no input
+    requiring grad, no compiling, exporting or ``torch.func`` transform.
+    """
+    return not (
+        torch.is_grad_enabled()
+        or any(t.requires_grad for t in tensors)
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
 def _own(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a tensor of its own rather than a view of the buffer it was assembled in.
 
@@ -143,6 +160,12 @@ def cone_forward(
         return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
     axes_out, w = _projected(_axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
+    if _in_place_ok(x, axes_out, w):
+        out = torch.empty_like(x)
+        out_axes, out_sections = _split(out, spec)
+        out_axes.copy_(axes_out)
+        torch.mul(w.unsqueeze(2), sections, out=out_sections)
+        return out
     return _own(_merge(axes_out, w.unsqueeze(2) * sections, spec))
 
 
@@ -171,7 +194,7 @@ def _weighted_terms(a, n, q, eps, scaling, scale):
         g_c = k * a  # q w'(c r) r
         k = k * c
     # s/n -> 0 with s, so a zero section contributes nothing (q = 0 there too)
-    coef = k * r / torch.where(n > 0, n, torch.ones_like(n))
+    coef = k * r / torch.where(n > 0, n, 1.0)
     return w, k, coef, g_c
 
 
@@ -210,14 +233,21 @@ def cone_backward(
     if scaling == "exact":
         # an own axis per cone (a shared one is refused before this)
         g_ax, W, V = _exact_backward(axes_out, norm, g_axes, q)
-        g_sec_in = W.unsqueeze(2) * g_sections + V.unsqueeze(2) * sections
+        sec_terms = (W, V)  # dL/ds = W g_s + V s
     else:
         w, k, coef, g_c = _weighted_terms(axes_out, norm, q, eps, scaling, scale)
-        g_sec_in = w.unsqueeze(2) * g_sections - coef.unsqueeze(2) * sections
+        sec_terms = (w, -coef)
         g_ax = g_axes + (k.sum(1, keepdim=True) if spec.share_axis else k)
     if axis_activation != "identity":
         g_ax = g_ax * _axis_act_grad(axes, axis_activation)
-    g_in = _merge(g_ax, g_sec_in, spec)
+    on_g, on_s = (t.unsqueeze(2) for t in sec_terms)
+    if _in_place_ok(x, grad, g_ax, on_g, on_s):
+        g_in = torch.empty_like(x)
+        in_axes, in_sections = _split(g_in, spec)
+        in_axes.copy_(g_ax)
+        torch.mul(on_g, g_sections, out=in_sections).addcmul_(on_s, sections)
+    else:
+        g_in = _merge(g_ax, on_g * g_sections + on_s * sections, spec)
     return (g_in, _scale_grad(g_c, scale)) if scale_grad else g_in
 
 
