@@ -119,6 +119,7 @@ def test_double_backward_matches_reference():
 @pytest.mark.parametrize("layout,share,scaling", [
     ("grouped", False, "hard"), ("grouped", True, "soft"), ("axes_first", False, "firm"),
     ("axes_first", True, "hard"), ("grouped", False, "exact"), ("axes_first", False, "sqrt"),
+    ("rcolu", False, "hard"), ("rcolu", False, "soft"),
 ])
 def test_closed_form_in_place_and_recorded_paths_agree(layout, share, scaling):
     # the closed form writes into a fresh output with out= ops where autograd records nothing (grad mode off),
@@ -129,7 +130,10 @@ def test_closed_form_in_place_and_recorded_paths_agree(layout, share, scaling):
     torch.manual_seed(0)
     S, G = 4, 3
     C = 1 + G * (S - 1) if share else G * S
-    spec = ConeSpec.resolve(C, S, share_axis=share, layout=layout)
+    if layout == "rcolu":
+        spec = ConeSpec.resolve(C, S, kind="rcolu")
+    else:
+        spec = ConeSpec.resolve(C, S, share_axis=share, layout=layout)
     x, g = torch.randn(2, C, 37, dtype=torch.float64), torch.randn(2, C, 37, dtype=torch.float64)
     with torch.no_grad():
         y_fast = closed_form.cone_forward(x, spec, scaling, 1e-7, "identity")
@@ -140,5 +144,8 @@ def test_closed_form_in_place_and_recorded_paths_agree(layout, share, scaling):
     assert y_fast.is_contiguous() and b_fast.is_contiguous()
     torch.testing.assert_close(y_fast, y_rec, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(b_fast, b_rec, rtol=1e-12, atol=1e-12)
-    ref = reference.colu(x.movedim(1, -1), S, share_axis=share, layout=layout, scaling=scaling).movedim(-1, 1)
+    if layout == "rcolu":
+        ref = reference.rcolu(x, S, scaling=scaling, dim=1)
+    else:
+        ref = reference.colu(x.movedim(1, -1), S, share_axis=share, layout=layout, scaling=scaling).movedim(-1, 1)
     torch.testing.assert_close(y_fast, ref)

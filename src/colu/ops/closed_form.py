@@ -83,7 +83,19 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     ReLU's time on NCHW activations); a product and a sum are the fast, vectorised kernels, and give the
     same values (neither rescales against overflow).
     """
-    return (t * t).sum(2).sqrt()
+    return _dot(t, t).sqrt()
+
+
+def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum(u * v)`` over dimension 2 (a cone's section). Where autograd records nothing (see
+    :func:`_in_place_ok`) and sections are short, as multiply-adds of its slices into one cone-sized result:
+    no section-sized product is written and read back (about 30% of the closed form's backward on NCHW)."""
+    if u.shape[2] > 8 or not _in_place_ok():
+        return (u * v).sum(2)
+    acc = u[:, :, 0] * v[:, :, 0]
+    for k in range(1, u.shape[2]):
+        acc.addcmul_(u[:, :, k], v[:, :, k])
+    return acc
 
 
 def _split(x: torch.Tensor, spec: ConeSpec):
@@ -112,17 +124,16 @@ def _merge(axes: torch.Tensor, sections: torch.Tensor, spec: ConeSpec) -> torch.
     return torch.cat([axes, sections.reshape(outer, -1, inner)], dim=1)
 
 
-def _in_place_ok(*tensors: torch.Tensor) -> bool:
+def _in_place_ok() -> bool:
     """Whether the result may be computed straight into a fresh output through ``out=`` and in-place ops.
 
     That saves the temporaries and the ``torch.cat`` of :func:`_merge` (on NCHW activations, about a third of
     the closed form's time), but autograd does not differentiate ``out=`` ops. So only where nothing records
-    them: grad mode off (the autograd Functions' forward, and a backward without ``create_graph``), no input
-    requiring grad, no compiling, exporting or ``torch.func`` transform.
+    them: grad mode off (the autograd Functions' forward, and a backward without ``create_graph``; their
+    inputs still say ``requires_grad``), no compiling, exporting or ``torch.func`` transform.
     """
     return not (
         torch.is_grad_enabled()
-        or any(t.requires_grad for t in tensors)
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or torch._C._are_functorch_transforms_active()
@@ -160,7 +171,7 @@ def cone_forward(
         return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
     axes_out, w = _projected(_axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
-    if _in_place_ok(x, axes_out, w):
+    if _in_place_ok():
         out = torch.empty_like(x)
         out_axes, out_sections = _split(out, spec)
         out_axes.copy_(axes_out)
@@ -228,7 +239,7 @@ def cone_backward(
     g_axes, g_sections = _split(grad.contiguous(), spec)
     axes_out = _axis_act(axes, axis_activation)
     norm = _norm(sections)
-    q = (g_sections * sections).sum(2)
+    q = _dot(g_sections, sections)
     g_c = None
     if scaling == "exact":
         # an own axis per cone (a shared one is refused before this)
@@ -241,7 +252,7 @@ def cone_backward(
     if axis_activation != "identity":
         g_ax = g_ax * _axis_act_grad(axes, axis_activation)
     on_g, on_s = (t.unsqueeze(2) for t in sec_terms)
-    if _in_place_ok(x, grad, g_ax, on_g, on_s):
+    if _in_place_ok():
         g_in = torch.empty_like(x)
         in_axes, in_sections = _split(g_in, spec)
         in_axes.copy_(g_ax)
