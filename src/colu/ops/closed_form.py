@@ -89,7 +89,7 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``sum(u * v)`` over dimension 2 (a cone's section). Where autograd records nothing (see
     :func:`_in_place_ok`) and sections are short, as multiply-adds of its slices into one cone-sized result:
-    no section-sized product is written and read back (about 30% of the closed form's backward on NCHW)."""
+    no section-sized product is written and read back."""
     if u.shape[2] > 8 or not _in_place_ok():
         return (u * v).sum(2)
     acc = u[:, :, 0] * v[:, :, 0]
@@ -127,8 +127,8 @@ def _merge(axes: torch.Tensor, sections: torch.Tensor, spec: ConeSpec) -> torch.
 def _in_place_ok() -> bool:
     """Whether the result may be computed straight into a fresh output through ``out=`` and in-place ops.
 
-    That saves the temporaries and the ``torch.cat`` of :func:`_merge` (on NCHW activations, about a third of
-    the closed form's time), but autograd does not differentiate ``out=`` ops. So only where nothing records
+    That saves the section-sized temporaries and the ``torch.cat`` of :func:`_merge` (the largest items in a
+    profile of the closed form on NCHW activations), but autograd does not differentiate ``out=`` ops. So only where nothing records
     them: grad mode off (the autograd Functions' forward, and a backward without ``create_graph``; their
     inputs still say ``requires_grad``), no compiling, exporting or ``torch.func`` transform.
     """
