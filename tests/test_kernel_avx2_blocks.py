@@ -52,6 +52,14 @@ def _ref(ref, S, scaling, x, g):
     return y.detach(), gx
 
 
+def _assert_matches_reference(fn, ref, S, scaling, x, g):
+    """The kernel's output and input gradient (both run on the CPU kernel) against the reference's."""
+    y, gx = _run(fn, S, scaling, x, g)
+    yr, gr = _ref(ref, S, scaling, x, g)
+    torch.testing.assert_close(y, yr, **TOL)
+    torch.testing.assert_close(gx, gr, **TOL)
+
+
 KINDS = [(colu.colu, reference.colu), (colu.rcolu, reference.rcolu)]
 
 
@@ -67,10 +75,7 @@ def test_blocks_match_reference(S, scaling, kind, cones):
     gen = torch.Generator().manual_seed(S * 1000 + cones)
     x = torch.randn(7, S * cones, generator=gen) * 2
     g = torch.randn(x.shape, generator=gen)
-    y, gx = _run(fn, S, scaling, x, g)
-    yr, gr = _ref(ref, S, scaling, x, g)
-    torch.testing.assert_close(y, yr, **TOL)
-    torch.testing.assert_close(gx, gr, **TOL)
+    _assert_matches_reference(fn, ref, S, scaling, x, g)
 
 
 @pytest.mark.parametrize("S", [4, 8])
@@ -85,10 +90,7 @@ def test_blocks_on_large_values_and_zero_cones(S, kind):
     x[3, S * 16 : S * 24 : S] = -1e4
     g = torch.randn(x.shape, generator=gen)
     for scaling in ("hard", "soft", "firm"):
-        y, gx = _run(fn, S, scaling, x, g)
-        yr, gr = _ref(ref, S, scaling, x, g)
-        torch.testing.assert_close(y, yr, **TOL)
-        torch.testing.assert_close(gx, gr, **TOL)
+        _assert_matches_reference(fn, ref, S, scaling, x, g)
 
 
 @pytest.mark.parametrize("S", [4, 8])
@@ -122,10 +124,7 @@ def test_blocks_split_between_threads(threads):
             x = torch.randn(9, S * cones, generator=gen)
             g = torch.randn(x.shape, generator=gen)
             for fn, ref in KINDS:
-                y, gx = _run(fn, S, scaling, x, g)
-                yr, gr = _ref(ref, S, scaling, x, g)
-                torch.testing.assert_close(y, yr, **TOL)
-                torch.testing.assert_close(gx, gr, **TOL)
+                _assert_matches_reference(fn, ref, S, scaling, x, g)
     finally:
         torch.set_num_threads(old)
 
