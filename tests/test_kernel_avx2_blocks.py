@@ -1,5 +1,6 @@
-"""The vector blocks of 8 cones (AVX2) and 16 cones (AVX-512) for cones of 4 and 8 contiguous float32
-channels: whole blocks, chunks of blocks and the remainder after them, against the reference."""
+"""The vector blocks of 8 cones (AVX2) and 16 cones (AVX-512) for cones of 4, 8 and 16 contiguous float32
+channels: whole blocks, chunks of blocks and the remainder after them, with the identity, relu and silu
+axis, against the reference."""
 
 import itertools
 import re
@@ -36,28 +37,30 @@ def _loaded_library() -> str | None:
     return None
 
 
-def _run(fn, S, scaling, x, g):
+def _run(fn, S, scaling, x, g, act="identity"):
     before = dispatch.calls["cpu"]
     xk = x.clone().requires_grad_(True)
-    y = fn(xk, S, scaling=scaling, backend="cpu")
+    y = fn(xk, S, scaling=scaling, axis_activation=act, backend="cpu")
     (gx,) = torch.autograd.grad(y, xk, g)
     assert dispatch.calls["cpu"] == before + 2, "forward and backward must both run the CPU kernel"
     return y.detach(), gx
 
 
-def _ref(ref, S, scaling, x, g):
+def _ref(ref, S, scaling, x, g, act="identity"):
     xr = x.clone().requires_grad_(True)
-    y = ref(xr, S, scaling=scaling)
+    y = ref(xr, S, scaling=scaling, axis_activation=act)
     (gx,) = torch.autograd.grad(y, xr, g)
     return y.detach(), gx
 
 
-def _assert_matches_reference(fn, ref, S, scaling, x, g):
-    """The kernel's output and input gradient (both run on the CPU kernel) against the reference's."""
-    y, gx = _run(fn, S, scaling, x, g)
-    yr, gr = _ref(ref, S, scaling, x, g)
+def _assert_matches_reference(fn, ref, S, scaling, x, g, act="identity"):
+    """The kernel's output and input gradient (both run on the CPU kernel) against the reference's;
+    returns the kernel's."""
+    y, gx = _run(fn, S, scaling, x, g, act)
+    yr, gr = _ref(ref, S, scaling, x, g, act)
     torch.testing.assert_close(y, yr, **TOL)
     torch.testing.assert_close(gx, gr, **TOL)
+    return y, gx
 
 
 KINDS = [(colu.colu, reference.colu), (colu.rcolu, reference.rcolu)]
@@ -78,6 +81,35 @@ def test_blocks_match_reference(S, scaling, kind, cones):
     _assert_matches_reference(fn, ref, S, scaling, x, g)
 
 
+@pytest.mark.parametrize("S", [4, 8, 16])
+@pytest.mark.parametrize("scaling", ["hard", "soft", "firm"])
+@pytest.mark.parametrize("kind", [0, 1], ids=["colu", "rcolu"])
+@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("cones", [8, 8 * 9 + 7, 8 * 64 + 3])
+def test_blocks_with_an_axis_activation_match_reference(S, scaling, kind, act, cones):
+    # relu and silu axes run in the same blocks (their per-cone scalars and the axis lanes change)
+    fn, ref = KINDS[kind]
+    gen = torch.Generator().manual_seed(S * 1000 + cones + 7)
+    x = torch.randn(7, S * cones, generator=gen) * 2
+    g = torch.randn(x.shape, generator=gen)
+    _assert_matches_reference(fn, ref, S, scaling, x, g, act)
+
+
+@pytest.mark.parametrize("S", [4, 8, 16])
+def test_rcolu_relu_axis_gives_exact_zeros(S):
+    # a cone whose mean is negative has a relu axis of 0, hence weight 0 (hard) and output exactly 0 with
+    # a zero gradient, inside the blocks as in the reference; a shifted input's recomputed mean would not
+    cones = 8 * 5 + 3
+    x = torch.randn(4, S * cones, generator=torch.Generator().manual_seed(S))
+    cone_means = x.view(4, cones, S).mean(-1)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(S + 1))
+    y, gx = _assert_matches_reference(colu.rcolu, reference.rcolu, S, "hard", x, g, "relu")
+    negative = (cone_means < 0).unsqueeze(-1).expand(4, cones, S).reshape(x.shape)
+    assert negative.any() and (~negative).any()
+    assert torch.equal(y[negative], torch.zeros(int(negative.sum())))
+    assert torch.equal(gx[negative], torch.zeros(int(negative.sum())))
+
+
 @pytest.mark.parametrize("S", [4, 8])
 @pytest.mark.parametrize("kind", [0, 1], ids=["colu", "rcolu"])
 def test_blocks_on_large_values_and_zero_cones(S, kind):
@@ -89,15 +121,16 @@ def test_blocks_on_large_values_and_zero_cones(S, kind):
     x[2, S * 8 : S * 16 : S] = 1e4  # axes far past the section's norm
     x[3, S * 16 : S * 24 : S] = -1e4
     g = torch.randn(x.shape, generator=gen)
-    for scaling in ("hard", "soft", "firm"):
-        _assert_matches_reference(fn, ref, S, scaling, x, g)
+    for scaling, act in itertools.product(("hard", "soft", "firm"), ("identity", "relu", "silu")):
+        _assert_matches_reference(fn, ref, S, scaling, x, g, act)
 
 
 @pytest.mark.parametrize("S", [4, 8])
 @pytest.mark.parametrize("kind", [0, 1], ids=["colu", "rcolu"])
 @pytest.mark.parametrize("scaling", ["hard", "soft", "firm"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_nonfinite_stays_in_its_cone(S, kind, scaling, bad):
+@pytest.mark.parametrize("act", ["identity", "relu"])
+def test_nonfinite_stays_in_its_cone(S, kind, scaling, bad, act):
     # one non-finite entry (axis or section) in a cone inside a whole block: only that cone's outputs and
     # input gradients may be non-finite, whichever channel it sits in and wherever in the block the cone is
     fn, _ = KINDS[kind]
@@ -106,7 +139,7 @@ def test_nonfinite_stays_in_its_cone(S, kind, scaling, bad):
         x = torch.randn(3, S * cones, generator=torch.Generator().manual_seed(cone))
         x[1, cone * S + channel] = bad
         g = torch.ones_like(x)
-        y, gx = _run(fn, S, scaling, x, g)
+        y, gx = _run(fn, S, scaling, x, g, act)
         mine = torch.zeros(x.shape, dtype=torch.bool)
         mine[1, cone * S : (cone + 1) * S] = True
         for out in (y, gx):
@@ -131,7 +164,8 @@ def test_blocks_split_between_threads(threads):
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= _flags(), reason="needs AVX2 and FMA")
 def test_s4_s8_take_the_vector_blocks():
-    # where the kernel is built with AVX2 and FMA, S = 4 and 8 have vector blocks and no loops of gcc's
+    # where the kernel is built with AVX2 and FMA, S = 4 and 8 have vector blocks and no loops of gcc's,
+    # for the identity axis and (in the AVX2 blocks, on every such machine) relu and silu
     path = _loaded_library()
     if path is None:
         pytest.skip("the kernel library's path is not visible in /proc/self/maps")
@@ -139,5 +173,7 @@ def test_s4_s8_take_the_vector_blocks():
     for S in (4, 8):
         for kind in ("COLU", "RCOLU"):
             for sc in ("HARD", "SOFT", "FIRM"):
-                assert f"avx_fwd_{S}_{kind}_{sc}" in symbols and f"avx_bwd_{S}_{kind}_{sc}" in symbols
+                for act in ("IDENTITY", "RELU", "SILU"):
+                    name = f"{S}_{kind}_{sc}_{act}"
+                    assert f"avx_fwd_{name}" in symbols and f"avx_bwd_{name}" in symbols
                 assert f"flat_fwd_{S}_{kind}_{sc}" not in symbols

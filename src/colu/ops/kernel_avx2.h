@@ -64,14 +64,17 @@ ALWAYS_INLINE void avx_stats8(const float* x, const i64 S, const int kind, float
     _mm256_storeu_ps(t, _mm256_mul_ps(m, _mm256_set1_ps(sqrtf((float)S))));
 }
 
-ALWAYS_INLINE void avx_apply8(const float* x, float* y, const i64 S, const int kind, const float* w, const float* mu) {
+/* base as avx_fwd_scalars */
+ALWAYS_INLINE void avx_apply8(const float* x, float* y, const i64 S, const int kind, const int act, const float* w,
+                              const float* mu, const float* base) {
     if (kind == COLU_KIND_COLU) {
         const __m256 one = _mm256_set1_ps(1.0f);
         for (int i = 0; i < 8; ++i) {
             const float* xc = x + i * S;
             float* yc = y + i * S;
-            const __m256 bw = _mm256_broadcast_ss(w + i);
-            _mm256_storeu_ps(yc, _mm256_mul_ps(_mm256_loadu_ps(xc), _mm256_blend_ps(bw, one, 1)));
+            const __m256 bw = _mm256_broadcast_ss(w + i), v = _mm256_loadu_ps(xc);
+            if (act == COLU_ACT_IDENTITY) _mm256_storeu_ps(yc, _mm256_mul_ps(v, _mm256_blend_ps(bw, one, 1)));
+            else _mm256_storeu_ps(yc, _mm256_blend_ps(_mm256_mul_ps(v, bw), _mm256_broadcast_ss(base + i), 1));
             for (i64 k = 8; k < S; k += 8) _mm256_storeu_ps(yc + k, _mm256_mul_ps(_mm256_loadu_ps(xc + k), bw));
         }
         return;
@@ -80,8 +83,48 @@ ALWAYS_INLINE void avx_apply8(const float* x, float* y, const i64 S, const int k
         const float* xc = x + i * S;
         float* yc = y + i * S;
         const __m256 bm = _mm256_broadcast_ss(mu + i), bw = _mm256_broadcast_ss(w + i);
+        const __m256 bb = _mm256_broadcast_ss(base + i);
         for (i64 k = 0; k < S; k += 8)
-            _mm256_storeu_ps(yc + k, _mm256_fmadd_ps(bw, _mm256_sub_ps(_mm256_loadu_ps(xc + k), bm), bm));
+            _mm256_storeu_ps(yc + k, _mm256_fmadd_ps(bw, _mm256_sub_ps(_mm256_loadu_ps(xc + k), bm), bb));
+    }
+}
+
+/* The per-cone scalars of n cones from their sums, as cone_fwd and cone_bwd (kernel_body.h), in one
+ * loop the compiler vectorises across cones. t is the pre-activation axis value (a; for RCoLU
+ * t = mu sqrt(S)), so a relu or silu axis costs one activation per cone here and nothing per channel.
+ * Forward: the weight w and base, for CoLU the axis output phi(a) (used only with an axis activation),
+ * for RCoLU the value added to every channel (phi(t)/sqrt(S); mu itself for the identity, as cone_fwd). */
+ALWAYS_INLINE void avx_fwd_scalars(const int n, const float* t, const float* ss, const float* mu, float* w,
+                                   float* base, const i64 S, const int kind, const int sc, const int act,
+                                   const float eps) {
+    const float inv_rs = 1.0f / sqrtf((float)S);
+    _Pragma("omp simd") for (int j = 0; j < n; ++j) {
+        const float tp = act_f32(t[j], act);
+        w[j] = weight_f32(tp / (sqrtf(ss[j]) + eps), sc);
+        if (kind == COLU_KIND_RCOLU) base[j] = act != COLU_ACT_IDENTITY ? tp * inv_rs : mu[j];
+        else if (act != COLU_ACT_IDENTITY) base[j] = tp;
+    }
+}
+
+/* Backward: w, coef, and b, for CoLU the axis' added term kk (its gradient is (g_a + kk) d, d = phi'(a),
+ * d set only with an axis activation), for RCoLU the per-cone constant add that folds phi'(t) in */
+ALWAYS_INLINE void avx_bwd_scalars(const int n, const float* t, const float* ss, const float* q, const float* mu,
+                                   const float* gm, float* w, float* b, float* coef, float* d, const i64 S,
+                                   const int kind, const int sc, const int act, const float eps) {
+    if (kind == COLU_KIND_COLU) {
+        _Pragma("omp simd") for (int j = 0; j < n; ++j) {
+            bwd_scalars_f32(ss[j], q[j], act_f32(t[j], act), eps, sc, w + j, b + j, coef + j);
+            if (act != COLU_ACT_IDENTITY) d[j] = act_grad_f32(t[j], act);
+        }
+        return;
+    }
+    const float inv_rs = 1.0f / sqrtf((float)S);
+    _Pragma("omp simd") for (int j = 0; j < n; ++j) {
+        float k;
+        bwd_scalars_f32(ss[j], q[j], act_f32(t[j], act), eps, sc, w + j, &k, coef + j);
+        float gt = gm[j] + k * inv_rs;
+        if (act != COLU_ACT_IDENTITY) gt *= act_grad_f32(t[j], act);
+        b[j] = gt - w[j] * gm[j] + coef[j] * mu[j];
     }
 }
 
@@ -110,16 +153,17 @@ ALWAYS_INLINE void blk_prefetch_out(float* p, const i64 n) {
  * (BLK_CHUNK): their sums are long enough to hide the chain. */
 #define AVX_CHUNK 8
 ALWAYS_INLINE void avx_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
-                                 const float eps) {
+                                 const int act, const float eps) {
     enum { N = 8 * AVX_CHUNK };
-    float t[N], ss[N], mu[N], w[N];
+    float t[N], ss[N], mu[N], w[N], base[N];
     for (int j = 0; j < nb; ++j) {
         blk_prefetch(x + j * 8 * S, 8 * S);
         if (S <= 8) blk_prefetch_out(y + j * 8 * S, 8 * S);
         avx_stats8(x + j * 8 * S, S, kind, t + 8 * j, ss + 8 * j, mu + 8 * j);
     }
-    _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
-    for (int j = 0; j < nb; ++j) avx_apply8(x + j * 8 * S, y + j * 8 * S, S, kind, w + 8 * j, mu + 8 * j);
+    avx_fwd_scalars(8 * nb, t, ss, mu, w, base, S, kind, sc, act, eps);
+    for (int j = 0; j < nb; ++j)
+        avx_apply8(x + j * 8 * S, y + j * 8 * S, S, kind, act, w + 8 * j, mu + 8 * j, base + 8 * j);
 }
 
 /* The backward's per-cone sums (ss, q = <g, section>, t, and for RCoLU the means of x and g) and outputs
@@ -179,7 +223,7 @@ ALWAYS_INLINE void avx_bstats8(const float* x, const float* gr, const i64 S, con
 }
 
 ALWAYS_INLINE void avx_bapply8(const float* x, const float* gr, float* gi, const i64 S, const int kind,
-                               const float* w, const float* b, const float* coef) {
+                               const int act, const float* w, const float* b, const float* coef, const float* d) {
     for (int i = 0; i < 8; ++i) {
         const float *xc = x + i * S, *gc = gr + i * S;
         float* oc = gi + i * S;
@@ -188,8 +232,10 @@ ALWAYS_INLINE void avx_bapply8(const float* x, const float* gr, float* gi, const
         if (kind == COLU_KIND_COLU) {
             const __m256 g = _mm256_loadu_ps(gc);
             const __m256 sec = _mm256_fnmadd_ps(bc, _mm256_loadu_ps(xc), _mm256_mul_ps(bw, g));
-            /* the axis lane is g_a + kk, with no x term */
-            _mm256_storeu_ps(oc, _mm256_blend_ps(sec, _mm256_add_ps(g, bb), 1));
+            /* the axis lane is (g_a + kk) phi'(a), with no x term */
+            __m256 ax = _mm256_add_ps(g, bb);
+            if (act != COLU_ACT_IDENTITY) ax = _mm256_mul_ps(ax, _mm256_broadcast_ss(d + i));
+            _mm256_storeu_ps(oc, _mm256_blend_ps(sec, ax, 1));
             for (i64 k = 8; k < S; k += 8)
                 _mm256_storeu_ps(oc + k, _mm256_fnmadd_ps(bc, _mm256_loadu_ps(xc + k),
                                                           _mm256_mul_ps(bw, _mm256_loadu_ps(gc + k))));
@@ -203,35 +249,26 @@ ALWAYS_INLINE void avx_bapply8(const float* x, const float* gr, float* gi, const
 
 /* nb <= AVX_CHUNK blocks of 8 cones in the three phases of avx_fwd_chunk */
 ALWAYS_INLINE void avx_bwd_phased(const float* x, const float* gr, float* gi, const int nb, const i64 S, const int kind,
-                                 const int sc, const float eps) {
+                                 const int sc, const int act, const float eps) {
     enum { N = 8 * AVX_CHUNK };
-    float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N];
+    float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N], d[N];
     for (int j = 0; j < nb; ++j) {
         const i64 o = j * 8 * S;
         blk_prefetch(x + o, 8 * S);
         blk_prefetch(gr + o, 8 * S);
         avx_bstats8(x + o, gr + o, S, kind, t + 8 * j, ss + 8 * j, q + 8 * j, mu + 8 * j, gm + 8 * j);
     }
-    if (kind == COLU_KIND_COLU) {
-        _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, b + j, coef + j);
-    } else {
-        const float inv_rs = 1.0f / sqrtf((float)S);
-        _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) {
-            float k;
-            bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
-            b[j] = gm[j] + k * inv_rs - w[j] * gm[j] + coef[j] * mu[j];
-        }
-    }
+    avx_bwd_scalars(8 * nb, t, ss, q, mu, gm, w, b, coef, d, S, kind, sc, act, eps);
     for (int j = 0; j < nb; ++j) {
         const i64 o = j * 8 * S;
-        avx_bapply8(x + o, gr + o, gi + o, S, kind, w + 8 * j, b + 8 * j, coef + 8 * j);
+        avx_bapply8(x + o, gr + o, gi + o, S, kind, act, w + 8 * j, b + 8 * j, coef + 8 * j, d + 8 * j);
     }
 }
 
 /* nb blocks of 8 cones, one after the other (the AVX-512 S = 16 backward runs these) */
 ALWAYS_INLINE void avx_bwd_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S, const int kind,
-                                 const int sc, const float eps) {
-    for (int j = 0; j < nb; ++j) avx_bwd_phased(x + j * 8 * S, gr + j * 8 * S, gi + j * 8 * S, 1, S, kind, sc, eps);
+                                 const int sc, const int act, const float eps) {
+    for (int j = 0; j < nb; ++j) avx_bwd_phased(x + j * 8 * S, gr + j * 8 * S, gi + j * 8 * S, 1, S, kind, sc, act, eps);
 }
 
 /* ----------------------------------------------- AVX2 blocks for S = 4 */
@@ -290,12 +327,14 @@ ALWAYS_INLINE void avx_stats4(const float* x, const int kind, __m256* v, float* 
     _mm256_storeu_ps(mu, m);
 }
 
-ALWAYS_INLINE void avx_apply4(float* y, const int kind, __m256* v, const float* w, const float* mu) {
+/* base as avx_fwd_scalars; for RCoLU, v holds the centred channels */
+ALWAYS_INLINE void avx_apply4(float* y, const int kind, const int act, __m256* v, const float* w, const float* base) {
     const __m256 bw = _mm256_loadu_ps(w);
     if (kind == COLU_KIND_COLU) {
+        if (act != COLU_ACT_IDENTITY) v[0] = _mm256_loadu_ps(base);
         for (int k = 1; k < 4; ++k) v[k] = _mm256_mul_ps(v[k], bw);
     } else {
-        const __m256 m = _mm256_loadu_ps(mu);
+        const __m256 m = _mm256_loadu_ps(base);
         for (int k = 0; k < 4; ++k) v[k] = _mm256_fmadd_ps(bw, v[k], m);
     }
     avx_store4(y, v);
@@ -303,9 +342,9 @@ ALWAYS_INLINE void avx_apply4(float* y, const int kind, __m256* v, const float* 
 
 /* nb <= AVX_CHUNK blocks of 8 cones of 4 floats */
 ALWAYS_INLINE void avx_fwd4_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
-                                  const float eps) {
+                                  const int act, const float eps) {
     enum { N = 8 * AVX_CHUNK };
-    float t[N], ss[N], mu[N], w[N];
+    float t[N], ss[N], mu[N], w[N], base[N];
     __m256 keep[AVX_CHUNK][4];
     (void)S;
     for (int j = 0; j < nb; ++j) {
@@ -313,8 +352,9 @@ ALWAYS_INLINE void avx_fwd4_chunk(const float* x, float* y, const int nb, const 
         blk_prefetch_out(y + j * 32, 32);
         avx_stats4(x + j * 32, kind, keep[j], t + 8 * j, ss + 8 * j, mu + 8 * j);
     }
-    _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
-    for (int j = 0; j < nb; ++j) avx_apply4(y + j * 32, kind, keep[j], w + 8 * j, mu + 8 * j);
+    avx_fwd_scalars(8 * nb, t, ss, mu, w, base, 4, kind, sc, act, eps);
+    for (int j = 0; j < nb; ++j)
+        avx_apply4(y + j * 32, kind, act, keep[j], w + 8 * j, base + 8 * j);
 }
 
 /* The backward in the same three phases: per-cone sums (ss, q = <g, section>, t, and for RCoLU the means
@@ -351,14 +391,15 @@ ALWAYS_INLINE void avx_bstats4(const float* x, const float* gr, const int kind, 
 }
 
 /* b: the axis' added term kk for CoLU, the per-cone constant add for RCoLU (as cone_bwd) */
-ALWAYS_INLINE void avx_bapply4(const float* x, const float* gr, float* gi, const int kind, const float* w,
-                               const float* b, const float* coef) {
+ALWAYS_INLINE void avx_bapply4(const float* x, const float* gr, float* gi, const int kind, const int act,
+                               const float* w, const float* b, const float* coef, const float* d) {
     __m256 v[4], g[4];
     avx_load4(v, x);
     avx_load4(g, gr);
     const __m256 bw = _mm256_loadu_ps(w), bc = _mm256_loadu_ps(coef), bb = _mm256_loadu_ps(b);
     if (kind == COLU_KIND_COLU) {
         g[0] = _mm256_add_ps(g[0], bb);
+        if (act != COLU_ACT_IDENTITY) g[0] = _mm256_mul_ps(g[0], _mm256_loadu_ps(d));
         for (int k = 1; k < 4; ++k) g[k] = _mm256_fnmadd_ps(bc, v[k], _mm256_mul_ps(bw, g[k]));
     } else {
         for (int k = 0; k < 4; ++k) g[k] = _mm256_fnmadd_ps(bc, v[k], _mm256_fmadd_ps(bw, g[k], bb));
@@ -367,24 +408,16 @@ ALWAYS_INLINE void avx_bapply4(const float* x, const float* gr, float* gi, const
 }
 
 ALWAYS_INLINE void avx_bwd4_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
-                                  const int kind, const int sc, const float eps) {
+                                  const int kind, const int sc, const int act, const float eps) {
     enum { N = 8 * AVX_CHUNK };
-    float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N];
+    float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N], d[N];
     (void)S;
     for (int j = 0; j < nb; ++j) {
         blk_prefetch(x + j * 32, 32);
         blk_prefetch(gr + j * 32, 32);
         avx_bstats4(x + j * 32, gr + j * 32, kind, t + 8 * j, ss + 8 * j, q + 8 * j, mu + 8 * j, gm + 8 * j);
     }
-    if (kind == COLU_KIND_COLU) {
-        _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, b + j, coef + j);
-    } else {
-        _Pragma("omp simd") for (int j = 0; j < 8 * nb; ++j) {
-            float k;
-            bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
-            b[j] = gm[j] + k * 0.5f - w[j] * gm[j] + coef[j] * mu[j];
-        }
-    }
+    avx_bwd_scalars(8 * nb, t, ss, q, mu, gm, w, b, coef, d, 4, kind, sc, act, eps);
     for (int j = 0; j < nb; ++j)
-        avx_bapply4(x + j * 32, gr + j * 32, gi + j * 32, kind, w + 8 * j, b + 8 * j, coef + 8 * j);
+        avx_bapply4(x + j * 32, gr + j * 32, gi + j * 32, kind, act, w + 8 * j, b + 8 * j, coef + 8 * j, d + 8 * j);
 }

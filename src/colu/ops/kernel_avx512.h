@@ -236,7 +236,8 @@ ALWAYS_INLINE void avz_apply_wide(const float* x, float* y, const i64 S, const i
 /* nb <= AVZ_CHUNK blocks of 16 cones of S = 4, 8 or 16 floats (see avz_stats4) */
 #define AVZ_CHUNK 4
 ALWAYS_INLINE void avz_fwd_chunk(const float* x, float* y, const int nb, const i64 S, const int kind, const int sc,
-                                 const float eps) {
+                                 const int act, const float eps) {
+    (void)act; /* always the identity: kernel_vector.h gives relu and silu axes to the AVX2 blocks */
     enum { N = 16 * AVZ_CHUNK };
     float t[N], ss[N], mu[N], w[N];
     __m512 keep[AVZ_CHUNK][4];
@@ -356,7 +357,8 @@ ALWAYS_INLINE void avz_bapply8(const float* x, const float* gr, float* gi, const
 
 /* nb <= AVZ_CHUNK blocks of 16 cones of S = 4 or 8 floats */
 ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
-                                 const int kind, const int sc, const float eps) {
+                                 const int kind, const int sc, const int act, const float eps) {
+    (void)act; /* as in avz_fwd_chunk */
     enum { N = 16 * AVZ_CHUNK };
     float t[N], ss[N], q[N], mu[N], gm[N], w[N], b[N], coef[N];
     for (int j = 0; j < nb; ++j) {
@@ -390,6 +392,6 @@ ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, con
  * registers, and its 512-bit version spilled and measured slower on streamed
  * tensors than the AVX2 blocks; it runs those, two per block of 16 cones. */
 ALWAYS_INLINE void avz_bwd16_chunk(const float* x, const float* gr, float* gi, const int nb, const i64 S,
-                                   const int kind, const int sc, const float eps) {
-    avx_bwd_chunk(x, gr, gi, 2 * nb, S, kind, sc, eps);
+                                   const int kind, const int sc, const int act, const float eps) {
+    avx_bwd_chunk(x, gr, gi, 2 * nb, S, kind, sc, act, eps);
 }

@@ -415,7 +415,9 @@ FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
  * with its axis a replaced by phi(a). For RCoLU, x' = x + (phi(t)/sqrt(S) - mu) e per cone (mu the mean,
  * t = mu sqrt(S)): its mean is phi(t)/sqrt(S), so the identity cone's axis is phi(t), and its centred
  * vector is x's. The backward chains the identity cone's gradient g' through x -> x': CoLU multiplies the
- * axis entry by phi'(a); RCoLU adds (phi'(t) - 1)/S sum(g') to every entry. */
+ * axis entry by phi'(a); RCoLU adds (phi'(t) - 1)/S sum(g') to every entry. Where the machine has AVX2,
+ * the vector blocks take relu/silu axes themselves for S = 4, 8, 16 (kernel_vector.h) and this is for the
+ * other S. */
 #define ACHUNK 1024 /* floats per buffer: 4 KB */
 
 static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt);
@@ -492,14 +494,14 @@ static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n,
         SFX(flat_fwd_any)(x, y, n, c, nt);
         return;
     }
+#if SPECIALISE_S && defined(COLU_AVX2)
+    if (avx_fwd_range(x, y, n, c, nt)) return; /* identity, relu and silu axes */
+#endif
 #if SPECIALISE_S
     if (ACT_VIA_IDENTITY(c)) {
         SFX(flat_act_fwd)(x, y, n, c, nt);
         return;
     }
-#endif
-#if SPECIALISE_S && defined(COLU_AVX2)
-    if (avx_fwd_range(x, y, n, c, nt)) return;
 #endif
 #if SPECIALISE_S
 #define CASE(SS)                                            \
@@ -530,14 +532,14 @@ static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* re
         SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
         return;
     }
+#if SPECIALISE_S && defined(COLU_AVX2)
+    if (avx_bwd_range(x, gr, gi, n, c, nt)) return; /* identity, relu and silu axes */
+#endif
 #if SPECIALISE_S
     if (ACT_VIA_IDENTITY(c)) {
         SFX(flat_act_bwd)(x, gr, gi, n, c, nt);
         return;
     }
-#endif
-#if SPECIALISE_S && defined(COLU_AVX2)
-    if (avx_bwd_range(x, gr, gi, n, c, nt)) return;
 #endif
 #if SPECIALISE_S
 #define CASE(SS)                                            \

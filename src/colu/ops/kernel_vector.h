@@ -1,5 +1,5 @@
-/* The hand-written vector blocks for the flat path (float32 with the
- * identity axis; kernel_body.h's float32 instance includes this file where
+/* The hand-written vector blocks for the flat path (float32; kernel_body.h's
+ * float32 instance includes this file where
  * the machine has AVX2 and FMA): the blocks themselves in kernel_avx2.h and
  * kernel_avx512.h, and here the parallel loops over them and the table of
  * which S each block takes. avx_fwd_range and avx_bwd_range return 0 for a
@@ -31,7 +31,7 @@
 #define CHUNKED_MAX (128 * 1024)
 #define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? ((SS) <= 8 ? AVX_CHUNK : 1) : ((SS) == 4 || (SC) != COLU_SCALING_HARD) ? 4 : 2)
 #define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : (BN) == 8 && (SS) <= 8 ? AVX_CHUNK : 1)
-#define AVX_LOOPS(NAME, SS, KIND, SC, BLK_FWD, BLK_BWD, BN)                                                        \
+#define AVX_LOOPS(NAME, SS, KIND, SC, ACT, BLK_FWD, BLK_BWD, BN)                                                        \
     static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,               \
                                                          const i64 n, const colu_cfg* c, const int nt) {           \
         const float eps = (float)c->eps;                                                                           \
@@ -40,11 +40,11 @@
             i64 b = lo;                                                                                            \
             if (((SC) != COLU_SCALING_HARD && (SS) <= 8) || n * (SS) <= CHUNKED_MAX)                               \
                 for (; b + BLK_CHUNK(BN, SS, SC) <= hi; b += BLK_CHUNK(BN, SS, SC))                                \
-                    BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, eps);                 \
-            for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, eps);                         \
+                    BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, ACT, eps);            \
+            for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, ACT, eps);                    \
         });                                                                                                        \
         for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
-            cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, COLU_ACT_IDENTITY, eps);                        \
+            cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps);                                      \
     }                                                                                                              \
     static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr,        \
                                                          float* restrict gi, const i64 n, const colu_cfg* c,       \
@@ -55,44 +55,50 @@
             i64 b = lo;                                                                                            \
             if (n * (SS) <= CHUNKED_MAX)                                                                           \
                 for (; b + BLK_CHUNK_BWD(BN, SS) <= hi; b += BLK_CHUNK_BWD(BN, SS))                                \
-                    BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, eps); \
-            for (; b < hi; ++b) BLK_BWD(x + b * step, gr + b * step, gi + b * step, 1, SS, KIND, SC, eps);         \
+                    BLK_BWD(x + b * step, gr + b * step, gi + b * step, BLK_CHUNK_BWD(BN, SS), SS, KIND, SC, ACT,  \
+                            eps);                                                                                  \
+            for (; b < hi; ++b) BLK_BWD(x + b * step, gr + b * step, gi + b * step, 1, SS, KIND, SC, ACT, eps);    \
         });                                                                                                        \
         for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
-            cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, COLU_ACT_IDENTITY, eps);        \
+            cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);                      \
     }
 
 /* S = 4, 8, 16 in AVX-512 blocks of 16 cones (in AVX2 blocks of 8 without AVX-512); larger
- * multiples of 8 in AVX2 blocks with S read at run time */
-#define AVX_KEYS(M, SN, SS, HIT, F, B, BN)                                                                         \
-    M(SN, SS, HIT, COLU, HARD, F, B, BN) M(SN, SS, HIT, COLU, SOFT, F, B, BN) M(SN, SS, HIT, COLU, FIRM, F, B, BN) \
-    M(SN, SS, HIT, RCOLU, HARD, F, B, BN) M(SN, SS, HIT, RCOLU, SOFT, F, B, BN) M(SN, SS, HIT, RCOLU, FIRM, F, B, BN)
+ * multiples of 8 in AVX2 blocks with S read at run time. A relu or silu axis (S = 4, 8, 16) runs the
+ * AVX2 blocks on every machine: it changes only their per-cone scalar pass (avx_fwd_scalars,
+ * avx_bwd_scalars) and a lane or two of the writes. */
+#define AVX_KEYS(M, SN, SS, HIT, ACT, F, B, BN)                                                          \
+    M(SN, SS, HIT, COLU, HARD, ACT, F, B, BN) M(SN, SS, HIT, COLU, SOFT, ACT, F, B, BN)                   \
+    M(SN, SS, HIT, COLU, FIRM, ACT, F, B, BN) M(SN, SS, HIT, RCOLU, HARD, ACT, F, B, BN)                  \
+    M(SN, SS, HIT, RCOLU, SOFT, ACT, F, B, BN) M(SN, SS, HIT, RCOLU, FIRM, ACT, F, B, BN)
+#define AVX2_KEYS(M, ACT)                                                   \
+    AVX_KEYS(M, 4, 4, c->S == 4, ACT, avx_fwd4_chunk, avx_bwd4_chunk, 8)   \
+    AVX_KEYS(M, 8, 8, c->S == 8, ACT, avx_fwd_chunk, avx_bwd_phased, 8)    \
+    AVX_KEYS(M, 16, 16, c->S == 16, ACT, avx_fwd_chunk, avx_bwd_chunk, 8)
 #ifdef COLU_AVX512
-#define AVX_KEYS_512(M)                                            \
-    AVX_KEYS(M, 4, 4, c->S == 4, avz_fwd_chunk, avz_bwd_chunk, 16) \
-    AVX_KEYS(M, 8, 8, c->S == 8, avz_fwd_chunk, avz_bwd_chunk, 16) \
-    AVX_KEYS(M, 16, 16, c->S == 16, avz_fwd_chunk, avz_bwd16_chunk, 16)
+#define AVX_IDENTITY_KEYS(M)                                                          \
+    AVX_KEYS(M, 4, 4, c->S == 4, IDENTITY, avz_fwd_chunk, avz_bwd_chunk, 16)         \
+    AVX_KEYS(M, 8, 8, c->S == 8, IDENTITY, avz_fwd_chunk, avz_bwd_chunk, 16)         \
+    AVX_KEYS(M, 16, 16, c->S == 16, IDENTITY, avz_fwd_chunk, avz_bwd16_chunk, 16)
 #else
-#define AVX_KEYS_512(M)                                            \
-    AVX_KEYS(M, 4, 4, c->S == 4, avx_fwd4_chunk, avx_bwd4_chunk, 8) \
-    AVX_KEYS(M, 8, 8, c->S == 8, avx_fwd_chunk, avx_bwd_phased, 8)  \
-    AVX_KEYS(M, 16, 16, c->S == 16, avx_fwd_chunk, avx_bwd_chunk, 8)
+#define AVX_IDENTITY_KEYS(M) AVX2_KEYS(M, IDENTITY)
 #endif
-#define AVX_ALL(M)                                                      \
-    AVX_KEYS_512(M)                                                     \
-    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, avx_fwd_chunk, avx_bwd_chunk, 8)
-#define DEF_AVX(SN, SS, HIT, KIND, SC, F, B, BN) \
-    AVX_LOOPS(SN##_##KIND##_##SC, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, F, B, BN)
+#define AVX_ALL(M)                                                                                    \
+    AVX_IDENTITY_KEYS(M)                                                                              \
+    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, IDENTITY, avx_fwd_chunk, avx_bwd_chunk, 8) \
+    AVX2_KEYS(M, RELU) AVX2_KEYS(M, SILU)
+#define DEF_AVX(SN, SS, HIT, KIND, SC, ACT, F, B, BN) \
+    AVX_LOOPS(SN##_##KIND##_##SC##_##ACT, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_##ACT, F, B, BN)
 AVX_ALL(DEF_AVX)
 #undef DEF_AVX
 
-/* 1 where the AVX2 blocks took the call */
+/* 1 where the vector blocks took the call */
 static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* c, const int nt) {
-    if (c->act != COLU_ACT_IDENTITY) return 0;
-#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                      \
-    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
-        avx_fwd_##SN##_##KIND##_##SC(x, y, n, c, nt);                              \
-        return 1;                                                                  \
+#define CASE(SN, SS, HIT, KIND, SC, ACT, F, B, BN)                                     \
+    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC &&     \
+        c->act == COLU_ACT_##ACT) {                                                    \
+        avx_fwd_##SN##_##KIND##_##SC##_##ACT(x, y, n, c, nt);                          \
+        return 1;                                                                      \
     }
     AVX_ALL(CASE)
 #undef CASE
@@ -100,11 +106,11 @@ static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* 
 }
 
 static int avx_bwd_range(const float* x, const float* gr, float* gi, const i64 n, const colu_cfg* c, const int nt) {
-    if (c->act != COLU_ACT_IDENTITY) return 0;
-#define CASE(SN, SS, HIT, KIND, SC, F, B, BN)                                      \
-    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
-        avx_bwd_##SN##_##KIND##_##SC(x, gr, gi, n, c, nt);                         \
-        return 1;                                                                  \
+#define CASE(SN, SS, HIT, KIND, SC, ACT, F, B, BN)                                     \
+    if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC &&     \
+        c->act == COLU_ACT_##ACT) {                                                    \
+        avx_bwd_##SN##_##KIND##_##SC##_##ACT(x, gr, gi, n, c, nt);                     \
+        return 1;                                                                      \
     }
     AVX_ALL(CASE)
 #undef CASE
