@@ -54,6 +54,8 @@ def main():
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
     p.add_argument("--scaling", choices=["hard", "soft", "firm"], default="hard")
+    p.add_argument("--layout", choices=["grouped", "axes_first"], default="grouped")
+    p.add_argument("--axis-activation", choices=["identity", "relu", "silu"], default="identity")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
@@ -64,7 +66,8 @@ def main():
     N, C = args.shape[:2]
     inner = args.shape[2] * args.shape[3] if len(args.shape) == 4 else 1
     x, g = torch.randn(args.shape), torch.randn(args.shape)
-    cfg = cpu.config(ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind), args.scaling, 1e-7, "identity")
+    spec = ConeSpec.resolve(C, args.cone_dim, None, kind=args.kind, layout=args.layout)
+    cfg = cpu.config(spec, args.scaling, 1e-7, args.axis_activation)
     block = (ctypes.c_int64 * 10)(int(args.backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, inner,
                                   ctypes.addressof(cfg), torch.get_num_threads())
 

@@ -20,16 +20,20 @@
  *    avz_bwd_chunk, avx_fwd_chunk); see the comments above avz_transpose4,
  *    avz_reduce8, avz_fold16, avz_stats4 (kernel_avx512.h) and avx_stats8,
  *    avx_transpose4 (kernel_avx2.h).
- *    A relu/silu axis: CoLU runs the identity loops on a copy of a chunk of
- *    cones whose axes are activated first (exact: only the axis changes);
- *    RCoLU S = 4, 8 has loops with the scaling and axis activation read at
- *    run time (kernel_portable.h), other S the run-time loop.
+ *    A relu/silu axis: with AVX2, S = 4, 8, 16 run the vector blocks, whose
+ *    per-cone scalar pass applies phi and phi' (kernel_avx2.h). Otherwise
+ *    CoLU runs the identity loops on a copy of a chunk of cones whose axes
+ *    are activated first (exact: only the axis changes); RCoLU S = 4, 8 has
+ *    loops with the scaling and axis activation read at run time
+ *    (kernel_portable.h), other S the run-time loop.
  *  - rows (inner == 1, shared axis or axes_first layout): a row of C
  *    channels at a time, in blocks of NB cones: per-cone sums into small
  *    arrays, the per-cone scalars over those arrays, then the writes. For
  *    float32 with S in {3, 4, 8, 16} the sums and writes have S fixed and
  *    the scalars run in one of nine small loops, one per scaling and axis
- *    activation (split_fwd, split_bwd in kernel_body.h).
+ *    activation (split_fwd, split_bwd in kernel_body.h). With AVX2, the
+ *    axes_first layout with S = 4 or a multiple of 8 runs blocks of 8 cones
+ *    that read the sections as whole vectors (kernel_axes_first.h).
  *  - planes (inner > 1: NCHW with dim=1, or any dim with an inner size):
  *    each cone's plane a tile of pixels at a time, one pixel per vector lane
  *    and S unit-stride streams (kernel_planes.h).
@@ -50,7 +54,8 @@
  * float64. The float32 instance adds the per-ISA pieces: kernel_portable.h
  * (loops specialised per S for the compiler to vectorise, every machine),
  * kernel_vector.h (the hand-written blocks' loops and which S each takes)
- * with kernel_avx2.h and kernel_avx512.h (the blocks). colu_abi.h is the
+ * with kernel_avx2.h and kernel_avx512.h (the blocks) and kernel_axes_first.h
+ * (the axes_first rows). colu_abi.h is the
  * interface with Python: the argument block, the configuration and the
  * enum values, which colu/ops/abi.py mirrors.
  *

@@ -295,9 +295,18 @@ SPLIT_ALL(SPLIT_LOOPS)
 #undef SPLIT_LOOPS
 #endif
 
+#if SPECIALISE_S && defined(COLU_AVX2)
+/* the AVX2 rows for the axes_first layout (kernel_axes_first.h, through kernel_vector.h below) */
+static int axf_range(const float* x, const float* g, float* out, const i64 outer, const i64 C, const colu_cfg* c,
+                     const int nt, const int backward);
+#endif
+
 /* 1 where a rows loop specialised for the configuration's S took the call */
 static int SFX(split_range)(const T* x, const T* g, T* out, const i64 outer, const i64 C, const colu_cfg* c,
                             const int nt, const int backward) {
+#if SPECIALISE_S && defined(COLU_AVX2)
+    if (axf_range(x, g, out, outer, C, c, nt, backward)) return 1;
+#endif
 #if SPECIALISE_S
     /* sqrt and log have no per-cone loops of their own (pick_mids): the generic rows loops take them */
     if (c->kind != COLU_KIND_COLU || c->sec_step != c->S - 1 || !OWN_LOOPS(c->scaling)) return 0;

@@ -11,6 +11,7 @@
 #ifdef COLU_AVX512
 #include "kernel_avx512.h"
 #endif
+#include "kernel_axes_first.h"
 
 /* n cones: whole blocks of BN cones in parallel, the last n % BN cones
  * through cone_fwd/cone_bwd. Tensors of at most CHUNKED_MAX floats (which
