@@ -88,9 +88,10 @@ ALWAYS_INLINE void axf_fwd_row(const float* x, float* y, const i64 G, const i64 
         for (int j = 0; j < nb; ++j) {
             const i64 b = b0 + j;
             const int last = b == nblk - 1 && G % 8 == 0;
-            /* the row's memory 8 KB ahead, axes included, in equal parts per block */
+            /* the row's memory 8 KB ahead, axes included, in equal parts per block; the output too for S <= 8,
+             * as the grouped blocks (kernel_avx2.h) */
             blk_prefetch(x + b * 8 * S, 8 * S);
-            blk_prefetch_out(y + b * 8 * S, 8 * S);
+            if (S <= 8) blk_prefetch_out(y + b * 8 * S, 8 * S);
             if (SS == 4) {
                 __m256 *v = keep[j], sq[3];
                 for (int k = 0; k < 3; ++k) {
@@ -158,6 +159,7 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
             const int last = b == nblk - 1 && G % 8 == 0;
             blk_prefetch(x + b * 8 * S, 8 * S);
             blk_prefetch(gr + b * 8 * S, 8 * S);
+            if (S <= 8) blk_prefetch_out(gi + b * 8 * S, 8 * S); /* kernel_ab.py, S = 4: 14-18% off */
             if (SS == 4) {
                 __m256 sq[3], gq[3];
                 for (int k = 0; k < 3; ++k) {
