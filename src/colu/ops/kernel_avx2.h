@@ -96,19 +96,20 @@ ALWAYS_INLINE void avx_apply8(const float* x, float* y, const i64 S, const int k
  * for RCoLU the value added to every channel (phi(t)/sqrt(S); mu itself for the identity, as cone_fwd). */
 #define AVX_CHUNK 8 /* blocks per chunk at most (avx_fwd_chunk) */
 
-/* phi(t) of n cones into tp and, with d, phi'(t) into d, as act_f32 and act_grad_f32 compute them, in
+/* phi(t) of n cones into tp and phi'(t) into d (either may be 0: not wanted), as act_f32 and act_grad_f32
+ * compute them, in
  * loops of their own: fused with the scalars' loop, or silu's phi and phi' in one loop, the compiler kept
  * a branch of the exponential's clamp and ran the loop scalar (CoLU S = 8 with a silu axis at 5.9x
  * ReLU). The sigmoid alone in a loop vectorises, as the soft weight's does. */
 ALWAYS_INLINE void avx_act(const int n, const float* t, float* tp, float* d, const int act) {
     if (act == COLU_ACT_RELU) {
-        _Pragma("omp simd") for (int j = 0; j < n; ++j) tp[j] = act_f32(t[j], COLU_ACT_RELU);
+        if (tp) _Pragma("omp simd") for (int j = 0; j < n; ++j) tp[j] = act_f32(t[j], COLU_ACT_RELU);
         if (d) _Pragma("omp simd") for (int j = 0; j < n; ++j) d[j] = act_grad_f32(t[j], COLU_ACT_RELU);
         return;
     }
     float sg[8 * AVX_CHUNK];
     _Pragma("omp simd") for (int j = 0; j < n; ++j) sg[j] = sigm_f32(t[j]);
-    _Pragma("omp simd") for (int j = 0; j < n; ++j) tp[j] = t[j] * sg[j];
+    if (tp) _Pragma("omp simd") for (int j = 0; j < n; ++j) tp[j] = t[j] * sg[j];
     if (d) _Pragma("omp simd") for (int j = 0; j < n; ++j) d[j] = sg[j] * (1.0f + t[j] * (1.0f - sg[j]));
 }
 ALWAYS_INLINE void avx_fwd_scalars(const int n, const float* t, const float* ss, const float* mu, float* w,

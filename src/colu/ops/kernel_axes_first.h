@@ -2,13 +2,15 @@
  * included by kernel_vector.h. A row is the G cones' axes, then their G sections of m = S - 1 channels,
  * one after the other. The rows loops of kernel_body.h read such sections at the odd stride m, which the
  * compiler vectorises through permutes (1.5-1.9x ReLU forward+backward); here a block of 8 cones at a time:
- *  - S = 4 (m = 3): the 8 sections are 3 whole vectors (axf3_sum, axf3_spread);
- *  - S = 8k (m = 8k - 1): each section is read with the k vectors at sec + m i, the last one's lane 7
- *    being the next cone's first channel (zeroed before the sums); each cone's sums stay in one vector and
- *    avx_hsum8 adds them up, as avx_stats8 does. The writes are whole vectors too, in increasing cone
- *    order, so a spare lane's value lands on the next cone's first channel before that cone's own write
- *    replaces it. The row's last cone has no next cone in the row: its last vector is read and written
- *    with a mask (the next row may be another thread's).
+ *  - S = 4 (m = 3): the 8 sections are 3 whole vectors, for the sums (axf3_sum) and the writes
+ *    (axf_spread);
+ *  - S = 8k (m = 8k - 1): for the sums each section is read with the k vectors at sec + m i, the last
+ *    one's lane 7 being the next cone's first channel (zeroed); each cone's sums stay in one vector and
+ *    avx_hsum8 adds them up, as avx_stats8 does. S = 8 writes its 7 whole vectors (axf_spread); S >= 16
+ *    writes each cone's vectors in increasing cone order, so that a spare lane's value lands on the next
+ *    cone's first channel before that cone's own write replaces it.
+ * The row's last cone has no next cone in the row: its last vector is read and written with a mask (the
+ * next row may be another thread's).
  * Cones after the last whole block go through the rows path (axf_tail).
  * The per-cone scalars run in the rows path's small loops (pick_mids: one per scaling and axis
  * activation), over a chunk of up to AVX_CHUNK blocks at a time, so that the chains of neighbouring
@@ -51,15 +53,6 @@ ALWAYS_INLINE __m256 axf_load_wide(const float* xc, const i64 j, const i64 m, co
 ALWAYS_INLINE void axf_store_wide(float* yc, const i64 j, const i64 m, const int safe, const __m256 v) {
     if (safe && 8 * j + 8 > m) _mm256_maskstore_ps(yc + 8 * j, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0), v);
     else _mm256_storeu_ps(yc + 8 * j, v);
-}
-
-/* phi'(a) of n cones, for the axes' gradients (identity: not used) */
-ALWAYS_INLINE void axf_act_grads(float* d, const float* a, const int n, const int act) {
-    if (act == COLU_ACT_RELU) {
-        _Pragma("omp simd") for (int j = 0; j < n; ++j) d[j] = act_grad_f32(a[j], COLU_ACT_RELU);
-    } else if (act == COLU_ACT_SILU) {
-        _Pragma("omp simd") for (int j = 0; j < n; ++j) d[j] = act_grad_f32(a[j], COLU_ACT_SILU);
-    }
 }
 
 /* the cones after the row's last whole block, through the rows path */
@@ -189,7 +182,7 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
             }
         }
         mid(8 * nb, ss, q, a, w, coef, kk, eps);
-        axf_act_grads(d, a, 8 * nb, act);
+        if (act != COLU_ACT_IDENTITY) avx_act(8 * nb, a, 0, d, act); /* phi'(a), for the axes' gradients */
         for (int j = 0; j < nb; ++j) {
             const i64 b = b0 + j, o = b * step;
             const int last = b == nblk - 1 && G % 8 == 0;
