@@ -76,7 +76,6 @@ ALWAYS_INLINE void axf_fwd_row(const float* x, float* y, const i64 G, const i64 
     for (i64 b0 = 0; b0 < nblk; b0 += AVX_CHUNK) {
         enum { N = 8 * AVX_CHUNK };
         float t[N], ss[N], w[N];
-        __m256 keep[AVX_CHUNK][3];
         const int nb = nblk - b0 < AVX_CHUNK ? (int)(nblk - b0) : AVX_CHUNK;
         for (int j = 0; j < nb; ++j) {
             const i64 b = b0 + j;
@@ -85,14 +84,14 @@ ALWAYS_INLINE void axf_fwd_row(const float* x, float* y, const i64 G, const i64 
              * as the grouped blocks (kernel_avx2.h) */
             blk_prefetch(x + b * 8 * S, 8 * S);
             if (S <= 8) blk_prefetch_out(y + b * 8 * S, 8 * S);
+            _mm256_storeu_ps(t + 8 * j, _mm256_loadu_ps(x + 8 * b));
             if (SS == 4) {
-                __m256 *v = keep[j], sq[3];
+                __m256 sq[3];
                 for (int k = 0; k < 3; ++k) {
-                    v[k] = _mm256_loadu_ps(xs + b * step + 8 * k);
-                    sq[k] = _mm256_mul_ps(v[k], v[k]);
+                    const __m256 v = _mm256_loadu_ps(xs + b * step + 8 * k);
+                    sq[k] = _mm256_mul_ps(v, v);
                 }
                 _mm256_storeu_ps(ss + 8 * j, axf3_sum(sq));
-                _mm256_storeu_ps(t + 8 * j, _mm256_loadu_ps(x + 8 * b));
             } else {
                 __m256 acc[8];
                 for (int i = 0; i < 8; ++i) {
@@ -105,21 +104,16 @@ ALWAYS_INLINE void axf_fwd_row(const float* x, float* y, const i64 G, const i64 
                     acc[i] = s;
                 }
                 _mm256_storeu_ps(ss + 8 * j, avx_hsum8(acc));
-                _mm256_storeu_ps(t + 8 * j, _mm256_loadu_ps(x + 8 * b));
             }
         }
         mid(8 * nb, ss, t, w, eps); /* t becomes phi(a), the axes' outputs */
         for (int j = 0; j < nb; ++j) {
             const i64 b = b0 + j;
             const int last = b == nblk - 1 && G % 8 == 0;
-            if (SS == 4) {
-                __m256 sw[3];
-                axf_spread(_mm256_loadu_ps(w + 8 * j), sw, 3);
-                for (int k = 0; k < 3; ++k) _mm256_storeu_ps(ys + b * step + 8 * k, _mm256_mul_ps(keep[j][k], sw[k]));
-            } else if (SS == 8) { /* the 7 whole vectors of the 8 sections, as for S = 4 */
+            if (SS == 4 || SS == 8) { /* the m whole vectors of the 8 sections */
                 __m256 sw[7];
-                axf_spread(_mm256_loadu_ps(w + 8 * j), sw, 7);
-                for (int k = 0; k < 7; ++k)
+                axf_spread(_mm256_loadu_ps(w + 8 * j), sw, (int)m);
+                for (int k = 0; k < m; ++k)
                     _mm256_storeu_ps(ys + b * step + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(xs + b * step + 8 * k), sw[k]));
             } else {
                 for (int i = 0; i < 8; ++i) {
@@ -153,6 +147,7 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
             blk_prefetch(x + b * 8 * S, 8 * S);
             blk_prefetch(gr + b * 8 * S, 8 * S);
             if (S <= 8) blk_prefetch_out(gi + b * 8 * S, 8 * S); /* kernel_ab.py, S = 4: 14-18% off */
+            _mm256_storeu_ps(a + 8 * j, _mm256_loadu_ps(x + 8 * b));
             if (SS == 4) {
                 __m256 sq[3], gq[3];
                 for (int k = 0; k < 3; ++k) {
@@ -162,7 +157,6 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
                 }
                 _mm256_storeu_ps(ss + 8 * j, axf3_sum(sq));
                 _mm256_storeu_ps(q + 8 * j, axf3_sum(gq));
-                _mm256_storeu_ps(a + 8 * j, _mm256_loadu_ps(x + 8 * b));
             } else {
                 __m256 acc_s[8], acc_q[8];
                 for (int i = 0; i < 8; ++i) {
@@ -178,7 +172,6 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
                 }
                 _mm256_storeu_ps(ss + 8 * j, avx_hsum8(acc_s));
                 _mm256_storeu_ps(q + 8 * j, avx_hsum8(acc_q));
-                _mm256_storeu_ps(a + 8 * j, _mm256_loadu_ps(x + 8 * b));
             }
         }
         mid(8 * nb, ss, q, a, w, coef, kk, eps);
