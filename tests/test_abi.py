@@ -105,10 +105,11 @@ def test_python_fills_the_named_slots(dtype, flag):
         seen.append(_slots((ctypes.c_int64 * abi.ARG_COUNT).from_address(address)))
         return 1
 
-    cpu.run({"run": record, "run_half": record}, 1, x, g, out, 3, 8, 1, 12345)
+    cfg = cpu.config(spec.ConeSpec.resolve(8, 4, None), "hard", 1e-7, "identity")
+    cpu.run({"run": record, "run_half": record}, 1, x, g, out, 3, 8, 1, cfg)
     assert seen == [
         dict(backward=1, dtype=flag, x=x.data_ptr(), grad=g.data_ptr(), out=out.data_ptr(), outer=3, c=8, inner=1,
-             cfg=12345, threads=torch.get_num_threads())
+             cfg=ctypes.addressof(cfg), threads=torch.get_num_threads())
     ]
 
 

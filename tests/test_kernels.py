@@ -247,7 +247,7 @@ def test_a_single_cone_runs_as_contiguous_channels(layout, share):
     assert spec.contiguous
     cfg = cpu.config(spec, "soft", 1e-7, "identity")
     assert (cfg.axis_base, cfg.axis_step, cfg.sec_base, cfg.sec_step) == (0, 5, 1, 5)
-    assert cpu.runs_half(cpu.load(), ctypes.addressof(cfg), torch.bfloat16, 1)
+    assert cpu.runs_half(cpu.load(), cfg, torch.bfloat16, 1)
     kw = dict(num_cones=1, layout=layout, share_axis=share, scaling="soft", axis_activation="silu")
     for shape, dim, dtype in [((9, 5), -1, torch.float64), ((2, 5, 3, 3), 1, torch.float64), ((9, 5), -1, torch.bfloat16)]:
         x, g = _inputs(shape, dim, torch.float64, seed=len(shape))
@@ -480,7 +480,7 @@ def _half_matches_reference(lib, x, g, S, kind, scaling, dtype, **kw):
     ``kw``: layout, share_axis, axis_activation (CoLU)."""
     act = kw.pop("axis_activation", "identity")
     spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind, **kw)
-    cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, act))
+    cfg = cpu.config(spec, scaling, 1e-7, act)
     xh, gh = x.to(dtype), g.to(dtype)
     y, gi = torch.empty_like(xh), torch.empty_like(xh)
     if not cpu.run(lib, 0, xh, None, y, *x.shape, 1, cfg):
@@ -571,7 +571,7 @@ def test_half_type_planes_are_upcast():
     lib = cpu.load()
     x = torch.randn(2, 8, 3, 3).to(torch.bfloat16)
     spec = colu.ConeSpec.resolve(8, 4, None)
-    cfg = ctypes.addressof(cpu.config(spec, "hard", 1e-7, "identity"))
+    cfg = cpu.config(spec, "hard", 1e-7, "identity")
     assert not cpu.run(lib, 0, x, None, torch.empty_like(x), 2, 8, 9, cfg)
     y = colu.colu(x, 4, dim=1)
     torch.testing.assert_close(y.float(), reference.colu(x.float(), 4, dim=1).to(torch.bfloat16).float(),
@@ -641,7 +641,7 @@ def test_builds_for_other_cpus_match_reference(isa_builds, march):
         x = torch.randn(37, 5 * S, generator=gen) * 2
         g = torch.randn(x.shape, generator=gen)
         spec = colu.ConeSpec.resolve(x.shape[1], S, None, kind=kind)
-        cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "identity"))
+        cfg = cpu.config(spec, scaling, 1e-7, "identity")
         y, gi = torch.empty_like(x), torch.empty_like(x)
         cpu.run(lib, 0, x, None, y, x.shape[0], x.shape[1], 1, cfg)
         cpu.run(lib, 1, x, g, gi, x.shape[0], x.shape[1], 1, cfg)

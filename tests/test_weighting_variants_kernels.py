@@ -152,7 +152,7 @@ def test_bfloat16_runs_in_the_kernel(scaling):
                                 ("rcolu", "grouped", False)]:
         spec = _spec(kind, 4, 6, layout, share)
         x = _values(spec, 7, seed=1).float()
-        cfg = ctypes.addressof(cpu.config(spec, scaling, 1e-7, "relu"))
+        cfg = cpu.config(spec, scaling, 1e-7, "relu")
         xh = x.to(torch.bfloat16)
         y = torch.empty_like(xh)
         assert cpu.run(lib, 0, xh, None, y, 7, spec.channels, 1, cfg)

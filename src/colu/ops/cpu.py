@@ -425,17 +425,19 @@ def forward_args(x: torch.Tensor, outer: int, C: int, inner: int, cfg: int):
     return (ctypes.c_int64 * abi.ARG_COUNT)(0, _dtype_flag(x.dtype), 0, 0, 0, outer, C, inner, cfg, 1)
 
 
-def runs_half(lib, cfg: int, dtype: torch.dtype, inner: int) -> bool:
+def runs_half(lib, cfg: "_Config", dtype: torch.dtype, inner: int) -> bool:
     """Whether the kernel itself takes a float16/bfloat16 tensor of this configuration (no upcast)."""
-    return inner == 1 and bool(lib["half_ok"](cfg, dtype is torch.bfloat16))
+    return inner == 1 and bool(lib["half_ok"](ctypes.addressof(cfg), dtype is torch.bfloat16))
 
 
-def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: int) -> bool:
+def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int, C: int, inner: int, cfg: "_Config") -> bool:
     """Call the kernel on contiguous tensors through colu_run (one ctypes argument instead of eight).
 
-    ``grad`` is ``None`` for the forward; ``cfg`` is the address of a
-    :func:`config`. float16/bfloat16 go to colu_run_half; False where it
-    leaves them to an upcast (see :func:`runs_half`).
+    ``grad`` is ``None`` for the forward; ``cfg`` is a :func:`config` struct,
+    passed as the object, not its address, so that this frame keeps it alive
+    while the kernel runs without the GIL (the cache may evict it meanwhile).
+    float16/bfloat16 go to colu_run_half; False where it leaves them to an
+    upcast (see :func:`runs_half`).
     """
     buf = _args_buffer()
     buf[:] = (
@@ -447,7 +449,7 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
         outer,
         C,
         inner,
-        cfg,
+        ctypes.addressof(cfg),
         torch.get_num_threads(),
     )
     if x.dtype in HALF_DTYPES:
@@ -505,10 +507,6 @@ def config(spec, scaling: str, eps: float, axis_activation: str) -> _Config:
     return _Config(G, S, *maps, _KIND[spec.kind], int(spec.share_axis), _SCALING[scaling], _ACT[axis_activation], float(eps))
 
 
-def _cfg_ptr(spec, scaling, eps, axis_activation) -> int:
-    return ctypes.addressof(config(spec, scaling, eps, axis_activation))
-
-
 def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: str) -> torch.Tensor:
     """Forward on a contiguous ``(outer, C, inner)`` CPU tensor.
 
@@ -519,7 +517,7 @@ def forward(x: torch.Tensor, spec, scaling: str, eps: float, axis_activation: st
     lib = _state["lib"] or load()
     x = x.contiguous()
     y = torch.empty_like(x)
-    if run(lib, 0, x, None, y, *x.shape, _cfg_ptr(spec, scaling, eps, axis_activation)):
+    if run(lib, 0, x, None, y, *x.shape, config(spec, scaling, eps, axis_activation)):
         return y
     return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
 
@@ -530,6 +528,6 @@ def backward(x: torch.Tensor, grad: torch.Tensor, spec, scaling: str, eps: float
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     out = torch.empty_like(x)
-    if run(lib, 1, x, grad, out, *x.shape, _cfg_ptr(spec, scaling, eps, axis_activation)):
+    if run(lib, 1, x, grad, out, *x.shape, config(spec, scaling, eps, axis_activation)):
         return out
     return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)

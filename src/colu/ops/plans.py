@@ -91,7 +91,7 @@ class CpuPlan(Plan):
         if self.call is not None:
             return self.call(self.args_addr, self.half, x, grad)
         out = torch.empty_like(x)
-        cpu.run(self.lib, 1, x, grad, out, self.outer, self.C, self.inner, ctypes.addressof(self.cfg_struct))
+        cpu.run(self.lib, 1, x, grad, out, self.outer, self.C, self.inner, self.cfg_struct)
         return out
 
 
@@ -208,5 +208,4 @@ def _half_in_kernel(lib, x, dim, spec, scaling, eps, axis_activation):
     """Whether the C kernel takes this float16/bfloat16 call itself (else it runs through an upcast, unplanned)."""
     if x.dtype not in dispatch.HALF_DTYPES:
         return False
-    cfg = ctypes.addressof(cpu.config(spec, scaling, eps, axis_activation))
-    return cpu.runs_half(lib, cfg, x.dtype, math.prod(x.shape[dim + 1 :]))
+    return cpu.runs_half(lib, cpu.config(spec, scaling, eps, axis_activation), x.dtype, math.prod(x.shape[dim + 1 :]))
