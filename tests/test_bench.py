@@ -109,7 +109,7 @@ def test_bench_models_convert_every_unet_activation():
 
     with unittest.mock.patch.object(colu, "convert", spy):
         args = bench._parse(["--quick", "--repeats", "1", "--warmup", "0"])
-        bench._unet_rows(bench.QUICK_MODELS, 4, args, torch.device("cpu"), torch.float32,
+        bench._unet_rows(bench.QUICK_UNET, 4, args, torch.device("cpu"), torch.float32,
                          bench._Timer(torch.device("cpu")), [])
     assert len(seen) == 2
     for model, report in seen:

@@ -47,7 +47,7 @@ class _ParserCaptured(Exception):
         self.parser = parser
 
 
-@pytest.mark.parametrize("name", list(cli.COMMANDS))
+@pytest.mark.parametrize("name", list(cli.commands()))
 def test_every_option_has_help(name, monkeypatch):
     missing = cli.missing_modules(name)
     if missing:
@@ -72,10 +72,26 @@ def test_every_option_has_help(name, monkeypatch):
 # --- commands that need extras refuse to start without them -------------------------------------------------------
 
 
-def test_every_command_declares_what_it_needs():
-    assert set(cli.NEEDS) == set(cli.COMMANDS)
-    for name, (extra, modules) in cli.NEEDS.items():
+@pytest.mark.parametrize("options", [[], ["--from", "runs/x"]])
+def test_every_command_declares_what_it_needs(options):
+    for name, command in cli.commands().items():
+        extra, modules = command.requirements(options)
         assert (extra is None) == (not modules), name
+
+
+def test_the_suite_adds_its_commands_and_each_experiment_its_own():
+    """The library lists bench and convert-check itself; everything else comes from the colu.commands entry point,
+    the experiments' own commands declared by the experiment that owns them."""
+    from colu_lab.registry import EXPERIMENTS
+
+    assert list(cli.LIBRARY_COMMANDS) == ["bench", "convert-check"]
+    table = cli.commands()
+    assert {"run", "sweep", "report", "align", "demo", "plot", "sample", "palettes", "finetune-diffusers"} <= set(table)
+    assert set(EXPERIMENTS["gpt-shakespeare"].commands) == {"sample"}
+    assert set(EXPERIMENTS["diffusion-unet"].commands) == {"palettes"}
+    for name, command in table.items():
+        module, function = command.target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
 
 
 def _pretend_missing(monkeypatch, *names):
@@ -110,6 +126,7 @@ def _pretend_missing(monkeypatch, *names):
 )
 def test_missing_extra_stops_before_the_command_is_imported(argv, line, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
+    cli.commands()  # the command table itself is loaded (entry points) before anything is refused
     imported = _pretend_missing(monkeypatch, "matplotlib", "yaml")
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
@@ -119,9 +136,11 @@ def test_missing_extra_stops_before_the_command_is_imported(argv, line, monkeypa
 
 
 def test_core_only_commands_need_nothing_beyond_torch(monkeypatch):
-    _pretend_missing(monkeypatch, *cli.EXPERIMENTS_NEEDS)
+    from colu_lab.cli import EXPERIMENTS_NEEDS
+
+    _pretend_missing(monkeypatch, *EXPERIMENTS_NEEDS)
     assert cli.missing_modules("bench") == [] and cli.missing_modules("convert-check") == []
-    assert cli.missing_modules("run") == list(cli.EXPERIMENTS_NEEDS)
+    assert cli.missing_modules("run") == list(EXPERIMENTS_NEEDS)
 
 
 # a core-only install, as far as Python can tell: the extras' modules cannot be imported
@@ -137,7 +156,7 @@ _WITHOUT_EXTRAS = (
 def test_core_only_install_refuses_run_and_runs_convert_check():
     refused = _python(_WITHOUT_EXTRAS + (
         "rc = cli.main(['run', 'hemisphere', '--quick'])\n"
-        "print(rc, 'colu.experiments' in sys.modules)\n"
+        "print(rc, 'colu_lab.commands.train' in sys.modules)\n"
     ))
     assert refused.returncode == 0, refused.stderr
     assert refused.stdout.split() == ["2", "False"]
@@ -156,14 +175,14 @@ def test_core_only_install_refuses_run_and_runs_convert_check():
 def test_submodules_load_on_first_use():
     code = (
         "import sys, colu\n"
-        "assert 'colu.align' not in sys.modules and 'colu.experiments' not in sys.modules\n"
-        "colu.align.match_weights; colu.symmetry.group_element; colu.tools.bench.main; colu.tools.plots.main; colu.ops.dispatch\n"
-        "print(colu.experiments.__name__)\n"
-        "print(all(name in dir(colu) for name in ('align', 'symmetry', 'experiments', 'tools', 'ops')))\n"
+        "assert 'colu.align' not in sys.modules and not any(m.startswith('colu_lab') for m in sys.modules)\n"
+        "colu.align.match_weights; colu.symmetry.group_element; colu.tools.bench.main; colu.ops.dispatch\n"
+        "print(colu.align.__name__, any(m.startswith('colu_lab') for m in sys.modules))\n"
+        "print(all(name in dir(colu) for name in ('align', 'symmetry', 'tools', 'ops')))\n"
     )
     done = _python(code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["colu.experiments", "True"]
+    assert done.stdout.split() == ["colu.align", "False", "True"]
 
 
 def test_unknown_attribute_still_raises():
@@ -273,6 +292,7 @@ def test_bench_json_gets_the_umask_mode_not_mkstemps_0600(tmp_path, monkeypatch)
 def test_plot_from_a_run_folder_needs_the_experiments_extra(monkeypatch, capsys):
     """`colu plot` draws the explanatory figures with matplotlib alone; `colu plot --from DIR` loads the
     run's experiment and data, so it asks for the experiments extra before importing anything."""
+    cli.commands()
     _pretend_missing(monkeypatch, "sklearn")
     assert cli.missing_modules("plot") == []
     assert cli.missing_modules("plot", ["--from", "runs/x"]) == ["sklearn"]

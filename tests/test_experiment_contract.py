@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 
 import colu
-from colu.experiments import registry
-from colu.experiments.activations import parse_activation
-from colu.experiments.commands import report_main, run_main
-from colu.experiments.config import TrainConfig, build_config, fingerprint, result_settings
-from colu.experiments.contract import Experiment, Preset
-from colu.experiments.models import TwoLayer
-from colu.experiments.paper import Cited, Claim, PaperReference
-from colu.experiments.runner import build_optimizer, lr_factor
+from colu_lab import registry
+from colu_lab.framework.activations import parse_activation
+from colu_lab.commands.train import report_main, run_main
+from colu_lab.framework.config import TrainConfig, build_config, fingerprint, result_settings
+from colu_lab.framework.contract import Experiment, Preset
+from colu_lab.framework.nets import TwoLayer
+from colu_lab.framework.paper import Cited, Claim, PaperReference
+from colu_lab.framework.runner import build_optimizer, lr_factor
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "colu"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 # ------------------------------------------------------------------ the toy experiment
@@ -340,11 +340,12 @@ def test_build_with_dim_acts_on_the_channel_axis(spec, call):
 # ------------------------------------------------------------------ nothing names an experiment
 def test_no_experiment_is_named_in_the_generic_modules():
     names = set(registry.EXPERIMENTS) | {"mnist", "hemisphere", "vae_", "mnist_mlp", "mnist_vae"}
-    for path in ("experiments/runner.py", "experiments/report.py", "experiments/align_cmd.py",
-                 "experiments/paper.py", "experiments/config.py", "experiments/commands.py", "tools/cli.py"):
+    framework = [f"colu_lab/framework/{m}.py" for m in ("runner", "report", "ablation", "ablation_tables", "paper",
+                                                          "config", "contract", "rundir", "batches")]
+    for path in framework + ["colu_lab/commands/train.py", "colu_lab/commands/align.py", "colu/tools/cli.py"]:
         text = (SRC / path).read_text(encoding="utf-8").lower()
         found = sorted(n for n in names if n in text)
-        if path == "experiments/config.py":
+        if path == "colu_lab/framework/config.py":
             found = [n for n in found if n != "mnist"]  # the MNIST file format is named in --split-from-test's help
         assert not found, f"{path} names {found}"
 
@@ -359,7 +360,7 @@ def test_contract_defaults_and_checks():
 
 
 def test_report_numbers_keep_their_precision_at_every_scale():
-    from colu.experiments.paper import Cited, format_number
+    from colu_lab.framework.paper import Cited, format_number
 
     assert format_number(0.93741) == "0.9374" and format_number(55.432) == "55.43"
     # FLOP counts print in exponent form, not as "252000000.00"; the spread follows the mean's form

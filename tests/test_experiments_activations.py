@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import colu
-from colu.experiments.activations import parse_activation, parse_activations
-from colu.experiments.config import build_config, load_yaml
-from colu.experiments import mnist_mlp
+from colu_lab.framework.activations import parse_activation, parse_activations
+from colu_lab.framework.config import build_config, load_yaml
+from colu_lab.experiments.mnist_mlp import experiment as mnist_mlp
 
 
 @pytest.mark.parametrize("text, label", [

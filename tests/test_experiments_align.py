@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from colu import align
-from colu.tools.cli import COMMANDS
-from colu.experiments import align_cmd, mnist_mlp, mnist_vae
-from colu.experiments.activations import parse_activation
-from colu.experiments.config import build_config, fingerprint, result_settings
-from colu.experiments.models import ToyVAE
-from colu.experiments.registry import EXPERIMENTS
+from colu.tools.cli import commands
+from colu_lab.commands import align as align_cmd
+from colu_lab.experiments.mnist_mlp import experiment as mnist_mlp
+from colu_lab.experiments.mnist_vae import experiment as mnist_vae
+from colu_lab.framework.activations import parse_activation
+from colu_lab.framework.config import build_config, fingerprint, result_settings
+from colu_lab.experiments.mnist_vae.model import ToyVAE
+from colu_lab.registry import EXPERIMENTS
 
 MLP_ARGS = ["mnist-mlp", "--quick", "--steps", "12", "--num-points", "5", "--quiet"]
 VAE_ARGS = ["mnist-vae", "--quick", "--steps", "12", "--set", "hidden=50", "--num-points", "5", "--quiet"]
@@ -78,7 +80,7 @@ def mlp_run(tmp_path_factory):
 
 
 def test_command_is_registered():
-    module, function = COMMANDS["align"][0].split(":")
+    module, function = commands()["align"].target.split(":")
     assert getattr(importlib.import_module(module), function) is align_cmd.main
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from colu.experiments import data as D
+from colu_lab.framework import data as D
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -150,7 +150,7 @@ def test_digits_builtin():
 
 
 def test_hemisphere_points_and_rotation():
-    from colu.experiments import hemisphere
+    from colu_lab.experiments.hemisphere import experiment as hemisphere
 
     d = hemisphere.load_data(hemisphere.Config(n_lat=20, n_lon=30))
     x = torch.cat([d.x_train, d.x_test])

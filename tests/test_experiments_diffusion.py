@@ -14,13 +14,13 @@ from PIL import Image  # noqa: E402
 
 import colu  # noqa: E402
 from colu import reference  # noqa: E402
-from colu.experiments import data as D  # noqa: E402
-from colu.experiments import diffusion_unet as U  # noqa: E402
-from colu.experiments.activations import parse_activation  # noqa: E402
-from colu.experiments.commands import run_main  # noqa: E402
-from colu.experiments.config import build_config, preset_table  # noqa: E402
-from colu.experiments.image_folder import load_image, load_image_folder  # noqa: E402
-from colu.experiments.nets.unet import ACTIVATION_TYPES  # noqa: E402
+from colu_lab.framework import data as D  # noqa: E402
+from colu_lab.experiments.diffusion_unet import experiment as U  # noqa: E402
+from colu_lab.framework.activations import parse_activation  # noqa: E402
+from colu_lab.commands.train import run_main  # noqa: E402
+from colu_lab.framework.config import build_config, preset_table  # noqa: E402
+from colu_lab.framework.image_folder import load_image, load_image_folder  # noqa: E402
+from colu_lab.experiments.diffusion_unet.model import ACTIVATION_TYPES  # noqa: E402
 
 METRICS = ["train_loss", "heldout_loss"]
 

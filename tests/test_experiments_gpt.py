@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from colu.experiments import gpt_shakespeare as gpt
-from colu.experiments import sample_cmd
-from colu.experiments.activations import parse_activation
-from colu.experiments.commands import report_main, run_main
-from colu.experiments.paper import Cited
+from colu_lab.experiments.gpt_shakespeare import experiment as gpt
+from colu_lab.experiments.gpt_shakespeare import sample as sample_cmd
+from colu_lab.framework.activations import parse_activation
+from colu_lab.commands.train import report_main, run_main
+from colu_lab.framework.paper import Cited
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 METRICS = list(gpt.metrics)

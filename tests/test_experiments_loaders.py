@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from colu.experiments import batches as B
-from colu.experiments import data as D
+from colu_lab.framework import batches as B
+from colu_lab.framework import data as D
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 SHARED_TEXT = SHARED / "tinyshakespeare" / "input.txt"

@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 import colu
-from colu.experiments.nets import GPT, BasicBlock, CifarResNet, GPTConfig, forward_flops_per_example, resnet_cifar
-from colu.experiments.nets.flops import _colu_through_custom_op, cone_flops, flop_counts
-from colu.experiments.nets.resnet import ZeroPadShortcut
+from colu_lab.experiments.gpt_shakespeare.model import GPT, GPTConfig
+from colu_lab.experiments.resnet_cifar.model import BasicBlock, CifarResNet, resnet_cifar
+from colu_lab.framework.flops import forward_flops_per_example
+from colu_lab.framework.flops import _colu_through_custom_op, cone_flops, flop_counts
+from colu_lab.experiments.resnet_cifar.model import ZeroPadShortcut
 
 
 def colu_images(channels):

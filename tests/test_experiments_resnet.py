@@ -11,12 +11,12 @@ import torch
 
 import colu
 from colu import reference
-from colu.experiments import data as D
-from colu.experiments import resnet_cifar as R
-from colu.experiments.activations import parse_activation
-from colu.experiments.commands import report_main, run_main
-from colu.experiments.config import build_config, preset_table
-from colu.experiments.runner import build_optimizer
+from colu_lab.framework import data as D
+from colu_lab.experiments.resnet_cifar import experiment as R
+from colu_lab.framework.activations import parse_activation
+from colu_lab.commands.train import report_main, run_main
+from colu_lab.framework.config import build_config, preset_table
+from colu_lab.framework.runner import build_optimizer
 
 METRICS = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "flops"]
 

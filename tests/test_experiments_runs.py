@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from colu.experiments import mnist_vae
-from colu.experiments.commands import report_main, run_main
+from colu_lab.experiments.mnist_vae import experiment as mnist_vae
+from colu_lab.commands.train import report_main, run_main
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 

@@ -11,12 +11,16 @@ import torch
 from torch import nn
 
 import colu
-from colu.experiments import cap_rotation, hemisphere, mnist_mlp, report, runner
-from colu.experiments import data as data_mod
-from colu.experiments.activations import parse_activation
-from colu.experiments.commands import run_main
-from colu.experiments.config import build_config, preset_table
-from colu.experiments.models import TwoLayer
+from colu_lab.experiments.cap_rotation import experiment as cap_rotation
+from colu_lab.experiments.hemisphere import experiment as hemisphere
+from colu_lab.experiments.mnist_mlp import experiment as mnist_mlp
+from colu_lab.framework import report, runner
+from colu_lab.framework import data as data_mod
+from colu_lab.framework.activations import parse_activation
+from colu_lab.commands.train import run_main
+from colu_lab.framework.config import build_config, preset_table
+from colu_lab.registry import EXPERIMENTS
+from colu_lab.framework.nets import TwoLayer
 
 
 def _linear_model(act, w_in, w_out):
@@ -223,28 +227,28 @@ def _hemisphere_values(relu_round, cone_round, relu_mse, cone_mse):
 
 def test_hemisphere_verdicts_follow_roundness_and_mse_away_from_the_equator():
     cfg = {"bias": False}
-    good = report.claim_verdicts(_results("hemisphere", cfg, _hemisphere_values(0.2, 0.01, 1e-5, 1e-7)))
+    good = report.claim_verdicts(EXPERIMENTS["hemisphere"], _results("hemisphere", cfg, _hemisphere_values(0.2, 0.01, 1e-5, 1e-7)))
     assert len(good) == 6 and all("reproduced:" in line and "not reproduced" not in line for line in good)
     assert all("judged by" in line for line in good)
-    tie = report.claim_verdicts(_results("hemisphere", cfg, _hemisphere_values(0.01, 0.01, 1e-5, 1e-5)))
+    tie = report.claim_verdicts(EXPERIMENTS["hemisphere"], _results("hemisphere", cfg, _hemisphere_values(0.01, 0.01, 1e-5, 1e-5)))
     assert all("not reproduced" in line for line in tie)
-    worse = report.claim_verdicts(_results("hemisphere", cfg, _hemisphere_values(0.01, 0.9, 1e-7, 1e-5)))
+    worse = report.claim_verdicts(EXPERIMENTS["hemisphere"], _results("hemisphere", cfg, _hemisphere_values(0.01, 0.9, 1e-7, 1e-5)))
     assert all("not reproduced" in line and "within noise" not in line for line in worse)
     biased = _results("hemisphere", {"bias": True}, _hemisphere_values(0.2, 0.01, 1e-5, 1e-7))
-    assert report.comparability(biased) == ["bias = True (paper: False)"]
-    assert all("not comparable" in line for line in report.claim_verdicts(biased))
+    assert report.comparability(EXPERIMENTS["hemisphere"], biased) == ["bias = True (paper: False)"]
+    assert all("not comparable" in line for line in report.claim_verdicts(EXPERIMENTS["hemisphere"], biased))
 
 
 def test_cap_rotation_verdicts_and_the_step_budget():
     base = {k: v for k, v in cap_rotation.REFERENCE_SETTINGS.items() if k != "steps"}
     values = {"relu": {"eval_mse": [1.4e-3, 1.5e-3, 1.45e-3]}, "colu:S=4": {"eval_mse": [7e-4, 7.2e-4, 7.1e-4]},
               "rcolu:S=4": {"eval_mse": [1.5e-3, 1.4e-3, 1.6e-3]}}
-    lines = report.claim_verdicts(_results("cap-rotation", {**base, "steps": 400}, values))
+    lines = report.claim_verdicts(EXPERIMENTS["cap-rotation"], _results("cap-rotation", {**base, "steps": 400}, values))
     assert "reproduced:" in lines[0] and "not reproduced" not in lines[0]
     assert "not reproduced" in lines[1]
     # the README's numbers are for 400 steps: 2000 steps are a different budget, named as such
     long = _results("cap-rotation", {**base, "steps": 2000}, values, steps=2000)
-    assert report.comparability(long) == ["steps = 2000 (paper: 400)"]
+    assert report.comparability(EXPERIMENTS["cap-rotation"], long) == ["steps = 2000 (paper: 400)"]
 
 
 # ------------------------------------------------------------------ end to end through the runner

@@ -10,13 +10,15 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from colu.experiments import ablation as ablation_mod  # noqa: E402
-from colu.experiments import align_cmd, mnist_vae, vae_figures  # noqa: E402
-from colu.experiments.activations import parse_activation  # noqa: E402
-from colu.experiments.commands import run_main, sweep_main  # noqa: E402
-from colu.experiments.config import build_config, preset_table  # noqa: E402
-from colu.experiments.runner import budget  # noqa: E402
-from colu.tools import plots  # noqa: E402
+from colu_lab.framework import ablation as ablation_mod  # noqa: E402
+from colu_lab.commands import align as align_cmd
+from colu_lab.experiments.mnist_vae import experiment as mnist_vae, figures as vae_figures  # noqa: E402
+from colu_lab.framework.activations import parse_activation  # noqa: E402
+from colu_lab.commands.train import run_main, sweep_main  # noqa: E402
+from colu_lab.framework.config import build_config, preset_table
+from colu_lab.registry import EXPERIMENTS  # noqa: E402
+from colu_lab.framework.runner import budget  # noqa: E402
+from colu_lab.commands import plot as plots  # noqa: E402
 
 EXP = mnist_vae.EXPERIMENT
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
@@ -105,12 +107,12 @@ def test_bias_switch_and_the_report_calls_it_a_deviation():
         model, _ = mnist_vae.build_model(_cfg(bias=bias, hidden=50), act, data)
         layers = [model.enc_in, model.enc_out, model.dec_in, model.dec_out]
         assert all((layer.bias is not None) == bias for layer in layers)
-    from colu.experiments.report import comparability
+    from colu_lab.framework.report import comparability
 
     record = {"experiment": "mnist-vae", "data": {}, "runs": [{"steps": 4690}]}
     paper_cfg = {**mnist_vae.PAPER_SETTINGS}
-    assert comparability({**record, "config": paper_cfg}) == []
-    assert comparability({**record, "config": {**paper_cfg, "bias": True}}) == ["bias = True (paper: False)"]
+    assert comparability(EXPERIMENTS["mnist-vae"], {**record, "config": paper_cfg}) == []
+    assert comparability(EXPERIMENTS["mnist-vae"], {**record, "config": {**paper_cfg, "bias": True}}) == ["bias = True (paper: False)"]
 
 
 @pytest.mark.parametrize("values, examples, total", [
@@ -190,7 +192,7 @@ def test_ablation_scale_and_direction_verdicts():
 
 
 def test_ablation_sweep_end_to_end_and_its_figures(tmp_path, capsys, monkeypatch):
-    from colu.experiments import registry
+    from colu_lab import registry
 
     # the real grid is 5 variants x 3 activations (checked above); two of each keep this test short
     two = {k: v for k, v in list(mnist_vae.ablation_variants(_cfg()).items())[:2]}
@@ -250,11 +252,11 @@ def test_figure8_panels_from_synthetic_results(tmp_path):
     assert panels[(True, True)] == ["colu:G=0", "colu:G=1,soft,share", "colu:G=4,soft,share",
                                     "colu:G=800,soft,share", "silu"]
     assert panels[(False, False)] == ["colu:G=0", "colu:G=1", "colu:G=4", "colu:G=800", "relu"]
-    path = vae_figures.test_loss_curves(str(tmp_path), str(tmp_path / "f8.png"))
+    path = vae_figures.test_loss_curves(EXPERIMENTS["mnist-vae"], str(tmp_path), str(tmp_path / "f8.png"))
     assert _png_shape(path)[0] > 300
     (tmp_path / "results.json").write_text(json.dumps({"runs": [run("gelu", 0, 0)]}))
     with pytest.raises(ValueError, match="none of Figure 8's activations"):
-        vae_figures.test_loss_curves(str(tmp_path), str(tmp_path / "f8.png"))
+        vae_figures.test_loss_curves(EXPERIMENTS["mnist-vae"], str(tmp_path), str(tmp_path / "f8.png"))
 
 
 def test_figure5_puts_the_cone_axes_first():

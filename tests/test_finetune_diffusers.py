@@ -92,7 +92,7 @@ def tiny(tmp_path_factory):
 
 
 def _args(tiny, out, *extra):
-    from colu.tools import finetune
+    from colu_lab.experiments.sd_finetune import finetune
 
     return finetune.parse_args([
         "--model", tiny["model"], "--data", tiny["data"], "--out", str(out), "--batch-size", "2", "--eval-size", "4",
@@ -103,7 +103,7 @@ def _args(tiny, out, *extra):
 
 @pytest.fixture(scope="module")
 def colu_run(tiny):
-    from colu.tools import finetune
+    from colu_lab.experiments.sd_finetune import finetune
 
     out = tiny["root"] / "colu"
     lines = []
@@ -119,7 +119,7 @@ def _unet_input(unet):
 
 
 def test_every_unet_silu_becomes_soft_colu_with_32_cones(tiny, colu_run):
-    from colu.tools import finetune
+    from colu_lab.experiments.sd_finetune import finetune
 
     original = finetune.load_pipeline(tiny["model"]).unet
     silus = {name for name, m in original.named_modules() if isinstance(m, nn.SiLU)}
@@ -158,11 +158,11 @@ def test_finetuning_lowers_the_fixed_batch_loss(colu_run):
 
 
 def test_saved_pipeline_loads_back_with_its_colu(tiny, colu_run):
-    from colu.tools import finetune
+    from colu_lab.experiments.sd_finetune import finetune
 
     diffusers = pytest.importorskip("diffusers")
     trained = colu_run["pipe"].unet.eval()
-    loaded = colu.load_converted(str(colu_run["out"]))
+    loaded = finetune.load_converted(str(colu_run["out"]))
     assert loaded.colu_record["label"] == "fine-tuned soft CoLU G=32"
     args = _unet_input(trained)
     with torch.no_grad():
@@ -178,11 +178,12 @@ def test_saved_pipeline_loads_back_with_its_colu(tiny, colu_run):
     with pytest.raises(ValueError, match="apply the record to the unconverted model"):
         apply_conversion_record(loaded.unet, loaded.colu_record)
     with pytest.raises(FileNotFoundError, match="has no unet/colu_conversion.json"):
-        colu.load_converted(tiny["model"])
+        finetune.load_converted(tiny["model"])
 
 
 def test_sample_grids_share_prompts_and_noise(tiny, colu_run, capsys):
-    from colu.tools import cli, finetune
+    from colu.tools import cli
+    from colu_lab.experiments.sd_finetune import finetune
 
     Image = _image_module()
     samples = Image.open(colu_run["out"] / "samples.png")
@@ -215,7 +216,7 @@ def test_sample_grids_share_prompts_and_noise(tiny, colu_run, capsys):
 
 
 def test_memory_estimate_counts_less_with_checkpointing(tiny):
-    from colu.tools import finetune
+    from colu_lab.experiments.sd_finetune import finetune
 
     pipe = finetune.load_pipeline(tiny["model"])
     kw = dict(resolution=IMAGE, precision="fp32")
@@ -235,7 +236,7 @@ def test_memory_estimate_counts_less_with_checkpointing(tiny):
 
 
 def test_image_caption_folder_crops_mixed_sizes(tmp_path):
-    from colu.tools.finetune import ImageCaptionFolder
+    from colu_lab.experiments.sd_finetune.finetune import ImageCaptionFolder
 
     assert len(ImageCaptionFolder(_write_images(str(tmp_path / "train")), 16)) == 4
     data = ImageCaptionFolder(str(tmp_path), 16)  # root/train/metadata.jsonl is found, as imagefolder does
@@ -264,7 +265,7 @@ def _corrupt(folder, row, rewrite):
     ("corrupt-image", ValueError, ["0003.png", "not a readable image"]),
 ])
 def test_bad_data_folder_names_the_problem(tmp_path, damage, error, words):
-    from colu.tools.finetune import ImageCaptionFolder
+    from colu_lab.experiments.sd_finetune.finetune import ImageCaptionFolder
 
     folder = _write_images(str(tmp_path / "data"))
     if damage == "no-folder":

@@ -9,8 +9,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("scipy")
 from PIL import Image  # noqa: E402
 
-from colu.experiments import palettes as P  # noqa: E402
-from colu.experiments.commands import run_main  # noqa: E402
+from colu_lab.experiments.diffusion_unet import palettes as P  # noqa: E402
+from colu_lab.commands.train import run_main  # noqa: E402
 from colu.groups import Group, group_of  # noqa: E402
 from colu.spec import ConeSpec  # noqa: E402
 from colu.tools import cli  # noqa: E402

@@ -4,7 +4,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from colu.tools import cli, plots  # noqa: E402
+from colu.tools import cli
+from colu_lab.commands import plot as plots  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,4 +24,4 @@ def test_colu_plot_writes_three_pngs(tmp_path, capsys):
 
 def test_figures_are_registered_once():
     assert set(plots.FIGURES) == {"conic_projection.png", "weightings.png", "symmetry.png"}
-    assert "plot" in cli.COMMANDS and cli.COMMANDS["plot"][0] == "colu.tools.plots:main"
+    assert cli.commands()["plot"].target == "colu_lab.commands.plot:main"

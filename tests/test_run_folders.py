@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from colu.experiments import hemisphere, runner
-from colu.experiments.commands import report_main, run_main, sweep_main
-from colu.experiments.rundir import LOCK_NAME
+from colu_lab.experiments.hemisphere import experiment as hemisphere
+from colu_lab.framework import runner
+from colu_lab.commands.train import report_main, run_main, sweep_main
+from colu_lab.framework.rundir import LOCK_NAME
 
 SMALL = ["mnist-mlp", "--seeds", "1", "--steps", "6", "--batch-size", "64", "--eval-every", "2",
          "--ckpt-every", "2", "--activations", "relu", "--set", "width=16"]
@@ -248,7 +249,7 @@ def test_data_that_no_experiment_reads_is_an_error(tmp_path, capsys):
 
 
 def test_data_help_names_only_formats_an_experiment_reads(capsys):
-    from colu.experiments.registry import EXPERIMENTS
+    from colu_lab.registry import EXPERIMENTS
 
     with pytest.raises(SystemExit):
         run_main(["--help"])
@@ -333,9 +334,7 @@ def test_progress_lines_off_a_terminal_and_sweep_estimate(tmp_path, capsys):
 
 def test_latitude_plot_labels_axes_and_seed(tmp_path, monkeypatch):
     figures = []
-    from colu.experiments import report
-
-    monkeypatch.setattr(report, "save_figure", lambda fig, out_dir, name: figures.append(fig) or name)
+    monkeypatch.setattr(hemisphere, "save_figure", lambda fig, out_dir, name: figures.append(fig) or name)
     probe = {"latitudes": {"90.0": {"x": [1.0, 0.0], "y": [0.0, 1.0]}}}
     results = {"runs": [{"activation": "relu", "seed": 3, "probe": probe}]}
     assert hemisphere.extra_plots(results, str(tmp_path)) == ["latitudes.png"]
@@ -345,7 +344,7 @@ def test_latitude_plot_labels_axes_and_seed(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_align_refuses_an_earlier_result_folder_and_checkpoints_of_other_settings(tmp_path, capsys):
-    from colu.experiments import align_cmd
+    from colu_lab.commands import align as align_cmd
 
     run_dir = tmp_path / "run"
     assert run_main([*SMALL, "--quiet", "--seeds", "2", "--out", str(run_dir)]) == 0
@@ -381,7 +380,7 @@ def test_report_refuses_a_folder_a_live_run_holds(tmp_path, capsys):
 
 
 def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
-    from colu.experiments import demo
+    from colu_lab.commands import demo
 
     out = tmp_path / "demo"
     (out / "hemisphere").mkdir(parents=True)

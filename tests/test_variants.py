@@ -12,7 +12,7 @@ from torch import nn
 
 import colu
 from colu import reference, symmetry
-from colu.experiments.activations import parse_activation
+from colu_lab.framework.activations import parse_activation
 from colu.groups import Group, angle_classes, group_of
 from colu.ops import dispatch
 from colu.spec import ConeSpec

@@ -49,9 +49,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import functional
-from .modules import CoLU, RCoLU
-from .spec import LAYOUTS, SCALINGS, ConeSpec, check_choice, validate_cone_args
+from colu import functional
+from colu.modules import CoLU, RCoLU
+from colu.spec import LAYOUTS, SCALINGS, ConeSpec, check_choice, validate_cone_args
 
 __all__ = [
     "convert", "ConversionReport", "Replacement", "Skip", "FunctionalUse", "MultiSiteCoLU",

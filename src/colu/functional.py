@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from .ops import plans
-from .ops.autograd import apply_scaled_cones
-from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
+from colu import reference
+from colu.ops import plans
+from colu.spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
 
 __all__ = ["colu", "rcolu", "potential", "bregman_divergence"]
 
@@ -244,7 +243,7 @@ def _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angl
         )
     if angle_scale.device != x.device:
         raise ValueError(f"angle_scale is on {angle_scale.device} but the input on {x.device}; move one of them")
-    return apply_scaled_cones(x, dim, spec, scaling, eps, axis_activation, angle_scale)
+    return plans.run_scaled(x, dim, spec, scaling, eps, axis_activation, angle_scale)
 
 
 def rcolu(

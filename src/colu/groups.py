@@ -30,9 +30,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .modules import CoLU, RCoLU
-from .spec import KINDS as CONE_KINDS
-from .spec import ConeSpec
+from colu.modules import CoLU, RCoLU
+from colu.spec import KINDS as CONE_KINDS
+from colu.spec import ConeSpec
 
 __all__ = [
     "COMPONENTWISE",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import functional
-from .spec import LAYOUTS, ConeSpec, check_choice, check_share_axis, validate_cone_args
+from colu import functional
+from colu.spec import LAYOUTS, ConeSpec, check_choice, check_share_axis, validate_cone_args
 
 LEARNABLE_ANGLES = (False, True, "per_cone", "shared")
 

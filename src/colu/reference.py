@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice
+from colu.spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice
 
 __all__ = ["colu", "rcolu", "weighting", "componentwise", "exact_projection"]
 

@@ -31,9 +31,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .groups import Group, angle_classes, group_kind, group_of, random_orthogonal
-from .spec import KINDS as CONE_KINDS
-from .spec import ConeSpec, check_choice
+from colu.groups import Group, angle_classes, group_kind, group_of, random_orthogonal
+from colu.spec import KINDS as CONE_KINDS
+from colu.spec import ConeSpec, check_choice
 
 __all__ = [
     "group_element",
@@ -341,7 +341,7 @@ def lemma_4_8_network(
             rotating pair. ``None``: one cone over all channels.
         scaling, share_axis, layout: passed to :class:`colu.CoLU`.
     """
-    from .modules import CoLU
+    from colu.modules import CoLU
 
     if not isinstance(C, int) or C < 3:
         raise ValueError(

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .running import batches_of, rng_scope
-from .states import check_same_architecture
+from colu.align.running import batches_of, rng_scope
+from colu.align.states import check_same_architecture
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, s: float) -> nn.Module:

@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
-from ..groups import COMPONENTWISE, EVAL_IDENTITY, Group, group_of, is_group_name
-from ..modules import CoLU, RCoLU
+from colu.groups import COMPONENTWISE, EVAL_IDENTITY, Group, group_of, is_group_name
+from colu.modules import CoLU, RCoLU
 
 SPEC_HELP = "describe the hidden states with spec=[HiddenState(...), ...] (see help(colu.align))"
 

@@ -25,7 +25,8 @@ import math
 
 import torch
 
-from . import closed_form, cpu, dispatch
+from colu.ops import closed_form, cpu, dispatch
+from colu.ops import custom  # noqa: F401  (registers the colu:: ops that dispatch calls under torch.compile)
 
 __all__ = ["ConeFunction", "EagerConeFunction", "PlannedFunction", "ScaledConeFunction", "apply_cones", "apply_scaled_cones"]
 

@@ -33,8 +33,8 @@ import math
 
 import torch
 
-from ..reference import exact_projection
-from ..spec import ConeSpec
+from colu.reference import exact_projection
+from colu.spec import ConeSpec
 
 
 def _weight_and_slope(r: torch.Tensor, scaling: str):

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from . import abi
+from colu.ops import abi
 
 try:
     import fcntl

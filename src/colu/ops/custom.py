@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import ConeSpec
-from . import closed_form
+from colu.ops import closed_form, dispatch
+from colu.spec import ConeSpec
 
 
 def _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind):
     """The spec from its fields and the backend to run, counted in dispatch.calls."""
-    from . import dispatch
-
     backend = dispatch.select(x)
     dispatch.calls[backend] += 1
     return ConeSpec(channels, num_cones, cone_dim, share_axis, layout, kind), backend
@@ -45,12 +43,10 @@ def cone_forward(
     eps: float,
     axis_activation: str,
 ) -> torch.Tensor:
-    from . import dispatch
-
     spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
     if backend == "closed_form":
         return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
-    return dispatch._kernel_forward(x.contiguous(), spec, scaling, eps, axis_activation, backend)
+    return dispatch.kernel_forward(x.contiguous(), spec, scaling, eps, axis_activation, backend)
 
 
 @cone_forward.register_fake
@@ -72,12 +68,10 @@ def cone_backward(
     eps: float,
     axis_activation: str,
 ) -> torch.Tensor:
-    from . import dispatch
-
     spec, backend = _prepare(x, channels, num_cones, cone_dim, share_axis, layout, kind)
     if backend == "closed_form":
         return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
-    return dispatch._kernel_backward(x.contiguous(), grad.contiguous(), spec, scaling, eps, axis_activation, backend)
+    return dispatch.kernel_backward(x.contiguous(), grad.contiguous(), spec, scaling, eps, axis_activation, backend)
 
 
 @cone_backward.register_fake

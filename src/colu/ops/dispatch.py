@@ -34,8 +34,8 @@ import os
 
 import torch
 
-from ..spec import KERNEL_SCALINGS
-from . import closed_form, cpu
+from colu.spec import KERNEL_SCALINGS
+from colu.ops import closed_form, cpu
 
 BACKENDS = ("auto", "closed_form", "cpu", "triton")
 HALF_DTYPES = cpu.HALF_DTYPES
@@ -125,18 +125,18 @@ def select(x: torch.Tensor, backend: str = "auto", scaling: str = "hard") -> str
     return "triton"
 
 
-def _kernel_forward(x, spec, scaling, eps, axis_activation, backend):
+def kernel_forward(x, spec, scaling, eps, axis_activation, backend):
     if backend == "cpu":
         return cpu.forward(x, spec, scaling, eps, axis_activation)
-    from . import triton_kernels
+    from colu.ops import triton_kernels
 
     return triton_kernels.forward(x, spec, scaling, eps, axis_activation)
 
 
-def _kernel_backward(x, grad, spec, scaling, eps, axis_activation, backend):
+def kernel_backward(x, grad, spec, scaling, eps, axis_activation, backend):
     if backend == "cpu":
         return cpu.backward(x, grad, spec, scaling, eps, axis_activation)
-    from . import triton_kernels
+    from colu.ops import triton_kernels
 
     return triton_kernels.backward(x, grad, spec, scaling, eps, axis_activation)
 
@@ -151,7 +151,7 @@ def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
     if torch.compiler.is_compiling():
         return torch.ops.colu.cone_forward(x, *_op_args(spec, scaling, eps, axis_activation))
     calls[backend] += 1
-    return _kernel_forward(x, spec, scaling, eps, axis_activation, backend)
+    return kernel_forward(x, spec, scaling, eps, axis_activation, backend)
 
 
 def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"):
@@ -164,12 +164,8 @@ def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"
     if torch.compiler.is_compiling():
         return torch.ops.colu.cone_backward(x, grad, *_op_args(spec, scaling, eps, axis_activation))
     calls[backend] += 1
-    return _kernel_backward(x, grad.contiguous(), spec, scaling, eps, axis_activation, backend)
+    return kernel_backward(x, grad.contiguous(), spec, scaling, eps, axis_activation, backend)
 
 
 def _op_args(spec, scaling, eps, axis_activation):
     return (spec.channels, spec.num_cones, spec.cone_dim, spec.share_axis, spec.layout, spec.kind, scaling, eps, axis_activation)
-
-
-# registers colu::cone_forward / colu::cone_backward (kept last: it imports this module's helpers)
-from . import custom  # noqa: E402,F401

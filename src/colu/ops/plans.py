@@ -23,15 +23,15 @@ from threading import get_ident
 
 import torch
 
-from . import cpu, dispatch
-from .autograd import PlannedFunction, apply_cones
+from colu.ops import cpu, dispatch
+from colu.ops.autograd import PlannedFunction, apply_cones, apply_scaled_cones
 
 # autograd.tracing()'s test, spelled out in replay: it runs on every call, where one more call frame shows
 _is_compiling = torch.compiler.is_compiling
 _is_exporting = torch.compiler.is_exporting
 _transforming = torch._C._are_functorch_transforms_active
 
-__all__ = ["Plan", "CpuPlan", "TritonPlan", "cache", "clear", "replay", "run"]
+__all__ = ["Plan", "CpuPlan", "TritonPlan", "cache", "clear", "replay", "run", "run_scaled"]
 
 
 class Plan:
@@ -102,7 +102,7 @@ class TritonPlan(Plan):
     backend = "triton"
 
     def __init__(self, x, dim, spec, scaling, eps, axis_activation):
-        from . import triton_kernels
+        from colu.ops import triton_kernels
 
         super().__init__(x, dim, spec, scaling, eps, axis_activation)
         shape3 = (self.outer, self.C, self.inner)
@@ -186,6 +186,12 @@ def run(key, x, dim, spec, scaling, eps, axis_activation, backend):
                 _remember(key, moved, moved.dim() - 1, spec, scaling, float(eps), axis_activation, chosen,
                           moved=dim)
     return apply_cones(x, dim, spec, scaling, eps, axis_activation, chosen)
+
+
+def run_scaled(x, dim, spec, scaling, eps, axis_activation, scale):
+    """Compute a validated call with a per-cone angle scale (a tensor that may need a gradient): always the closed
+    form, never planned, since the kernels take no scale."""
+    return apply_scaled_cones(x, dim, spec, scaling, eps, axis_activation, scale)
 
 
 def _remember(key, x, dim, spec, scaling, eps, axis_activation, chosen, moved=None):

@@ -43,8 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .abi import AXIS_ACTIVATIONS as _ACT
-from .abi import SCALINGS as _SCALING
+from colu.ops.abi import AXIS_ACTIVATIONS as _ACT
+from colu.ops.abi import SCALINGS as _SCALING
 
 
 @triton.jit

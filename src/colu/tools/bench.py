@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.metadata
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -350,51 +353,60 @@ def _model_rows(args, device, dtype, timer, dropped=None):
                        args, timer)
 
 
-# --models: the sizes of the paper's settings, and tiny ones for --quick
-PAPER_MODELS = dict(resnet_depth=56, resnet_batch=128, image=32, gpt=dict(n_layer=6, n_embd=256, n_head=8),
-                    block=64, gpt_batch=64, unet_channels=(32, 64), unet_batch=16)
-QUICK_MODELS = dict(resnet_depth=8, resnet_batch=4, image=16, gpt=dict(n_layer=1, n_embd=32, n_head=2),
-                    block=8, gpt_batch=2, unet_channels=(8, 16), unet_batch=2)
 MODEL_CONE_DIM = 4  # the paper's S for ResNet-56 and the GPT MLP
+MODEL_GROUP = "colu.bench_models"  # entry points: function(quick, device, dtype) -> list of ModelRow
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A network whose training step ``colu bench --models`` times, ReLU against CoLU.
+
+    Packages add rows through the ``colu.bench_models`` entry-point group
+    (the experiment suite adds ResNet-56 and the Table 7 GPT), so the
+    library does not import the networks themselves.
+
+    Args:
+        name: the row's title, sizes included.
+        build: ``build(act)`` returns the model, where ``act`` is ``None`` (its
+            ReLU) or a function of the channel count returning the activation.
+        loss: ``loss(model)`` returns the scalar loss of one step on fixed inputs.
+        dim: the channel dimension of the activation's inputs (1 for NCHW
+            feature maps, -1 for tokens).
+        memory_format: the memory format of the model and its inputs.
+    """
+
+    name: str
+    build: Callable
+    loss: Callable
+    dim: int = -1
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 def _paper_model_rows(args, device, dtype, timer, dropped):
-    """Training steps of ResNet-56 (NCHW and channels_last), the Table 7 GPT and a small diffusers UNet."""
-    from colu.experiments.nets import GPT, GPTConfig, resnet_cifar
-
-    size = QUICK_MODELS if args.quick else PAPER_MODELS
+    """Training steps of the networks of the ``colu.bench_models`` entry points and a small diffusers UNet."""
     S, rows = MODEL_CONE_DIM, []
     hard = f"colu S={S} hard"
+    entries = list(importlib.metadata.entry_points(group=MODEL_GROUP))
+    if not entries:
+        dropped.append(dict(where="paper models", cone_dim=S, activations=["relu", hard],
+                            reason="no package provides them (colu.bench_models entry points); "
+                                   "pip install 'colu[experiments]'"))
+    for entry in entries:
+        for row in entry.load()(args.quick, device, dtype):
+            def step(act, row=row):
+                torch.manual_seed(0)
+                model = row.build(act).to(device=device, dtype=dtype, memory_format=row.memory_format)
+                return _train_step(model, row.loss, "adam")
 
-    def colu_factory(channels):
-        return colu.CoLU(cone_dim=S, dim=1)
-
-    n, px = size["resnet_batch"], size["image"]
-    images, labels = torch.randn(n, 3, px, px, device=device, dtype=dtype), torch.randint(0, 10, (n,), device=device)
-    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        x = images.contiguous(memory_format=fmt)
-
-        def resnet(act):
-            torch.manual_seed(0)
-            m = resnet_cifar(size["resnet_depth"], act).to(device=device, dtype=dtype, memory_format=fmt)
-            return _train_step(m, lambda m: F.cross_entropy(m(x), labels), "adam")
-
-        name = f"ResNet-{size['resnet_depth']} batch {n} {layout} train step"
-        rows += _time_steps(name, {"relu": resnet(None), hard: resnet(colu_factory)}, args, timer)
-
-    cfg = GPTConfig(vocab_size=65, block_size=size["block"], **size["gpt"])
-    idx = torch.randint(0, 65, (size["gpt_batch"], size["block"]), device=device)
-
-    def gpt(act):
-        torch.manual_seed(0)
-        m = GPT(cfg, act).to(device=device, dtype=dtype)
-        return _train_step(m, lambda m: m(idx[:, :-1], idx[:, 1:])[1], "adam")
-
-    name = f"GPT {cfg.n_layer}x{cfg.n_embd} block {cfg.block_size} batch {size['gpt_batch']} train step"
-    rows += _time_steps(name, {"relu": gpt(None), hard: gpt(lambda hidden: colu.CoLU(cone_dim=S))}, args, timer)
-
-    rows += _unet_rows(size, S, args, device, dtype, timer, dropped)
+            conic = step(lambda channels, row=row: colu.CoLU(cone_dim=S, dim=row.dim))
+            rows += _time_steps(row.name, {"relu": step(None), hard: conic}, args, timer)
+    rows += _unet_rows(QUICK_UNET if args.quick else PAPER_UNET, S, args, device, dtype, timer, dropped)
     return rows
+
+
+# the small diffusers UNet of --models, and a tiny one for --quick
+PAPER_UNET = dict(unet_channels=(32, 64), unet_batch=16, image=32)
+QUICK_UNET = dict(unet_channels=(8, 16), unet_batch=2, image=16)
 
 
 def _unet_rows(size, S, args, device, dtype, timer, dropped):

@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch import nn
 
-from ..convert import convert
+from colu.convert import convert
 
 
 def _data(n, generator):

@@ -1,0 +1,242 @@
+"""Renderers of the generated tables in docs/experiments.md (see docs/generate.py).
+
+Every number these print comes from a file under ``results/experiments/`` (the ``results.json`` a ``colu run``
+wrote, the ``ablation.json`` of ``colu sweep --ablation``, the ``results.json`` of ``colu align``); the paper's
+numbers come from the experiment's own :class:`colu_lab.framework.paper.PaperReference`, and the verdicts from
+the same rule the run reports use (:func:`colu_lab.framework.report.claim_verdicts`). Arguments are paths
+relative to the repository root, then metric names; a metric may be written ``NAME@STEP`` in ``curve-at``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import statistics
+import sys
+
+_SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
+if str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))
+
+from colu_lab.framework.config import optimizer_description  # noqa: E402
+from colu_lab.framework.paper import format_number  # noqa: E402
+from colu_lab.framework.report import claim_verdicts, comparability, summarize  # noqa: E402
+from colu_lab.registry import EXPERIMENTS  # noqa: E402
+
+
+# ------------------------------------------------------------------ helpers
+def _load(root, path) -> dict:
+    return json.loads((pathlib.Path(root) / path).read_text(encoding="utf-8"))
+
+
+def _experiment(results: dict):
+    return EXPERIMENTS[results["experiment"]]
+
+
+def _pm(stats) -> str:
+    """``mean ± std`` as the run reports print it; one seed prints its value alone."""
+    if stats is None or stats.get("mean") is None:
+        return "diverged" if stats and stats.get("diverged") else "—"
+    mean, std = stats["mean"], stats["std"]
+    if stats["n"] == 1:
+        return format_number(mean)
+    return f"{format_number(mean)} ± {format_number(std, like=mean)}"
+
+
+def _stats(values) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {"mean": statistics.fmean(finite) if finite else None,
+            "std": statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else None),
+            "n": len(finite), "diverged": len(values) - len(finite)}
+
+
+def _widths(results) -> dict:
+    return {r["activation"]: r.get("width") for r in results["runs"]}
+
+
+def _seeds(results, act) -> int:
+    return sum(1 for r in results["runs"] if r["activation"] == act)
+
+
+def _table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ renderers
+def run_table(root, path, *args) -> str:
+    """One row per activation: C, seeds, mean ± std of each metric (default: all the experiment's metrics).
+
+    A final argument ``+paper`` adds, for each metric, the paper's number for the same activation and width
+    (as the experiment quotes it; "—" where the paper has no such row).
+    """
+    results = _load(root, path)
+    exp = _experiment(results)
+    with_paper = "+paper" in args
+    metrics = [a for a in args if a != "+paper"] or list(exp.metrics)
+    summary = summarize(results["runs"], metrics)
+    widths = _widths(results)
+    header = ["activation", "C", "seeds"]
+    for m in metrics:
+        header += [f"`{m}`"] + ([f"paper `{m}`"] if with_paper else [])
+    rows = []
+    for act, per_metric in summary.items():
+        row = [f"`{act}`", widths.get(act), _seeds(results, act)]
+        cited = exp.paper.values.get((act, widths.get(act)), {})
+        for m in metrics:
+            row.append(_pm(per_metric[m]))
+            if with_paper:
+                row.append(cited[m].text() if m in cited else "—")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def run_settings(root, path) -> str:
+    """What the run folder says it ran: data, budget, optimiser, preset, device and wall time."""
+    results = _load(root, path)
+    exp = _experiment(results)
+    cfg, data = results["config"], results["data"]
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    steps = sorted({r.get("steps") for r in results["runs"]})
+    budget = (f"{steps[0]} optimizer steps per run" if len(steps) == 1
+              else "optimizer steps per run: " + ", ".join(f"`{r['activation']}` seed {r['seed']}: {r.get('steps')}"
+                                                          for r in results["runs"]))
+    world = results["world_size"]
+    lines = [f"- data: {data['description']}",
+             f"- {budget}, batch {cfg['batch_size']}, {data['train_examples']} training examples; seeds "
+             f"{', '.join(map(str, seeds))} per activation",
+             f"- {optimizer_description(cfg)}",
+             f"- preset: {cfg.get('preset') or 'none (the defaults and the options given)'}; "
+             f"device {results['device']}, {results.get('precision', 'float32')}, {world} "
+             f"process{'es' if world > 1 else ''}; {results['wall_seconds'] / 60:.1f} min wall for the whole folder"]
+    reasons = comparability(exp, results)
+    if reasons:
+        lines.append(f"- differs from the paper's settings: {'; '.join(reasons)}")
+    return "\n".join(lines)
+
+
+def run_claims(root, path) -> str:
+    """The run report's verdict on each of the experiment's claims, from the folder's numbers."""
+    results = _load(root, path)
+    return "\n".join(claim_verdicts(_experiment(results), results)) or "- (no claims for this experiment)"
+
+
+def run_seeds(root, path, *metrics) -> str:
+    """One row per run (activation, seed): the steps it trained and its final metrics."""
+    results = _load(root, path)
+    exp = _experiment(results)
+    metrics = list(metrics) or list(exp.metrics)
+    rows = [[f"`{r['activation']}`", r["seed"], r.get("steps")] + [format_number(r["metrics"][m]) for m in metrics]
+            for r in results["runs"]]
+    return _table(["activation", "seed", "steps"] + [f"`{m}`" for m in metrics], rows)
+
+
+def curve_at(root, path, metric, *steps) -> str:
+    """Mean ± std over seeds of ``metric`` at the evaluation points of the given steps, per activation."""
+    results = _load(root, path)
+    steps = [int(s) for s in steps]
+    rows = []
+    for act in dict.fromkeys(r["activation"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["activation"] == act]
+        row = [f"`{act}`", len(runs)]
+        for step in steps:
+            values = []
+            for r in runs:
+                point = [p for p in r["curve"] if p["step"] == step]
+                if not point:
+                    raise ValueError(f"{path}: {act} seed {r['seed']} has no evaluation at step {step}")
+                values.append(point[0][metric])
+            row.append(_pm(_stats(values)))
+        rows.append(row)
+    return _table(["activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps], rows)
+
+
+def by_setting(root, key, *paths) -> str:
+    """One row per run folder, labelled by its config value of ``key``: every activation's final metrics."""
+    rows, metrics = [], None
+    for path in paths:
+        results = _load(root, path)
+        exp = _experiment(results)
+        metrics = metrics or list(exp.metrics)
+        summary = summarize(results["runs"], metrics)
+        for act, per_metric in summary.items():
+            rows.append([f"`{results['config'][key]}`", f"`{act}`", _seeds(results, act)]
+                        + [_pm(per_metric[m]) for m in metrics])
+    return _table([f"`{key}`", "activation", "seeds"] + [f"`{m}`" for m in metrics], rows)
+
+
+def cap_rotation(root, short, long) -> str:
+    """Eval MSE of the 400-step and 2000-step runs beside the jax-colu README's one run (seed 0, 400 steps)."""
+    a, b = _load(root, short), _load(root, long)
+    exp = _experiment(a)
+    sa, sb = summarize(a["runs"], ["eval_mse"]), summarize(b["runs"], ["eval_mse"])
+    widths = _widths(a)
+    rows = []
+    for act in sa:
+        seed0 = [r for r in a["runs"] if r["activation"] == act and r["seed"] == 0]
+        cited = exp.paper.values.get((act, widths.get(act)), {}).get("eval_mse")
+        rows.append([f"`{act}`", f"{_pm(sa[act]['eval_mse'])} (n={sa[act]['eval_mse']['n']})",
+                     format_number(seed0[0]["metrics"]["eval_mse"]) if seed0 else "—",
+                     f"{cited.mean:.3g}" if cited else "—",
+                     f"{_pm(sb[act]['eval_mse'])} (n={sb[act]['eval_mse']['n']})" if act in sb else "—"])
+    return _table(["activation", "400 steps, all seeds", "400 steps, seed 0", "jax-colu README (seed 0, 400 steps)",
+                   "2000 steps, all seeds"], rows)
+
+
+def ablation(root, path) -> str:
+    """``colu sweep --ablation``: per variant, train / test loss of each activation; Table 1's row last."""
+    record = _load(root, path)
+    exp = EXPERIMENTS[record["experiment"]]
+    variants = record["variants"]
+    acts = list(dict.fromkeys(a for v in variants.values() for a in v["summary"]))
+    metrics = list(exp.metrics)
+    base = next(iter(variants))
+    rows = []
+    for name, v in variants.items():
+        label = f"`{name}`" + (" (default)" if name == base else "")
+        rows.append([label] + [" / ".join(_pm(v["summary"][a][m]) for m in metrics) if a in v["summary"] else "—"
+                               for a in acts])
+    widths = variants[base]["widths"]
+    paper_row = ["paper (Table 1)"]
+    for a in acts:
+        cited = exp.paper.values.get((a, widths.get(a)), {})
+        paper_row.append(" / ".join(f"{cited[m].mean:g}" if m in cited and cited[m].mean is not None else "—"
+                                    for m in metrics))
+    rows.append(paper_row)
+    seeds = record["base_config"].get("seeds")
+    return _table(["variant"] + [f"`{a}` {' / '.join(metrics)} ({seeds} seeds)" for a in acts], rows)
+
+
+def align_barriers(root, *paths) -> str:
+    """``colu align``: per folder and activation, the barrier naive -> weight-matched -> state-matched."""
+    rows = []
+    for path in paths:
+        results = _load(root, path)
+        cfg, data = results["config"], results["data"]
+        label = f"{results['experiment'].removeprefix('align-')} on {data['name']} ({data['train_examples']} train)"
+        for i, r in enumerate(results["runs"]):
+            m = r["metrics"]
+            cell = " → ".join(f"{m[f'barrier_{k}']:.3f}" for k in ("naive", "weights", "states"))
+            extra = [name.removesuffix("_barrier_naive") for name in m if name.endswith("_barrier_naive")]
+            for name in extra:
+                cell += f" ({name.upper()}: " + " → ".join(f"{m[f'{name}_barrier_{k}']:.2f}"
+                                                         for k in ("naive", "weights", "states")) + ")"
+            pair = r.get("seed_pair") or cfg.get("seed_pair")
+            rows.append([label if i == 0 else "", f"`{r['activation']}`", " / ".join(map(str, pair)) if pair else "—",
+                         cell])
+    return _table(["models", "activation", "seeds", "barrier naive → weight-matched → state-matched"], rows)
+
+
+RENDERERS = {
+    "run-table": run_table,
+    "run-settings": run_settings,
+    "run-claims": run_claims,
+    "run-seeds": run_seeds,
+    "curve-at": curve_at,
+    "by-setting": by_setting,
+    "cap-rotation": cap_rotation,
+    "ablation": ablation,
+    "align-barriers": align_barriers,
+}

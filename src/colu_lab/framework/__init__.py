@@ -1,0 +1,1 @@
+"""What every experiment shares. Nothing here imports an experiment or the registry."""

@@ -1,0 +1,308 @@
+"""Summaries, learning-curve plots and report.md, all computed from the run records.
+
+Nothing here types a number in: ours come from ``results.json``, the paper's
+from the experiment's :class:`colu_lab.framework.paper.PaperReference`. Nothing
+here names an experiment either: what to compare, plot and note comes from its
+:class:`colu_lab.framework.contract.Experiment`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shlex
+import statistics
+
+from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
+from colu_lab.framework.ablation_tables import report_section
+from colu_lab.framework.config import optimizer_description
+from colu_lab.framework.paper import format_number
+
+
+def summarize(runs, metrics) -> dict:
+    """activation -> metric -> {mean, std (sample, 0 for one run), n (finite runs), diverged}."""
+    out = {}
+    for act in dict.fromkeys(r["activation"] for r in runs):
+        rows = [r for r in runs if r["activation"] == act]
+        out[act] = {}
+        for m in metrics:
+            values = [r["metrics"].get(m) for r in rows]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            out[act][m] = {
+                "mean": statistics.fmean(finite) if finite else None,
+                "std": statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else None),
+                "n": len(finite),
+                "diverged": len(values) - len(finite),
+            }
+    return out
+
+
+def _fmt(stats) -> str:
+    if stats is None or stats["mean"] is None:
+        return "diverged" if stats and stats["diverged"] else "—"
+    mean, std = stats["mean"], stats["std"]
+    # one seed has no spread to show: "± 0.0000" would claim a precision nobody measured
+    text = (f"{format_number(mean)} (n=1)" if stats["n"] == 1
+            else f"{format_number(mean)} ± {format_number(std, like=mean)}")
+    if stats.get("diverged"):
+        text += f" ({stats['diverged']} diverged)"
+    return text
+
+
+def _widths(results) -> dict:
+    return {r["activation"]: r.get("width") for r in results["runs"]}
+
+
+def _steps_per_run(results):
+    steps = {r.get("steps") for r in results.get("runs", [])}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def budget_line(results) -> str:
+    """'590 optimizer steps per run (batch 1024; ≈ 410 epochs of the 1438 training examples)'."""
+    steps = _steps_per_run(results)
+    if steps is None:
+        return "optimizer steps per run: " + ", ".join(
+            f"{r['activation']} seed {r['seed']}: {r.get('steps')}" for r in results["runs"])
+    run = results["runs"][0]
+    batch, n = run.get("batch_size"), run.get("train_examples")
+    if not batch or not n:
+        return f"{steps} optimizer steps per run"
+    return (f"{steps} optimizer steps per run (batch {batch}; ≈ {steps * batch / n:.3g} epochs of the {n} "
+            "training examples)")
+
+
+# ------------------------------------------------------------- comparability
+def comparability(exp, results) -> list[str]:
+    """Why these numbers cannot be set beside the paper's (empty list: they can)."""
+    cfg = results["config"]
+    reasons = []
+    for key, want in exp.paper.settings.items():
+        have = cfg.get(key)
+        if key == "steps":  # the budget actually trained, however it was asked for (--epochs or --steps)
+            have = _steps_per_run(results) or have
+        if key == "weight_decay_mode" and not cfg.get("weight_decay"):
+            continue  # no decay: how it would have been applied changes nothing
+        if have != want:
+            reasons.append(f"{key} = {have!r} (paper: {want!r})")
+    if cfg.get("split_from_test"):
+        reasons.append(f"trained on {results['data']['train_examples']} examples carved from the test set "
+                       "(--split-from-test), not the full training set")
+    # what the data loader found to differ from the paper's data (e.g. another text corpus)
+    reasons += [str(r) for r in results.get("data", {}).get("differs_from_paper", [])]
+    return reasons
+
+
+def claim_verdicts(exp, results) -> list[str]:
+    reference, summary = exp.paper, results["summary"]
+    reasons = comparability(exp, results)
+    qualitative = reference.figure_only
+    lines = []
+    for claim in reference.claims:
+        present = claim.better in summary and all(t in summary for t in claim.than)
+        head = f"- **{claim.text}** ({claim.source}): "
+        if not present:
+            missing = [a for a in (claim.better, *claim.than) if a not in summary]
+            lines.append(head + f"not tested (no runs for {', '.join(missing)}).")
+            continue
+        b = summary[claim.better][claim.metric]
+        observed, holds, clear = [], True, True
+        for other in claim.than:
+            o = summary[other][claim.metric]
+            if b["mean"] is None or o["mean"] is None:
+                holds, clear = False, False
+                observed.append(f"{other}: a run diverged")
+                continue
+            diff = b["mean"] - o["mean"]
+            better = diff > 0 if claim.higher_is_better else diff < 0
+            se = math.sqrt((b["std"] ** 2) / max(b["n"], 1) + (o["std"] ** 2) / max(o["n"], 1))
+            holds &= better
+            clear &= abs(diff) > 2 * se
+            observed.append(f"{claim.better} {b['mean']:.4g} vs {other} {o['mean']:.4g} (Δ={diff:+.3g}, "
+                            f"2·SE={2 * se:.2g})")
+        seen = "; ".join(observed)
+        if reasons:
+            direction = "same direction" if holds else "opposite direction or tie"
+            lines.append(head + f"not comparable (settings differ from the paper's, see above). "
+                                f"Observed here ({direction}): {seen}.")
+        elif holds and clear:
+            note = " Paper shows this as a figure; no numbers to match." if qualitative else ""
+            lines.append(head + f"reproduced: {seen}.{note}")
+        elif holds:
+            lines.append(head + f"not reproduced: same direction but within noise (|Δ| ≤ 2·SE): {seen}.")
+        else:
+            lines.append(head + f"not reproduced: {seen}.")
+    return lines
+
+
+# ------------------------------------------------------------------- plots
+def save_figure(fig, out_dir: str, filename: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    path = os.path.join(out_dir, filename)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_curves(results, out_dir: str, metrics, log_metrics=(), x: str = "epoch") -> list[str]:
+    """One PNG per metric: mean ± std over seeds against training epochs (or steps), one line per activation.
+
+    Metrics in ``log_metrics`` get a log scale when every value is positive.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for act in dict.fromkeys(r["activation"] for r in results["runs"]):
+            curves = [r["curve"] for r in results["runs"] if r["activation"] == act]
+            length = min(len(c) for c in curves)
+            xs = [p[x] for p in curves[0][:length]]
+            means, stds = [], []
+            for i in range(length):
+                vals = [c[i][metric] for c in curves if c[i].get(metric) is not None]
+                means.append(statistics.fmean(vals) if vals else float("nan"))
+                stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            line, = ax.plot(xs, means, label=f"{act} (n={len(curves)})")
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("optimizer step" if x == "step" else "epoch")
+        ax.set_ylabel(metric)
+        if metric in log_metrics and all(
+                p.get(metric) is None or p[metric] > 0 for r in results["runs"] for p in r["curve"]):
+            ax.set_yscale("log")
+        ax.set_title(f"{results['experiment']}: {metric} (mean ± std over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir, f"curve_{metric}.png"))
+        plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------ report
+def preset_line(exp, cfg) -> str:
+    """Which preset the settings started from, in words."""
+    name = cfg.get("preset")
+    if name is None:
+        return "preset: none (the experiment's defaults and the options given)"
+    about = exp.presets[name].about if name in exp.presets else "not a preset of this experiment any more"
+    return f"preset `{name}` ({about}); options given explicitly override it"
+
+
+def render_report(exp, results, plots, out_dir: str) -> str:
+    name, summary, widths = results["experiment"], results["summary"], _widths(results)
+    cited = exp.paper.values
+    metrics = list(exp.metrics)
+    lines = [f"# {name}: results", "", exp.summary + ".", ""]
+    data = results["data"]
+    lines += ["## Data actually used", "", f"- {data['description']}",
+              f"- {data['train_examples']} train / {data['test_examples']} test examples, input dimension "
+              f"{data['input_dim']}"]
+    lines += [f"- **{note}**" for note in data.get("notes", [])]
+    cfg = results["config"]
+    lines += ["", "## Settings", "", f"- {preset_line(exp, cfg)}"]
+    if results["runs"]:
+        lines.append(f"- {budget_line(results)}")
+    lines.append(f"- {optimizer_description(cfg)}")
+    precision = f", {results['precision']}" if results.get("precision") else ""
+    lines += [f"- device {results['device']}{precision}, {results['world_size']} process(es), "
+              f"{results['wall_seconds']:.1f} s wall", ""]
+    lines += ["## Results (mean ± std over seeds)", ""]
+    header = ["activation", "C", "seeds"] + [h for m in metrics for h in (m, f"paper {m}")]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for act, per_metric in summary.items():
+        row_paper = cited.get((act, widths.get(act)), {})
+        n = max(v["n"] + v["diverged"] for v in per_metric.values())
+        cells = [f"`{act}`", str(widths.get(act)), str(n)]
+        for m in metrics:
+            cells += [_fmt(per_metric[m]), row_paper[m].text() if m in row_paper else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Paper values are quoted from the paper (see `{exp.name}`'s module in `colu/experiments/`); a row "
+              "shows one only when activation and width match the paper's row."]
+    if exp.paper.seeds:
+        lines.append(f"The paper uses {exp.paper.seeds} seeds per configuration; this run used {cfg['seeds']}.")
+    reasons = comparability(exp, results)
+    lines += ["", "## Claims", ""]
+    if reasons:
+        lines += [f"Settings differ from the paper's: {'; '.join(reasons)}. Numbers are therefore **not comparable** "
+                  "to the paper's; the direction of each effect is shown for information.", ""]
+    lines += claim_verdicts(exp, results) or ["- (no claims listed for this experiment)"]
+    lines += report_section(exp, out_dir)  # a variant of an ablation: the other readings tried beside it
+    if exp.report_note:
+        lines += ["", exp.report_note]
+    lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
+              f"Regenerate this report with `colu report {shlex.quote(out_dir)}`; raw numbers are in results.json "
+              "and metrics.jsonl.", ""]
+    return "\n".join(lines)
+
+
+def write_report(exp, results, out_dir: str) -> str:
+    plots = plot_curves(results, out_dir, exp.curve_metrics, exp.log_metrics, exp.curve_x)
+    if exp.extra_plots is not None:
+        plots += exp.extra_plots(results, out_dir)
+    path = os.path.join(out_dir, "report.md")
+    atomic_write_text(path, render_report(exp, results, plots, out_dir))
+    return path
+
+
+def summary_table(exp, results) -> str:
+    """Plain-text summary for the terminal."""
+    metrics = list(exp.metrics)
+    widths = _widths(results)
+    rows = [["activation", "C"] + metrics]
+    for act, per_metric in results["summary"].items():
+        rows.append([act, str(widths.get(act))] + [_fmt(per_metric[m]) for m in metrics])
+    cols = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, cols)) for r in rows)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return read_json_object(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: damaged or truncated ({exc}); rerun the experiment (--resume, or --overwrite "
+                         "to start over)") from None
+
+
+def load_results(out_dir: str) -> dict:
+    """A run folder's results: results.json, or assembled from runs/*.json if the run did not finish."""
+    results_path = os.path.join(out_dir, "results.json")
+    if os.path.exists(results_path):
+        return _read_json(results_path)
+    cfg_path = os.path.join(out_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ValueError(f"{out_dir}: no results.json or config.json here; point colu report at a run's --out")
+    saved = _read_json(cfg_path)
+    runs_dir = os.path.join(out_dir, "runs")
+    runs = []
+    for fn in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        if not fn.endswith(".json"):
+            continue  # e.g. the temporary file of a write that was killed
+        runs.append(_read_json(os.path.join(runs_dir, fn)))
+    if not runs:
+        raise ValueError(f"{out_dir}: no finished runs yet (runs/ is empty); continue it with --resume")
+    return {"experiment": saved["experiment"], "config": saved["config"], "data": saved.get("data", {
+        "description": "(unknown: run did not finish)", "train_examples": 0, "test_examples": 0,
+        "input_dim": 0, "notes": []}), "device": "?", "world_size": 1, "runs": runs, "wall_seconds": 0.0}
+
+
+def unknown_experiment(out_dir: str, name, known) -> ValueError:
+    """The error for a run folder whose results name no experiment in ``known``."""
+    hint = (" (colu align writes its own report.md; regenerate it with colu align ... --from DIR_OF_THE_RUN)"
+            if str(name).startswith("align-") else "")
+    return ValueError(f"{os.path.join(out_dir, 'results.json')}: experiment {name!r} is not one colu report "
+                      f"rebuilds; expected one of {', '.join(sorted(known))}{hint}")
+
+
+def rebuild(exp, out_dir: str, results: dict) -> dict:
+    """Re-summarize ``results`` (see :func:`load_results`) of experiment ``exp`` and re-render the folder's report."""
+    results["summary"] = summarize(results["runs"], exp.metrics)
+    atomic_write_json(os.path.join(out_dir, "results.json"), results)
+    write_report(exp, results, out_dir)
+    return results
