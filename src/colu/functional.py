@@ -178,10 +178,10 @@ def colu(
         return y
     _check_input(x, "colu")
     _check_options(scaling, eps, axis_activation)
-    return _colu_checked(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend)
+    return _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend)
 
 
-def _colu_validated(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation):
+def colu_for_module(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation):
     """:func:`colu` with ``backend="auto"`` for argument values validated beforehand (a :class:`~colu.CoLU`
     checks its own at construction): only what depends on ``x`` is checked.
 
@@ -192,10 +192,10 @@ def _colu_validated(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps,
     if y is not None:
         return y
     _check_input(x, "colu")
-    return _colu_checked(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, "auto")
+    return _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, "auto")
 
 
-def _colu_checked(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend):
+def _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend):
     """The rest of a cache miss once ``x`` and the option values are valid: the channel axis and the
     cone spec, which depend on ``x``'s shape."""
     dim = _channel_dim(x, dim)
@@ -324,19 +324,19 @@ def rcolu(
         return y
     _check_input(x, "rcolu")
     _check_options(scaling, eps, axis_activation)
-    return _rcolu_checked(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, backend)
+    return _resolve_and_run_rcolu(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, backend)
 
 
-def _rcolu_validated(x, call, cone_dim, num_cones, scaling, dim, eps, axis_activation):
-    """:func:`rcolu` for validated argument values and their key (see :func:`_colu_validated`)."""
+def rcolu_for_module(x, call, cone_dim, num_cones, scaling, dim, eps, axis_activation):
+    """:func:`rcolu` for validated argument values and their key (see :func:`colu_for_module`)."""
     y, key = plans.replay(x, "auto", call)
     if y is not None:
         return y
     _check_input(x, "rcolu")
-    return _rcolu_checked(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, "auto")
+    return _resolve_and_run_rcolu(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, "auto")
 
 
-def _rcolu_checked(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, backend):
+def _resolve_and_run_rcolu(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, backend):
     dim = _channel_dim(x, dim)
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, kind="rcolu")
     if spec.is_identity:

@@ -200,7 +200,7 @@ class CoLU(_ConeActivation):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.log_angle_scale is not None:
             return functional.colu(x, **self._options, angle_scale=self.log_angle_scale.exp())
-        return functional._colu_validated(x, self._call, *self._args)
+        return functional.colu_for_module(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
         parts = []
@@ -286,7 +286,7 @@ class RCoLU(_ConeActivation):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.log_angle_scale is not None:
             return functional.rcolu(x, **self._options, angle_scale=self.log_angle_scale.exp())
-        return functional._rcolu_validated(x, self._call, *self._args)
+        return functional.rcolu_for_module(x, self._call, *self._args)
 
     def extra_repr(self) -> str:
         size = f"num_cones={self.num_cones}" if self.num_cones is not None else f"cone_dim={self.cone_dim or 4}"

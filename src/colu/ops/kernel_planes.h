@@ -6,12 +6,10 @@
  * activation known at compile time the loop over the tile's pixels
  * vectorises with one pixel per lane: the section norm is S-1 multiply-adds
  * in registers and every value is read once and written once, as ReLU does.
- * (The lanes path keeps per-pixel arrays between passes and decides the
- * scaling at run time, which leaves its middle loop scalar: 6-12x ReLU.)
  *
- * float32 gets one loop per S in {4, 8}, kind and scaling; other S and float64 run the same loops with them read at run
- * time (correct for every configuration, not vectorised). No include guard:
- * it is included twice. */
+ * float32 gets one loop per S in {4, 8}, kind and scaling (PLANE_ALL below); other S and float64 run the
+ * same loops with them read at run time (correct for every configuration, not vectorised). No include
+ * guard: it is included twice. */
 #define PT 64
 
 /* The per-pixel loops below with the identity axis (the paper's, and what conv nets use) a compile-time

@@ -15,7 +15,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FULL = ROOT / "requirements.txt"
 DEMO = ROOT / "requirements-demo.txt"
 # what `colu demo` imports beyond the standard library

@@ -383,7 +383,7 @@ def test_every_included_header_is_hashed_and_shipped():
     for path in [cpu.SOURCE, cpu.ENTRY_SOURCE, *cpu.headers()]:
         for included in re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(), flags=re.M):
             assert included in names, f"{path.name} includes {included}, which is not beside it"
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["colu"]
     package = Path(cpu.__file__).resolve().parents[1]
     for path in [cpu.SOURCE, cpu.ENTRY_SOURCE, *cpu.headers()]:

@@ -15,7 +15,7 @@ import torch
 from colu_lab.framework import batches as B
 from colu_lab.framework import data as D
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SHARED_TEXT = SHARED / "tinyshakespeare" / "input.txt"
 SHARED_MNIST = SHARED / "mnist"
 

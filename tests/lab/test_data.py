@@ -12,7 +12,7 @@ import torch
 
 from colu_lab.framework import data as D
 
-SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
 
 
 def _idx_bytes(magic, dims, payload):

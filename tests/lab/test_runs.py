@@ -14,7 +14,7 @@ import torch
 from colu_lab.experiments.mnist_vae import experiment as mnist_vae
 from colu_lab.commands.train import report_main, run_main
 
-SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
 
 
 def _results(out):

@@ -23,7 +23,7 @@ from colu_lab.framework.nets import TwoLayer
 from colu_lab.framework.paper import Cited, Claim, PaperReference
 from colu_lab.framework.runner import build_optimizer, lr_factor
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 # ------------------------------------------------------------------ the toy experiment

@@ -17,7 +17,7 @@ from colu_lab.framework.activations import parse_activation
 from colu_lab.commands.train import report_main, run_main
 from colu_lab.framework.paper import Cited
 
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 METRICS = list(gpt.metrics)
 
 # a short play-like text: every part of the 90/10 split holds several windows of the quick preset's 16 characters

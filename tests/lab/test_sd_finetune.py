@@ -92,9 +92,9 @@ def tiny(tmp_path_factory):
 
 
 def _args(tiny, out, *extra):
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import command
 
-    return finetune.parse_args([
+    return command.parse_args([
         "--model", tiny["model"], "--data", tiny["data"], "--out", str(out), "--batch-size", "2", "--eval-size", "4",
         "--lr", "1e-3", "--num-prompts", "2", "--sample-steps", "2", "--guidance-scale", "1", "--log-every", "2",
         "--device", "cpu", *extra,
@@ -103,12 +103,12 @@ def _args(tiny, out, *extra):
 
 @pytest.fixture(scope="module")
 def colu_run(tiny):
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import command
 
     out = tiny["root"] / "colu"
     lines = []
     torch.manual_seed(0)
-    pipe, results = finetune.run(_args(tiny, out, "--steps", "4", "--gradient-checkpointing", "on"), log=lines.append)
+    pipe, results = command.run(_args(tiny, out, "--steps", "4", "--gradient-checkpointing", "on"), log=lines.append)
     return {"out": out, "pipe": pipe, "results": results, "lines": lines}
 
 
@@ -119,12 +119,12 @@ def _unet_input(unet):
 
 
 def test_every_unet_silu_becomes_soft_colu_with_32_cones(tiny, colu_run):
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import pipeline
 
-    original = finetune.load_pipeline(tiny["model"]).unet
+    original = pipeline.load_pipeline(tiny["model"]).unet
     silus = {name for name, m in original.named_modules() if isinstance(m, nn.SiLU)}
     unet = colu_run["pipe"].unet
-    record = json.loads((colu_run["out"] / "unet" / finetune.RECORD_FILE).read_text())
+    record = json.loads((colu_run["out"] / "unet" / pipeline.RECORD_FILE).read_text())
     assert {n for m in record["modules"] for n in m["names"]} == silus and len(silus) >= 10
     assert not any(isinstance(m, nn.SiLU) for m in unet.modules())
     assert all(m["old_type"] == "SiLU" for m in record["modules"])
@@ -158,11 +158,12 @@ def test_finetuning_lowers_the_fixed_batch_loss(colu_run):
 
 
 def test_saved_pipeline_loads_back_with_its_colu(tiny, colu_run):
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import load_converted, pipeline
 
     diffusers = pytest.importorskip("diffusers")
     trained = colu_run["pipe"].unet.eval()
-    loaded = finetune.load_converted(str(colu_run["out"]))
+    assert load_converted is pipeline.load_converted  # the package re-exports it
+    loaded = load_converted(str(colu_run["out"]))
     assert loaded.colu_record["label"] == "fine-tuned soft CoLU G=32"
     args = _unet_input(trained)
     with torch.no_grad():
@@ -172,18 +173,18 @@ def test_saved_pipeline_loads_back_with_its_colu(tiny, colu_run):
         plain = diffusers.UNet2DConditionModel.from_pretrained(str(colu_run["out"]), subfolder="unet").eval()
         assert not torch.allclose(plain(*args).sample, expected, atol=1e-4)
         # and the weights are the fine-tuned ones, not the original's
-        original = finetune.load_pipeline(tiny["model"]).unet.eval()
+        original = pipeline.load_pipeline(tiny["model"]).unet.eval()
         apply_conversion_record(original, loaded.colu_record)
         assert not torch.allclose(original(*args).sample, expected, atol=1e-4)
     with pytest.raises(ValueError, match="apply the record to the unconverted model"):
         apply_conversion_record(loaded.unet, loaded.colu_record)
     with pytest.raises(FileNotFoundError, match="has no unet/colu_conversion.json"):
-        finetune.load_converted(tiny["model"])
+        load_converted(tiny["model"])
 
 
 def test_sample_grids_share_prompts_and_noise(tiny, colu_run, capsys):
     from colu.tools import cli
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import command, pipeline
 
     Image = _image_module()
     samples = Image.open(colu_run["out"] / "samples.png")
@@ -193,9 +194,9 @@ def test_sample_grids_share_prompts_and_noise(tiny, colu_run, capsys):
 
     base = tiny["root"] / "silu"
     # the baseline also takes the bf16 autocast path (on the CPU here, on the GPU by default)
-    _, results = finetune.run(_args(tiny, base, "--steps", "2", "--baseline", "--num-prompts", "0", "--precision",
-                                    "bf16"), log=lambda line: None)
-    assert json.loads((base / "unet" / finetune.RECORD_FILE).read_text())["modules"] == []
+    _, results = command.run(_args(tiny, base, "--steps", "2", "--baseline", "--num-prompts", "0", "--precision",
+                                   "bf16"), log=lambda line: None)
+    assert json.loads((base / "unet" / pipeline.RECORD_FILE).read_text())["modules"] == []
     loss = results["fixed_batch_loss"]
     assert results["precision"] == "bf16" and loss["final"] < loss["original"] and "converted" not in loss
     assert results["memory_estimate"]["weight_copies_gb"] > 0
@@ -216,15 +217,15 @@ def test_sample_grids_share_prompts_and_noise(tiny, colu_run, capsys):
 
 
 def test_memory_estimate_counts_less_with_checkpointing(tiny):
-    from colu_lab.experiments.sd_finetune import finetune
+    from colu_lab.experiments.sd_finetune import memory, pipeline
 
-    pipe = finetune.load_pipeline(tiny["model"])
+    pipe = pipeline.load_pipeline(tiny["model"])
     kw = dict(resolution=IMAGE, precision="fp32")
-    act = {b: finetune.estimate_memory(pipe, batch_size=b, checkpointing=False, **kw) for b in (4, 8)}
-    kept = finetune.estimate_memory(pipe, batch_size=4, checkpointing=True, **kw)
+    act = {b: memory.estimate_memory(pipe, batch_size=b, checkpointing=False, **kw) for b in (4, 8)}
+    kept = memory.estimate_memory(pipe, batch_size=4, checkpointing=True, **kw)
     assert 0 < kept["activations_gb"] < act[4]["activations_gb"] < act[8]["activations_gb"]
     # 4 images of twice the side hold what 16 images do: the 4 of act[4] and 3 times 4 more
-    larger = finetune.estimate_memory(pipe, batch_size=4, checkpointing=False, **{**kw, "resolution": 2 * IMAGE})
+    larger = memory.estimate_memory(pipe, batch_size=4, checkpointing=False, **{**kw, "resolution": 2 * IMAGE})
     per_4 = act[8]["activations_gb"] - act[4]["activations_gb"]
     assert larger["activations_gb"] == pytest.approx(act[4]["activations_gb"] + 3 * per_4)
     params = sum(p.numel() for p in pipe.unet.parameters())
@@ -236,7 +237,7 @@ def test_memory_estimate_counts_less_with_checkpointing(tiny):
 
 
 def test_image_caption_folder_crops_mixed_sizes(tmp_path):
-    from colu_lab.experiments.sd_finetune.finetune import ImageCaptionFolder
+    from colu_lab.experiments.sd_finetune.data import ImageCaptionFolder
 
     assert len(ImageCaptionFolder(_write_images(str(tmp_path / "train")), 16)) == 4
     data = ImageCaptionFolder(str(tmp_path), 16)  # root/train/metadata.jsonl is found, as imagefolder does
@@ -265,7 +266,7 @@ def _corrupt(folder, row, rewrite):
     ("corrupt-image", ValueError, ["0003.png", "not a readable image"]),
 ])
 def test_bad_data_folder_names_the_problem(tmp_path, damage, error, words):
-    from colu_lab.experiments.sd_finetune.finetune import ImageCaptionFolder
+    from colu_lab.experiments.sd_finetune.data import ImageCaptionFolder
 
     folder = _write_images(str(tmp_path / "data"))
     if damage == "no-folder":

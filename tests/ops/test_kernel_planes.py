@@ -1,8 +1,8 @@
 """The C kernel on cones of strided channels (NCHW with dim=1, any dim with inner size > 1) against the reference.
 
-Covers the planes path (float32, S in {3, 4, 8, 16}: one vectorised loop per S, kind, scaling and axis activation)
-and the lanes path it falls back to (other S, float64): forward and backward, every layout, inner sizes that are
-not a multiple of the vector width or the tile, and NaN staying in its cone.
+Covers the planes path's specialised float32 loops (S in {4, 8}: one per kind and scaling, the axis activation
+read at run time) and its run-time loops (other S such as 3 and 16, and float64): forward and backward, every
+layout, inner sizes that are not a multiple of the vector width or the tile, and NaN staying in its cone.
 """
 
 import itertools

@@ -8,7 +8,7 @@ import, an aliased one or one hidden in a function counts like any other.
 import ast
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 
 

@@ -21,7 +21,7 @@ from colu_lab.framework.runner import budget  # noqa: E402
 from colu_lab.commands import plot as plots  # noqa: E402
 
 EXP = mnist_vae.EXPERIMENT
-SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
 PNG = b"\x89PNG\r\n\x1a\n"
 # a run small enough for a test: 8x8 digits, 50 hidden channels (G = 50 fits), a few steps
 TINY = ["--quiet", "--seeds", "1", "--set", "hidden=50", "--batch-size", "32", "--eval-every", "2"]
