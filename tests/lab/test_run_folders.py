@@ -391,3 +391,45 @@ def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
     assert not demo._holds_a_demo(str(out / "hemisphere"))
     assert demo.main(["--out", str(out), "--seeds", "1", "--quiet"]) == 2
     assert "already holds results" in capsys.readouterr().err
+
+
+def _take_lock(path, start, held, release):
+    """A process that takes the folder's lock as soon as ``start`` is set and reports whether it got it."""
+    from colu_lab.framework.rundir import FolderBusy, RunFolder
+
+    start.wait()
+    try:
+        RunFolder(path).lock("contender")
+    except FolderBusy:
+        held.put(False)
+        return
+    held.put(True)
+    release.wait(5)  # keep it while the others try
+
+
+@pytest.mark.parametrize("takers", [2, 3])
+def test_concurrent_takers_of_a_stale_lock_never_both_hold_it(tmp_path, takers):
+    """Read-unlink-create let two processes take over the same stale lock (43 of 100 trials); never again."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = json.dumps({"pid": dead.pid, "host": socket.gethostname()})
+    doubled = 0
+    for trial in range(100 if takers == 2 else 30):
+        out = tmp_path / f"t{trial}"
+        out.mkdir()
+        (out / LOCK_NAME).write_text(stale)
+        start, release, held = ctx.Event(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_take_lock, args=(str(out), start, held, release)) for _ in range(takers)]
+        for p in procs:
+            p.start()
+        start.set()
+        got = [held.get(timeout=30) for _ in procs]
+        release.set()
+        for p in procs:
+            p.join(30)
+        assert got.count(True) >= 1, f"trial {trial}: nobody took over the stale lock"
+        doubled += got.count(True) > 1
+    assert doubled == 0, f"{doubled} trials had two holders of one lock"

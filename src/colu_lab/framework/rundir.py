@@ -4,8 +4,9 @@
   owner's pid, host and command) with ``O_CREAT | O_EXCL``; a second run into
   the same folder stops at once with a message naming the owner. A lock left
   by a process that no longer exists on this host is taken over with a
-  notice; a lock from another host cannot be checked, and the message says
-  how to remove it by hand.
+  notice, under an exclusive ``flock`` on the folder so that two processes
+  never both take over the same stale lock; a lock from another host cannot
+  be checked, and the message says how to remove it by hand.
 * **No mixing.** A fresh run refuses a folder that holds earlier results
   unless asked to ``--overwrite`` them (only the files a run writes are
   deleted: :data:`RESULT_NAMES`); ``--resume`` reuses a finished run's record
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +28,11 @@ import time
 
 from colu.files import is_leftover_tmp
 
+try:
+    import fcntl
+except ImportError:  # not on POSIX: takeovers are not serialised
+    fcntl = None
+
 LOCK_NAME = ".colu.lock"
 # What a run writes into its folder; --overwrite deletes these and nothing else.
 RESULT_NAMES = ("config.json", "results.json", "report.md", "metrics.jsonl", "runs", "checkpoints")
@@ -34,6 +41,20 @@ RESULT_SUFFIXES = (".png",)
 
 class FolderBusy(ValueError):
     """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def _folder_guard(path: str):
+    """An exclusive ``flock`` on the folder ``path`` for the duration of the block (none where fcntl is missing)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _alive(pid: int) -> bool:
@@ -58,17 +79,26 @@ class RunFolder:
         os.makedirs(self.path, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for attempt in range(2):
-            try:
-                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if attempt == 0 and self._take_over_stale():
-                    continue
-                raise FolderBusy(self._busy_message()) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self._locked = True
+        if self._create_lock(me):
             return
+        # the lock exists: take it over only if its owner is gone. Two processes that both read the same stale
+        # owner would both unlink and create, so the check, the unlink and the create run under an exclusive
+        # flock on the folder itself, one process at a time (a plain create needs no guard: O_EXCL is atomic)
+        with _folder_guard(self.path):
+            if self._take_over_stale() and self._create_lock(me):
+                return
+        raise FolderBusy(self._busy_message())
+
+    def _create_lock(self, me: dict) -> bool:
+        """Create the lock file holding ``me``; False if it exists already."""
+        try:
+            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        self._locked = True
+        return True
 
     def _owner(self) -> dict | None:
         try:
