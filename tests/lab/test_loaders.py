@@ -301,7 +301,7 @@ def test_char_corpus_split_vocab_and_round_trip(tmp_path):
     assert c.vocab == sorted(set(text)) and c.vocab_size == len(set(text))
     n_train = int(len(text) * 0.9)
     assert c.train.numel() == n_train and c.val.numel() == len(text) - n_train
-    assert c.train.dtype == torch.int64
+    assert c.train.dtype == c.val.dtype == torch.uint8  # a byte per character while the vocabulary allows
     assert c.decode(torch.cat([c.train, c.val])) == text  # first 90% train, the rest validation, in order
     assert c.decode(c.encode("not ☃")) == "not ☃"
     assert c.summary()["vocab"] == "".join(c.vocab)
@@ -325,6 +325,10 @@ def test_char_corpus_errors(tmp_path):
     with pytest.raises(D.DataError, match=r"short.txt: 300 characters is too short.*block size 64.*at least 650"):
         D.load_char_corpus(str(short))
     assert D.load_char_corpus(str(short), block_size=8).val.numel() == 30
+    big = tmp_path / "big.txt"
+    big.write_text("ab" * 600)
+    with pytest.raises(D.DataError, match=r"big.txt: 1200 bytes, more than the 1000 bytes .*max_bytes"):
+        D.load_char_corpus(str(big), block_size=8, max_bytes=1000)
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("caf\xe9 ".encode("latin-1") * 100)
     with pytest.raises(D.DataError, match="latin1.txt: not UTF-8 text \\(byte 3"):
@@ -336,6 +340,16 @@ def test_char_corpus_tiny_shakespeare():
     c = D.load_char_corpus(str(SHARED_TEXT))
     assert c.vocab_size == 65 and c.train.numel() == 1_003_854 and c.val.numel() == 111_540
     assert c.decode(c.train[:14]) == "First Citizen:"
+
+
+def test_char_corpus_ids_widen_with_the_vocabulary(tmp_path):
+    """Past 256 distinct characters the ids take two bytes; characters beyond the basic plane map too."""
+    wide = "".join(chr(0x4E00 + i) for i in range(300)) * 4 + "😀🎉" * 50
+    path = tmp_path / "wide.txt"
+    path.write_text(wide, encoding="utf-8")
+    c = D.load_char_corpus(str(path), block_size=8)
+    assert c.train.dtype == torch.int16 and c.vocab_size == 302
+    assert c.decode(torch.cat([c.train, c.val])) == wide
 
 
 # ------------------------------------------------------------ batch sources

@@ -557,8 +557,10 @@ class CharCorpus:
     """A character-level corpus: token tensors and the vocabulary that maps them to text.
 
     Attributes:
-        train: int64 token ids, the first ``1 - val_fraction`` of the text.
-        val: int64 token ids, the rest.
+        train: token ids of the first ``1 - val_fraction`` of the text, in the smallest integer type that holds
+            the vocabulary (uint8 up to 256 characters, else int16 or int32): a byte or two per character.
+            Batches convert their windows to int64.
+        val: token ids of the rest, the same type.
         vocab: the sorted distinct characters; token ``i`` is ``vocab[i]``.
         path: the file it was read from.
     """
@@ -596,7 +598,26 @@ class CharCorpus:
                 "val_tokens": int(self.val.numel()), "vocab_size": self.vocab_size, "vocab": "".join(self.vocab)}
 
 
-def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1) -> CharCorpus:
+MAX_CORPUS_BYTES = 256 << 20
+"""The largest text file :func:`load_char_corpus` reads (256 MiB); loading takes about 6 bytes per byte of it."""
+
+
+def _token_ids(text: str, vocab: list) -> torch.Tensor:
+    """``text`` as indices into the sorted ``vocab``, in the smallest integer type that holds them."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    vocab_codes = np.array([ord(c) for c in vocab], dtype=np.uint32)
+    dtype = np.uint8 if len(vocab) <= 1 << 8 else np.int16 if len(vocab) <= 1 << 15 else np.int32
+    if int(vocab_codes[-1]) < 1 << 16:  # every character in the basic plane: one lookup table of 64 Ki entries
+        table = np.zeros(1 << 16, dtype=dtype)
+        table[vocab_codes] = np.arange(len(vocab), dtype=dtype)
+        ids = table[codes]
+    else:
+        ids = np.searchsorted(vocab_codes, codes).astype(dtype)
+    return torch.from_numpy(ids)
+
+
+def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1,
+                     max_bytes: int = MAX_CORPUS_BYTES) -> CharCorpus:
     """A UTF-8 text file as a character corpus, split into train (first 90%) and validation (last 10%).
 
     The split is contiguous, as in the standard char-level setup, so the
@@ -609,10 +630,13 @@ def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1)
             64); both parts must hold at least one window of ``block_size + 1``
             characters.
         val_fraction: share of the text held out for validation (default 0.1).
+        max_bytes: the largest file read, default :data:`MAX_CORPUS_BYTES`
+            (256 MiB).
 
     Raises:
-        DataError: the file is missing, not UTF-8, empty, or too short for
-            ``block_size``; the message names the file and what to get.
+        DataError: the file is missing, larger than ``max_bytes``, not UTF-8,
+            empty, or too short for ``block_size``; the message names the file
+            and what to get.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction!r}: must be between 0 and 1 (exclusive)")
@@ -620,6 +644,11 @@ def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1)
         raise DataError(f"character corpus {os.path.abspath(path)!r} not found; nothing is downloaded: "
                         + CHAR_CORPUS_SOURCE)
     try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise DataError(f"{path}: {size} bytes, more than the {max_bytes} bytes ({max_bytes / 2**20:g} MiB) a "
+                            "character corpus may have; use a shorter text, or call load_char_corpus with a larger "
+                            "max_bytes")
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
@@ -639,7 +668,7 @@ def load_char_corpus(path: str, block_size: int = 64, val_fraction: float = 0.1)
         raise DataError(f"{path}: {len(text)} characters is too short: with a {val_fraction:g} validation share "
                         f"and block size {block_size} each part needs at least {need} characters, so the text "
                         f"needs at least {at_least}")
+    del raw
     vocab = sorted(set(text))
-    index = {c: i for i, c in enumerate(vocab)}
-    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    ids = _token_ids(text, vocab)
     return CharCorpus(ids[:n_train].clone(), ids[n_train:].clone(), vocab, path)
