@@ -259,6 +259,54 @@ def test_image_folder_errors_name_the_file(tmp_path):
         load_image_folder(str(tmp_path / "missing"), 8)
 
 
+def _png_header_only(path, width, height):
+    """A PNG whose header declares ``width x height`` with one byte of pixel data: what a decompression bomb
+    looks like until it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height,why", [(300_000, 1, "one side more than 16 times"),
+                                              (1, 4_000_000, "one side more than 16 times"),
+                                              (10_000, 10_000, "more than the 67108864")])
+def test_image_bombs_are_refused_from_their_header(tmp_path, width, height, why):
+    """A 116-byte PNG of 1 x 300,000 pixels made the resize take 6.3 GB; now its header alone refuses it."""
+    import time
+
+    folder = tmp_path / "imgs"
+    _write_images(folder, 3)
+    Image.fromarray(np.zeros((1, 300), dtype=np.uint8), "L").save(folder / "thin.png")  # 300:1, real pixels
+    start = time.perf_counter()
+    with pytest.raises(D.DataError, match=r"thin\.png: the image is 300 x 1 pixels, one side more than 16 times"):
+        load_image_folder(str(folder), 64)
+    (folder / "thin.png").unlink()
+    _png_header_only(folder / "bomb.png", width, height)
+    with pytest.raises(D.DataError, match=rf"bomb\.png: .*{why}"):
+        load_image_folder(str(folder), 64)
+    with pytest.raises(D.DataError, match=rf"bomb\.png: .*{why}"):
+        load_image(str(folder / "bomb.png"), 32)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs os.mkfifo")
+def test_a_fifo_named_like_an_image_is_skipped_with_a_notice(tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "imgs"
+    _write_images(folder, 3)
+    os.mkfifo(folder / "x.png")  # reading it would block forever
+    data = load_image_folder(str(folder), 8)
+    assert data.x_train.shape[0] + data.x_test.shape[0] == 3
+    assert f"skipped {folder / 'x.png'}: not a regular file" in capsys.readouterr().err
+
+
 def test_without_diffusers_the_run_stops_with_the_extra_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # what an install without it looks like to an import
     assert run_main(["diffusion-unet", "--quick", "--quiet", "--out", str(tmp_path / "x")]) == 2

@@ -264,6 +264,8 @@ def _corrupt(folder, row, rewrite):
     ("no-caption", ValueError, ["line 3", "'text'", "--caption-column"]),
     ("missing-image", FileNotFoundError, ["line 1", "gone.png", "not found"]),
     ("corrupt-image", ValueError, ["0003.png", "not a readable image"]),
+    ("thin-image", ValueError, ["line 4", "0003.png", "4000000 x 1 pixels", "more than 16 times"]),
+    ("huge-image", ValueError, ["line 4", "0003.png", "DecompressionBombError", "remove the row"]),
 ])
 def test_bad_data_folder_names_the_problem(tmp_path, damage, error, words):
     from colu_lab.experiments.sd_finetune.data import ImageCaptionFolder
@@ -279,6 +281,10 @@ def test_bad_data_folder_names_the_problem(tmp_path, damage, error, words):
         _corrupt(folder, 2, lambda line: json.dumps({"file_name": json.loads(line)["file_name"], "caption": "x"}))
     elif damage == "missing-image":
         _corrupt(folder, 0, lambda line: json.dumps({"file_name": "gone.png", "text": "x"}))
+    elif damage == "thin-image":  # 563 bytes of PNG that a resize would turn into gigabytes
+        _image_module().new("L", (4_000_000, 1)).save(os.path.join(folder, "0003.png"))
+    elif damage == "huge-image":  # over Pillow's own limit too: its DecompressionBombError is named, not raised
+        _image_module().new("1", (16_000, 12_000)).save(os.path.join(folder, "0003.png"))
     else:
         with open(os.path.join(folder, "0003.png"), "wb") as f:
             f.write(b"this is not a png")

@@ -6,7 +6,12 @@ to RGB (or grey), resized so that its shorter side is ``size`` pixels
 (bicubic, antialiased when shrinking) and centre-cropped to
 ``size x size``. Images are kept as ``uint8``, so a folder of eight thousand
 64 x 64 flowers costs 100 MB rather than 400. A file that cannot be decoded
-stops the load with an error naming it; nothing is skipped silently.
+stops the load with an error naming it, and so does one whose header
+promises more than :data:`MAX_IMAGE_PIXELS` pixels or a side more than
+:data:`MAX_ASPECT` times the other (a few hundred bytes of PNG can declare a
+1 x 4,000,000 image, which the resize would blow up to gigabytes): both are
+checked from the header, before anything is decoded. Entries that are not
+regular files (FIFOs, sockets, devices) are skipped with a notice.
 
 Pillow is imported when a folder is read, not when this module is imported.
 """
@@ -14,6 +19,7 @@ Pillow is imported when a folder is read, not when this module is imported.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -21,6 +27,29 @@ import torch
 from colu_lab.framework.data import SPLIT_SEED, DataError, ImageData, channel_stats
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_IMAGE_PIXELS = 1 << 26
+"""The most pixels an image may declare (67 million: 8192 x 8192); larger ones are refused before decoding."""
+MAX_ASPECT = 16
+"""The largest ratio of an image's longer side to its shorter one; the resize keeps the ratio, so a thin image
+would otherwise become ``MAX_ASPECT``-times-larger-than-needed before the crop."""
+
+
+def check_image_size(path: str, width: int, height: int) -> None:
+    """Refuse, naming ``path``, an image whose declared size is out of bounds (see :data:`MAX_IMAGE_PIXELS` and
+    :data:`MAX_ASPECT`); called on the header's size, before decoding.
+
+    Raises:
+        DataError: the image is empty, too large or too thin.
+    """
+    if width < 1 or height < 1:
+        raise DataError(f"{path}: the image is {width} x {height} pixels, which has no pixels; remove that file")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: the image declares {width} x {height} = {width * height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS} an image may have here; shrink it or move it out of the folder")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise DataError(f"{path}: the image is {width} x {height} pixels, one side more than {MAX_ASPECT} times the "
+                        "other; resizing its shorter side would make it huge before the centre crop. Crop it, or "
+                        "move it out of the folder")
 
 
 def list_images(directory: str) -> list[str]:
@@ -35,8 +64,14 @@ def list_images(directory: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in files
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+        for name in files:
+            path = os.path.join(root, name)
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            if not os.path.isfile(path):  # a FIFO would block the read forever
+                print(f"colu: skipped {path}: not a regular file", file=sys.stderr)
+                continue
+            found.append(path)
     return sorted(found)
 
 
@@ -54,7 +89,8 @@ def load_image(path: str, size: int, channels: int = 3) -> np.ndarray:
 
     Raises:
         DataError: naming ``path`` when the file cannot be decoded (not an
-            image, truncated, or larger than Pillow's decompression-bomb limit).
+            image, truncated), or declares a size out of bounds
+            (:func:`check_image_size`).
     """
     from PIL import Image
 
@@ -62,8 +98,11 @@ def load_image(path: str, size: int, channels: int = 3) -> np.ndarray:
         raise DataError(f"channels={channels!r}: an image folder is read with 1 (grey) or 3 (RGB) channels")
     try:
         with Image.open(path) as img:
-            img.load()  # decode now: Image.open only reads the header, and a truncated body fails here
+            check_image_size(path, *img.size)  # Image.open read only the header
+            img.load()  # decode now: a truncated body fails here
             img = img.convert("RGB" if channels == 3 else "L")
+    except DataError:
+        raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); remove or replace that "
                         "file, or move it out of the folder") from None

@@ -11,7 +11,8 @@ from typing import List, Tuple
 
 import torch
 
-from colu_lab.framework.image_folder import load_image
+from colu_lab.framework.data import DataError
+from colu_lab.framework.image_folder import check_image_size, load_image
 
 __all__ = ["ImageCaptionFolder"]
 
@@ -37,7 +38,7 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str, resolution: int, *, caption_column: str = "text", image_column: str = "file_name"):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
             raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
@@ -78,10 +79,13 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"{where}: image {row[image_column]!r} not found (looked for {path})")
                 try:
-                    with Image.open(path) as image:
-                        image.size  # the header is read by open; a file it cannot identify raises there
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise ValueError(f"{where}: {path} is not a readable image ({exc}); remove the row or the file") from None
+                    with Image.open(path) as image:  # reads the header only
+                        check_image_size(path, *image.size)
+                except DataError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
+                    raise ValueError(f"{where}: {path} is not a readable image ({type(exc).__name__}: {exc}); "
+                                     "remove the row or the file") from None
                 self.items.append((path, row[caption_column]))
         if not self.items:
             raise ValueError(f"{metadata} lists no images: add one line per image")
