@@ -9,6 +9,6 @@ import os
 
 import torch
 
-if "OMP_NUM_THREADS" not in os.environ:
+if not os.environ.get("OMP_NUM_THREADS"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

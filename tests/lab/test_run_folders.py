@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from colu_lab.experiments.hemisphere import experiment as hemisphere
 from colu_lab.framework import runner
@@ -433,3 +434,32 @@ def test_concurrent_takers_of_a_stale_lock_never_both_hold_it(tmp_path, takers):
         assert got.count(True) >= 1, f"trial {trial}: nobody took over the stale lock"
         doubled += got.count(True) > 1
     assert doubled == 0, f"{doubled} trials had two holders of one lock"
+
+
+@pytest.mark.parametrize("env, argv, threads", [(None, [], 1), ("3", [], 3), (None, ["--threads", "2"], 2),
+                                                 ("3", ["--threads", "2"], 2)])
+def test_the_demo_runs_one_torch_thread_unless_told_otherwise(monkeypatch, env, argv, threads):
+    """Two threads made the demo several times slower on a busy 2-core machine: one unless the user says."""
+    from colu_lab.commands import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_demo", lambda args: seen.append(torch.get_num_threads()) or 0)
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # what torch would have chosen from OMP_NUM_THREADS=3 at start-up
+    try:
+        assert demo.main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [threads]
+
+
+def test_the_demo_refuses_zero_threads(capsys):
+    from colu_lab.commands import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(["--threads", "0"])
+    assert "--threads 0: must be at least 1" in capsys.readouterr().err

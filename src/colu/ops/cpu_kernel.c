@@ -1,6 +1,6 @@
 /* Fused CPU kernels for CoLU and RCoLU, forward and backward.
  *
- * Plain C with no torch headers so that it compiles in about a second; it is
+ * Plain C with no torch headers, so that it needs only a C compiler; it is
  * built on first use by colu.ops.cpu (gcc -O3 -fopenmp) and called on the
  * tensors' data pointers, through ctypes or, for planned calls, through the
  * CPython function in cpu_entry.c where that is built into the library.

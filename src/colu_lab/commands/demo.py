@@ -14,6 +14,10 @@ budget, the paper's 590 optimizer steps at batch 1024 (10 epochs of MNIST),
 which on the 1438 built-in digits is about 410 epochs.
 Running the demo again replaces the results of an earlier demo in the same
 folder; a folder holding anything else's results is refused.
+
+Torch runs one thread unless ``--threads`` or ``OMP_NUM_THREADS`` says
+otherwise: these networks are small, and on a 2-core machine that is also
+running something else, two threads made the same run seven times slower.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import argparse
 import os
 import sys
 import time
+
+import torch
+
 from colu_lab.framework import report
 from colu_lab.framework.config import build_config
 from colu_lab.framework.runner import Interrupted, run_all
 from colu_lab.registry import EXPERIMENTS
-
 
 DEMO_COMMAND = "colu demo"
 HEMISPHERE_DEMO_EPOCHS = 40  # a quarter of the experiment's default, to keep the demo short
@@ -50,8 +56,13 @@ def main(argv=None) -> int:
                         help="folder for results, plots and reports (default runs/demo)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per activation, >= 1 (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads, >= 1 (default 1, or OMP_NUM_THREADS when it is set)")
     args = parser.parse_args(argv)
-
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: must be at least 1")
+    if args.threads is not None or not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(args.threads or 1)
 
     try:
         return _demo(args)
@@ -64,7 +75,6 @@ def main(argv=None) -> int:
 
 
 def _demo(args) -> int:
-
     plans = [("hemisphere", {"seeds": args.seeds, "epochs": HEMISPHERE_DEMO_EPOCHS}),
              ("mnist-mlp", {"seeds": args.seeds, "dataset": "digits"})]
     tables = []
@@ -82,5 +92,6 @@ def _demo(args) -> int:
         tables.append(f"== {name}: {results['data']['description']}\n{budget}{report.summary_table(exp, results)}\n"
                       f"   report: {os.path.join(out, 'report.md')}")
     print("\n" + "\n\n".join(tables))
-    print(f"\ndemo finished in {time.time() - start:.0f} s; plots and reports under {args.out}")
+    print(f"\ndemo finished in {time.time() - start:.0f} s with {torch.get_num_threads()} torch thread(s); plots and "
+          f"reports under {args.out}")
     return 0
