@@ -51,6 +51,7 @@ __all__ = [
     "Witness",
 ]
 
+
 def group_element(
     C: int,
     cone_dim: Optional[int] = None,

@@ -97,7 +97,7 @@ def test_mlp_end_to_end(mlp_run):
     for run in res["runs"]:
         act = parse_activation(run["activation"])
         a, b = (align_cmd.load_final(mnist_mlp.EXPERIMENT, cfg, act, data,
-                                     align_cmd.checkpoint_path(str(mlp_run), act.label(), seed))[0]
+                                     align_cmd.checkpoint_path(str(mlp_run), act.label(), seed), seed)[0]
                 for seed in (0, 1))
         again = align.loss_barrier(a, b, lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]),
                                    [(data.x_test, data.y_test)], 5)
@@ -173,7 +173,7 @@ def test_unfinished_checkpoint_is_refused(tmp_path):
     path.parent.mkdir()
     cfg = mnist_mlp.Config()
     settings = result_settings(cfg)
-    torch.save({"model": {}, "optimizer": {}, "step": 3, "total": 10, "curve": [],
+    torch.save({"model": {}, "optimizer": {}, "step": 3, "total": 10, "curve": [], "activation": "relu", "seed": 0,
                 "fingerprint": fingerprint(settings), "settings": settings}, path)
     with pytest.raises(ValueError, match="step 3 of 10"):
-        align_cmd.load_final(mnist_mlp.EXPERIMENT, cfg, parse_activation("relu"), None, str(path))
+        align_cmd.load_final(mnist_mlp.EXPERIMENT, cfg, parse_activation("relu"), None, str(path), 0)

@@ -236,6 +236,44 @@ def test_data_alone_names_the_dataset_from_its_files(tmp_path):
     assert res["data"]["train_examples"] == 30
 
 
+def test_resume_refuses_a_data_folder_whose_files_changed(tmp_path, capsys):
+    """Only the path used to be fingerprinted: shuffled labels in the same folder continued silently."""
+    data = _tiny_t10k(tmp_path / "mnist")
+    out = tmp_path / "x"
+    args = [*SMALL, "--quiet", "--out", str(out), "--data", str(data), "--split-from-test", "10"]
+    assert run_main([*args, "--halt-after", "2"]) == 3
+    labels = data / "t10k-labels-idx1-ubyte.gz"
+    original = labels.read_bytes()
+    _write_idx(data, "t10k-labels-idx1-ubyte", np.random.default_rng(0).integers(0, 10, (40,))[::-1], 2049)
+    capsys.readouterr()
+    assert run_main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "relu-seed0.pt" in err and "data_digest=" in err and "--overwrite" in err
+    labels.write_bytes(original)  # the same files again: the run continues
+    assert run_main([*args, "--resume"]) == 0
+
+
+def test_a_checkpoint_copied_over_another_runs_is_refused(tmp_path, capsys):
+    """Checkpoints record their activation and seed: copying colu's over relu's is caught on --resume and
+    by colu align, not trained on or aligned."""
+    from colu_lab.commands import align as align_cmd
+
+    out = tmp_path / "x"
+    assert _run(out, "--activations", "relu", "colu:S=4") == 0
+    ckpt = out / "checkpoints"
+    (ckpt / "relu-seed0.pt").write_bytes((ckpt / "colu-S4-seed0.pt").read_bytes())
+    os.remove(out / "runs" / "relu-seed0.json")  # so that --resume reaches for the checkpoint
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume"]) == 2
+    assert "relu-seed0.pt holds the run of colu:S=4 seed 0, not relu seed 0" in capsys.readouterr().err
+    done = tmp_path / "done"
+    assert _run(done, "--activations", "relu", "--seeds", "2") == 0
+    (done / "checkpoints" / "relu-seed1.pt").write_bytes((done / "checkpoints" / "relu-seed0.pt").read_bytes())
+    assert align_cmd.main(["mnist-mlp", "--quiet", "--from", str(done), "--activations", "relu",
+                           "--num-points", "3", "--out", str(tmp_path / "align")]) == 2
+    assert "relu-seed1.pt holds the run of relu seed 0, not relu seed 1" in capsys.readouterr().err
+
+
 def test_data_that_no_experiment_reads_is_an_error(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -93,7 +93,6 @@ def test_large_rows_many_threads_and_constant_s_paths(S, scaling):
     _check(lambda t: colu.rcolu(t, S, scaling=scaling), lambda t: reference.rcolu(t, S, scaling=scaling), x, g, torch.float32)
 
 
-
 @pytest.mark.parametrize("S", [4, 8, 16])
 @pytest.mark.parametrize("blocks", [1, 3, 4, 5, 9])
 def test_forward_chunks_of_blocks_and_their_remainders(S, blocks):
@@ -109,6 +108,7 @@ def test_forward_chunks_of_blocks_and_their_remainders(S, blocks):
                     _check(lambda t: fn(t, S, scaling=scaling), lambda t: ref(t, S, scaling=scaling), x, g, torch.float32)
     finally:
         torch.set_num_threads(threads)
+
 
 @pytest.mark.parametrize(
     "path,shape,dim,kw",

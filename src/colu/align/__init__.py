@@ -80,11 +80,11 @@ linear path) and ``running`` (how models are run on data: evaluation mode,
 seeded noise).
 """
 
-from colu.groups import Group, group_of, procrustes
 from colu.align.alignment import Alignment
 from colu.align.barriers import interpolate, kl_standard_normal, loss_barrier, loss_curve
 from colu.align.matching import match_states, match_weights
 from colu.align.states import HiddenState, infer_spec, resolve_spec
+from colu.groups import Group, group_of, procrustes
 
 __all__ = [
     "Alignment",

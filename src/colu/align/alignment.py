@@ -11,9 +11,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from colu.symmetry import apply_along
 from colu.align.running import EvalMode, default_forward, run_seeded
 from colu.align.states import modules_by_name, owner_of
+from colu.symmetry import apply_along
 
 
 @dataclass

@@ -7,10 +7,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from colu.symmetry import apply_along
 from colu.align.alignment import Alignment, first_rows, make_alignment
 from colu.align.running import EvalMode, batches_of, default_forward, rng_scope
 from colu.align.states import resolve_pair
+from colu.symmetry import apply_along
 
 
 def match_weights(

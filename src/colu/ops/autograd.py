@@ -25,8 +25,12 @@ import math
 
 import torch
 
-from colu.ops import closed_form, cpu, dispatch
-from colu.ops import custom  # noqa: F401  (registers the colu:: ops that dispatch calls under torch.compile)
+from colu.ops import (
+    closed_form,
+    cpu,
+    custom,  # noqa: F401  (registers the colu:: ops that dispatch calls under torch.compile)
+    dispatch,
+)
 
 __all__ = ["ConeFunction", "EagerConeFunction", "PlannedFunction", "ScaledConeFunction", "apply_cones", "apply_scaled_cones"]
 

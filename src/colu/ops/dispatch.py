@@ -34,8 +34,8 @@ import os
 
 import torch
 
-from colu.spec import KERNEL_SCALINGS
 from colu.ops import closed_form, cpu
+from colu.spec import KERNEL_SCALINGS
 
 BACKENDS = ("auto", "closed_form", "cpu", "triton")
 HALF_DTYPES = cpu.HALF_DTYPES

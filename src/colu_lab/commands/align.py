@@ -38,13 +38,31 @@ import time
 import torch
 
 from colu import align
+from colu.files import atomic_write_json, atomic_write_text
 from colu_lab.framework import paper, report
 from colu_lab.framework.activations import parse_activations
-from colu_lab.framework.config import command_error, build_config, cli_values, config_to_dict, fingerprint, load_yaml, parse_set_items, preset_table, resolve_dataset, result_settings
+from colu_lab.framework.config import (
+    build_config,
+    cli_values,
+    command_error,
+    config_to_dict,
+    load_yaml,
+    parse_set_items,
+    preset_table,
+    resolve_dataset,
+)
 from colu_lab.framework.rundir import RunFolder
-from colu.files import atomic_write_json, atomic_write_text
-from colu_lab.framework.runner import (DistInfo, Interrupted, checkpoint_path, clean, load_final, prepare_folder,
-                                       resolve_device, run_slug, train_run)
+from colu_lab.framework.runner import (
+    DistInfo,
+    Interrupted,
+    checkpoint_path,
+    clean,
+    load_final,
+    prepare_folder,
+    resolve_device,
+    run_slug,
+    train_run,
+)
 from colu_lab.registry import EXPERIMENTS
 
 METHODS = ("naive", "weights", "states")
@@ -285,8 +303,8 @@ def run_align(exp, cfg, options) -> dict:
     runs, sample_plots = [], []
     for act in acts:
         label = act.label()
-        model_a, width, metrics_a = load_final(exp, cfg, act, data, checkpoint_path(ckpt_dir, label, seed_a))
-        model_b, _, metrics_b = load_final(exp, cfg, act, data, checkpoint_path(ckpt_dir, label, seed_b))
+        model_a, width, metrics_a = load_final(exp, cfg, act, data, checkpoint_path(ckpt_dir, label, seed_a), seed_a)
+        model_b, _, metrics_b = load_final(exp, cfg, act, data, checkpoint_path(ckpt_dir, label, seed_b), seed_b)
         t0 = time.time()
         measured = measure(exp, cfg, model_a, model_b, data, num_points=options["num_points"],
                            max_iter=options["max_iter"], seed=seed_a)

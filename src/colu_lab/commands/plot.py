@@ -28,7 +28,7 @@ from typing import List
 import torch
 
 from colu.functional import colu, rcolu
-from colu.symmetry import equivariance_error, group_element, random_orthogonal
+from colu.symmetry import equivariance_error, group_element
 from colu_lab.registry import EXPERIMENTS
 
 

@@ -6,11 +6,11 @@ import os
 import shlex
 import sys
 
-from colu_lab.framework.config import command_error, parse_cli
-from colu_lab.registry import EXPERIMENTS
 from colu_lab.framework import ablation, report
+from colu_lab.framework.config import command_error, parse_cli
 from colu_lab.framework.rundir import RunFolder
 from colu_lab.framework.runner import Halted, Interrupted, run_all
+from colu_lab.registry import EXPERIMENTS
 
 
 def _train(argv, sweep: bool) -> int:
@@ -80,7 +80,6 @@ def report_main(argv=None) -> int:
                                             "results (results.json, or runs/*.json of an unfinished run).")
     p.add_argument("dir", help="a --out directory of colu run / colu sweep")
     args = p.parse_args(argv)
-
 
     if not os.path.isdir(args.dir):
         return command_error(ValueError(f"{args.dir!r} is not a directory; point colu report at a run's --out"), "colu report")

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 from colu.files import atomic_write_json, atomic_write_text
-from colu_lab.framework.ablation_tables import comparison_tables, describe_settings, direction_rows, metric_stats, plus_minus, scale_rows
+from colu_lab.framework.ablation_tables import (
+    comparison_tables,
+    describe_settings,
+    direction_rows,
+    metric_stats,
+    plus_minus,
+    scale_rows,
+)
 from colu_lab.framework.config import coerce, config_to_dict, optimizer_description
 from colu_lab.framework.report import budget_line, comparability, write_report
 from colu_lab.framework.rundir import RunFolder

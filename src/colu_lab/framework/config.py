@@ -36,7 +36,8 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
-from colu_lab.framework.data import DataError, recognise_dataset
+
+from colu_lab.framework.data import DataError, data_digest, recognise_dataset
 
 
 @dataclass
@@ -142,8 +143,12 @@ MAX_EVALS = 50  # eval_every = 0 evaluates once per epoch, but at most this many
 
 
 def result_settings(cfg) -> dict:
-    """The settings that decide what one (activation, seed) run computes."""
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS | SELECTION_KEYS}
+    """The settings that decide what one (activation, seed) run computes; with ``--data``, the digest of its
+    files too (``data_digest``: the same path holding other data is another setting)."""
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS | SELECTION_KEYS}
+    if settings.get("data"):
+        settings["data_digest"] = data_digest(settings["data"])
+    return settings
 
 
 def fingerprint(settings: dict) -> str:

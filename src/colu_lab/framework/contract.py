@@ -143,9 +143,9 @@ from typing import Callable, Optional
 
 import torch
 
-from colu_lab.framework.paper import PaperReference
 from colu.tools.cli import Command
 from colu_lab.framework.config import TrainConfig
+from colu_lab.framework.paper import PaperReference
 
 
 @dataclass(frozen=True)

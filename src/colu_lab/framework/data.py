@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -538,6 +539,48 @@ def load_classification(dataset: str, directory: str | None, split_from_test: in
 
 
 # -------------------------------------------------------------- hemisphere
+_FILE_DIGESTS: dict = {}  # (real path, size, mtime_ns) -> sha256: each file is hashed once per process
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def data_digest(path: str) -> str:
+    """A short hash of the contents of ``--data``: a file, or every regular file under a folder (hidden ones
+    skipped) with its path relative to the folder.
+
+    Part of a run's settings fingerprint, so that a run continued with ``--resume`` on a folder whose files
+    changed (relabelled, replaced) is refused instead of mixing data. Moving or renaming the folder keeps the
+    digest. Each file is hashed once per process and again only when its size or modification time changes.
+
+    Raises:
+        DataError: ``path`` does not exist.
+    """
+    if os.path.isfile(path):
+        entries = [("", _file_digest(path))]
+    elif os.path.isdir(path):
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                if not name.startswith(".") and os.path.isfile(full):
+                    entries.append((os.path.relpath(full, path).replace(os.sep, "/"), _file_digest(full)))
+    else:
+        raise DataError(f"--data {path!r}: no such file or folder")
+    text = "\n".join(f"{name}\t{digest}" for name, digest in entries)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def rotation_45() -> torch.Tensor:
     """R = Rz(45) Ry(45) Rx(45): 45 degrees about each coordinate axis (Section 4)."""
     c = s = math.sqrt(0.5)

@@ -220,8 +220,9 @@ def precision_description(cfg: dict, device) -> str:
     return "float32"
 
 
-def load_checkpoint(path: str, fp: str, settings: dict) -> dict:
-    """A checkpoint's state, checked to come from the same settings; clear errors otherwise."""
+def load_checkpoint(path: str, fp: str, settings: dict, act_label: str, seed: int) -> dict:
+    """A checkpoint's state, checked to be the run of ``act_label`` and ``seed`` under the same settings (a file
+    copied over another run's is refused, not loaded); clear errors otherwise."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"model", "optimizer", "step", "curve"} <= set(state):
@@ -230,6 +231,13 @@ def load_checkpoint(path: str, fp: str, settings: dict) -> dict:
         raise StaleResults(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); it is damaged or "
                            "truncated. Delete it to train that run from scratch, or start over with --overwrite"
                            ) from None
+    if (state.get("activation"), state.get("seed")) != (act_label, seed):
+        if "activation" not in state:
+            what = "records no activation and seed (written by an older colu), so which run it holds cannot be checked"
+        else:
+            what = f"holds the run of {state['activation']} seed {state['seed']}"
+        raise StaleResults(f"{path} {what}, not {act_label} seed {seed}. Delete it to train that run from scratch, "
+                           "or start over with --overwrite")
     if state.get("fingerprint") != fp:
         raise StaleResults(_mismatch(path, state.get("settings"), settings))
     return state
@@ -267,7 +275,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     curve, step = [], 0
 
     if resume and ckpt_path and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path, fp, settings)
+        state = load_checkpoint(ckpt_path, fp, settings, act.label(), seed)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
@@ -282,7 +290,8 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     def save_checkpoint():
         if info.main and ckpt_path:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
-                     "step": step, "curve": curve, "total": total, "fingerprint": fp, "settings": settings}
+                     "step": step, "curve": curve, "total": total, "fingerprint": fp, "settings": settings,
+                     "activation": act.label(), "seed": seed}
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             atomic_torch_save(ckpt_path, state)
@@ -537,8 +546,9 @@ def _saved_settings(path: str):
         return None  # load_checkpoint reports the damage
 
 
-def load_final(exp, cfg, act, data, path: str):
-    """The trained model in ``path`` (CPU, eval mode) and its final metrics; refuses unfinished runs."""
+def load_final(exp, cfg, act, data, path: str, seed: int):
+    """The trained model of ``act`` and ``seed`` in ``path`` (CPU, eval mode) and its final metrics; refuses
+    unfinished runs and checkpoints of another run or other settings."""
     if not os.path.exists(path):
         directory = os.path.dirname(path)
         have = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
@@ -550,7 +560,7 @@ def load_final(exp, cfg, act, data, path: str):
     saved = _saved_settings(path)
     if saved is not None and "data" in saved:
         settings["data"] = saved["data"]
-    state = load_checkpoint(path, fingerprint(settings), settings)
+    state = load_checkpoint(path, fingerprint(settings), settings, act.label(), seed)
     if int(state["step"]) != int(state["total"]):
         raise ValueError(f"{path}: checkpoint at step {state['step']} of {state['total']}; finish that run with "
                          "colu run --resume before aligning it")

@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 
 import colu
-
 from colu_lab.framework import data as data_mod
 from colu_lab.framework.config import TrainConfig
 from colu_lab.framework.contract import Experiment, Preset, permutation_batch

@@ -76,15 +76,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from colu.files import atomic_write_bytes
 from colu.tools.cli import Command
+from colu_lab.experiments.diffusion_unet.model import import_diffusers, set_activation, unet2d
 from colu_lab.framework import data as data_mod
 from colu_lab.framework.batches import batch_indices, derived_seed
 from colu_lab.framework.config import TrainConfig
 from colu_lab.framework.contract import Experiment, Preset
-from colu_lab.framework.paper import Cited, Claim, PaperReference
-from colu.files import atomic_write_bytes
-from colu_lab.experiments.diffusion_unet.model import import_diffusers, set_activation, unet2d
 from colu_lab.framework.image_folder import load_image_folder
+from colu_lab.framework.paper import Cited, Claim, PaperReference
 from colu_lab.framework.runner import run_slug
 
 NAME = "diffusion-unet"

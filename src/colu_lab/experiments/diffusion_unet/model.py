@@ -23,6 +23,7 @@ imported.
 from __future__ import annotations
 
 from torch import nn
+
 from colu_lab.framework.activations import COMPONENTWISE
 
 ACTIVATION_TYPES = (nn.SiLU, nn.ReLU, nn.GELU, nn.Mish)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import math
 import os
 import sys
@@ -53,7 +52,7 @@ from colu.groups import Group, group_of
 from colu_lab.experiments.diffusion_unet.experiment import NAME, PALETTE_KEY
 from colu_lab.framework.activations import parse_activation
 from colu_lab.framework.config import RUNTIME_KEYS, SELECTION_KEYS
-from colu_lab.framework.runner import load_checkpoint, run_slug
+from colu_lab.framework.runner import checkpoint_path, load_checkpoint, run_slug
 
 CHANCE_SEED = 0
 PALETTE_SCALE = 8  # screen pixels per kernel pixel
@@ -142,13 +141,13 @@ def finished_runs(run_dir: str) -> tuple[dict, dict]:
 
 def final_palette(run_dir: str, saved: dict, label: str, seed: int) -> torch.Tensor:
     """The output convolution's weight in the final checkpoint of (``label``, ``seed``)."""
-    path = os.path.join(run_dir, "checkpoints", f"{run_slug(label)}-seed{seed}.pt")
+    path = checkpoint_path(run_dir, label, seed)
     if not os.path.isfile(path):
         raise ValueError(f"{path} is missing: the palettes are read from the final checkpoints colu run leaves in "
                          f"checkpoints/; rerun that run (colu run {NAME} --out {run_dir} --resume after deleting "
                          f"runs/{run_slug(label)}-seed{seed}.json)")
     settings = {k: v for k, v in saved["config"].items() if k not in RUNTIME_KEYS | SELECTION_KEYS}
-    state = load_checkpoint(path, saved.get("fingerprint"), settings)
+    state = load_checkpoint(path, saved.get("fingerprint"), settings, label, seed)
     if state["step"] != state.get("total"):
         raise ValueError(f"{path}: checkpoint at step {state['step']} of {state.get('total')}; finish the run with "
                          f"colu run {NAME} --out {run_dir} --resume")

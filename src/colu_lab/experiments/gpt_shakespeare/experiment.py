@@ -66,11 +66,11 @@ import torch
 import torch.nn.functional as F
 
 from colu.tools.cli import Command
+from colu_lab.experiments.gpt_shakespeare.model import GPT, GPTConfig
 from colu_lab.framework import data as data_mod
 from colu_lab.framework.batches import fixed_token_batches, token_window_batch
 from colu_lab.framework.config import TrainConfig
 from colu_lab.framework.contract import Experiment, Preset
-from colu_lab.experiments.gpt_shakespeare.model import GPT, GPTConfig
 from colu_lab.framework.paper import Cited, Claim, PaperReference
 
 NAME = "gpt-shakespeare"

@@ -25,7 +25,7 @@ import torch
 from colu.files import read_json_object
 from colu_lab.experiments.gpt_shakespeare import experiment as gpt_shakespeare
 from colu_lab.framework.activations import parse_activation
-from colu_lab.framework.config import command_error, build_config
+from colu_lab.framework.config import build_config, command_error
 from colu_lab.framework.runner import run_slug
 
 

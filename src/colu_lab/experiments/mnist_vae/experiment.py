@@ -38,12 +38,12 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
+from colu_lab.experiments.mnist_vae import figures as vae_figures
+from colu_lab.experiments.mnist_vae.model import ToyVAE
 from colu_lab.framework import data as data_mod
 from colu_lab.framework.batches import derived_seed
 from colu_lab.framework.config import TrainConfig
-from colu_lab.experiments.mnist_vae import figures as vae_figures
 from colu_lab.framework.contract import Ablation, AlignHooks, Experiment, Preset, RunFigure, permutation_batch
-from colu_lab.experiments.mnist_vae.model import ToyVAE
 from colu_lab.framework.paper import Cited, Claim, PaperReference
 
 metrics = {"train_loss": False, "test_loss": False}

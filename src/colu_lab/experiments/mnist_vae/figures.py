@@ -22,10 +22,10 @@ import statistics
 
 import torch
 
+from colu.spec import ConeSpec
 from colu_lab.framework.activations import parse_activations
 from colu_lab.framework.config import build_config
 from colu_lab.framework.runner import checkpoint_path, load_final
-from colu.spec import ConeSpec
 
 FIGURE8_GROUPS = (0, 1, 4, 800)  # conic G of Figure 8; G = 2400 (S = 2) is component-wise (ReLU or SiLU)
 COMPONENTWISE = {"hard": "relu", "soft": "silu"}
@@ -186,7 +186,8 @@ def covariances(exp, run_dir: str, path: str) -> str:
                          "mnist-vae --activations colu:G=100 --set hidden=400 (C = 500, G = 100)")
     act = conic[0]
     data = exp.load_data(cfg)
-    model, width, _ = load_final(exp, cfg, act, data, checkpoint_path(run_dir, act.label(), cfg.seed_offset))
+    model, width, _ = load_final(exp, cfg, act, data, checkpoint_path(run_dir, act.label(), cfg.seed_offset),
+                                 cfg.seed_offset)
     order, n_axes = axis_order(act, width)
     with torch.no_grad():
         w = model.enc_in.weight.detach()  # (C, input): row c is column c of the paper's w′

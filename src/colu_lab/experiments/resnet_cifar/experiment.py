@@ -56,12 +56,12 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
+from colu_lab.experiments.resnet_cifar.model import DEPTHS, resnet_cifar
 from colu_lab.framework import data as data_mod
 from colu_lab.framework.batches import augmented_image_batch
 from colu_lab.framework.config import TrainConfig
 from colu_lab.framework.contract import Experiment, Preset
 from colu_lab.framework.flops import forward_flops_per_example
-from colu_lab.experiments.resnet_cifar.model import DEPTHS, resnet_cifar
 from colu_lab.framework.paper import Cited, Claim, PaperReference
 
 metrics = {"train_loss": False, "train_accuracy": True, "test_loss": False, "test_accuracy": True,

@@ -19,8 +19,15 @@ from colu.files import atomic_write_json, atomic_write_text
 from colu.tools.cli import Command
 from colu_lab.experiments.sd_finetune.data import ImageCaptionFolder
 from colu_lab.experiments.sd_finetune.memory import estimate_memory, memory_line
-from colu_lab.experiments.sd_finetune.pipeline import (ACTIVATIONS, PAPER_NUM_CONES, convert_unet, load_converted, load_pipeline,
-                          read_record, save_finetuned)
+from colu_lab.experiments.sd_finetune.pipeline import (
+    ACTIVATIONS,
+    PAPER_NUM_CONES,
+    convert_unet,
+    load_converted,
+    load_pipeline,
+    read_record,
+    save_finetuned,
+)
 from colu_lab.experiments.sd_finetune.sampling import initial_noise, sample_images, save_grid
 from colu_lab.experiments.sd_finetune.training import finetune, fixed_batch, fixed_batch_loss
 
