@@ -121,7 +121,7 @@ print("ok", colu.__file__)
 
 
 @pytest.mark.slow
-def test_wheel_and_sdist_install_into_a_clean_venv(tmp_path):
+def test_wheel_and_sdist_install_into_a_clean_venv(tmp_path, quick_compiler):
     # build artifacts land in tmp_path; the sdist step writes src/colu.egg-info, removed again if it was not there
     created = [p for p in (ROOT / "build", ROOT / "dist", ROOT / "src" / "colu.egg-info") if not p.exists()]
     dist = tmp_path / "dist"
@@ -155,6 +155,7 @@ def test_wheel_and_sdist_install_into_a_clean_venv(tmp_path):
     cache = tmp_path / "kernel-cache"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["COLU_CACHE_DIR"] = str(cache)
+    env["CC"] = str(quick_compiler)  # the build from the installed sources, unoptimised: this is not about speed
     proc = _run([str(python), "-c", SMOKE, str(venv)], cwd=outside, env=env)
     assert proc.stdout.startswith("ok"), proc.stdout
     assert list(cache.glob("*/colu_cpu.so")), "the C kernel was not built from the installed sources"

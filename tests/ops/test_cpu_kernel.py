@@ -714,11 +714,12 @@ def test_python_entry_rejects_bad_calls():
 
 
 @pytest.mark.slow
-def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeypatch):
+def test_without_python_headers_the_kernel_runs_through_ctypes(tmp_path, monkeypatch, quick_compiler):
     """Where Python.h is missing only the kernel is built; calls, planned ones included, go through ctypes."""
     from colu.ops import plans
 
     monkeypatch.setenv("COLU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(quick_compiler))
     monkeypatch.delenv("COLU_BACKEND", raising=False)
     monkeypatch.setattr(cpu, "_python_include", lambda: None)
     cpu.reset()
