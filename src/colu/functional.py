@@ -84,8 +84,9 @@ def colu(
     * ``"firm"`` (Section 3.1): :math:`w(r) = \mathrm{sigmoid}(4r - 2)`;
     * ``"sqrt"`` and ``"log"`` (the JAX package's, jax-colu 0.3.0):
       :math:`w(r) = \sqrt{\max(r, 0)}` and :math:`\log(1 + \max(r, 0))`. These are **not
-      projections**: for :math:`r > 1` the section grows (:math:`\sqrt r > 1`), for :math:`0 < r < 1`
-      the output leaves the cone, and they are not idempotent. jax-colu applies them after a ReLU on the
+      projections** and not idempotent. The output stays in the cone where :math:`w(r) \le r`:
+      ``"sqrt"`` leaves it for :math:`0 < r < 1` and grows the section for :math:`r > 1`; ``"log"``
+      never leaves it (:math:`\log(1 + r) \le r`) and grows the section for :math:`r > e - 1`. jax-colu applies them after a ReLU on the
       axis: pass ``axis_activation="relu"`` (and ``layout="axes_first"``) to match it; other axis
       activations stay allowed. Their slope at :math:`r \le 0` is taken as 0;
     * ``"exact"``: the metric projection onto the Lorentz cone
