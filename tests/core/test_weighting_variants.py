@@ -396,3 +396,17 @@ def test_bad_variant_specs(text):
 def test_groups_is_reachable_from_the_package():
     # the README points at colu.groups.group_of after a bare `import colu`
     assert colu.groups.group_of is group_of
+
+
+def test_where_sqrt_and_log_leave_the_cone():
+    """The output is in the cone where w(r) <= r: log never leaves it and grows the section only past r = e - 1;
+    sqrt leaves it for 0 < r < 1 and grows the section for r > 1."""
+    r = torch.tensor([0.05, 0.5, 0.9, 1.5, math.e - 1.01, math.e - 0.99, 4.0], dtype=torch.float64)
+    s = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64).expand(len(r), 3)
+    x = torch.cat([r[:, None], s], dim=1)  # axis r, section of norm 1, so the cone ratio is r
+    for scaling, leaves, grows in [("log", [False] * 7, [False, False, False, False, False, True, True]),
+                                   ("sqrt", [True, True, True, False, False, False, False], [False] * 3 + [True] * 4)]:
+        y = colu.colu(x, 4, scaling=scaling, backend="closed_form")
+        section = y[:, 1:].norm(dim=1)
+        assert (section > y[:, 0] + 1e-12).tolist() == leaves, scaling
+        assert (section > 1 + 1e-12).tolist() == grows, scaling
