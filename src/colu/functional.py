@@ -31,21 +31,22 @@ def _check_input(x, name):
         raise ValueError(f"{name} needs a channel axis, got a 0-dim tensor; reshape it to (1,) or (N, C)")
 
 
-def _check_dim(dim) -> None:
+def check_dim(dim) -> None:
     """``dim`` must be an int (not a bool); its range is checked against each input."""
     if not isinstance(dim, int) or isinstance(dim, bool):
         raise TypeError(f"dim must be an int, got {dim!r}")
 
 
 def _channel_dim(x, dim):
-    _check_dim(dim)
+    check_dim(dim)
     ndim = x.dim()
     if not -ndim <= dim < ndim:
         raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {dim})")
     return dim % ndim
 
 
-def _check_options(scaling, eps, axis_activation):
+def check_options(scaling, eps, axis_activation):
+    """The option values of a call that do not depend on its input (the modules check them once, when built)."""
     check_eps(eps)
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
@@ -166,7 +167,7 @@ def colu(
     """
     if angle_scale is not None:
         _check_input(x, "colu")
-        _check_options(scaling, eps, axis_activation)
+        check_options(scaling, eps, axis_activation)
         dim = _channel_dim(x, dim)
         spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
         return _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale)
@@ -178,7 +179,7 @@ def colu(
     if y is not None:
         return y
     _check_input(x, "colu")
-    _check_options(scaling, eps, axis_activation)
+    check_options(scaling, eps, axis_activation)
     return _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend)
 
 
@@ -203,13 +204,13 @@ def _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim,
     spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
     if spec.is_identity:
         return x
-    _check_scaling_fits(spec.componentwise, spec.share_axis, scaling)
+    check_scaling_fits(spec.componentwise, spec.share_axis, scaling)
     if spec.componentwise:
         return reference.componentwise(x, scaling)
     return plans.run(key, x, dim, spec, scaling, eps, axis_activation, backend)
 
 
-def _check_scaling_fits(componentwise: bool, share_axis: bool, scaling: str, angle: bool = False) -> None:
+def check_scaling_fits(componentwise: bool, share_axis: bool, scaling: str, angle: bool = False) -> None:
     """The weightings and cone angles that exist only for some cone configurations (``componentwise``: CoLU
     with ``cone_dim=2``; ``angle``: an angle scale is given). :class:`colu.CoLU` checks the same when built."""
     if componentwise and scaling not in _COMPONENTWISE_SCALINGS:
@@ -236,7 +237,7 @@ def _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angl
         raise RuntimeError(f"backend={backend!r}: calls with angle_scale run on the closed form; use 'auto'")
     if spec.is_identity:
         return x
-    _check_scaling_fits(spec.componentwise, spec.share_axis, scaling, angle=True)
+    check_scaling_fits(spec.componentwise, spec.share_axis, scaling, angle=True)
     if angle_scale.shape not in ((), (spec.num_cones,)):
         raise ValueError(
             f"angle_scale has shape {tuple(angle_scale.shape)}; expected ({spec.num_cones},), one value per cone, "
@@ -315,7 +316,7 @@ def rcolu(
     """
     if angle_scale is not None:
         _check_input(x, "rcolu")
-        _check_options(scaling, eps, axis_activation)
+        check_options(scaling, eps, axis_activation)
         dim = _channel_dim(x, dim)
         spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, kind="rcolu")
         return _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale)
@@ -324,7 +325,7 @@ def rcolu(
     if y is not None:
         return y
     _check_input(x, "rcolu")
-    _check_options(scaling, eps, axis_activation)
+    check_options(scaling, eps, axis_activation)
     return _resolve_and_run_rcolu(x, key, cone_dim, num_cones, scaling, dim, eps, axis_activation, backend)
 
 

@@ -51,9 +51,9 @@ class _ConeActivation(nn.Module):
     def _configure(self, **options):
         """Check every argument (all of ``_OPTIONS``, by name) and keep them."""
         validate_cone_args(options["cone_dim"], options["num_cones"])
-        functional._check_options(options["scaling"], options["eps"], options["axis_activation"])
-        functional._check_dim(options["dim"])
-        functional._check_scaling_fits(self._componentwise(options["cone_dim"]), bool(options.get("share_axis")),
+        functional.check_options(options["scaling"], options["eps"], options["axis_activation"])
+        functional.check_dim(options["dim"])
+        functional.check_scaling_fits(self._componentwise(options["cone_dim"]), bool(options.get("share_axis")),
                                        options["scaling"], angle=getattr(self, "log_angle_scale", None) is not None)
         self._options = {name: options[name] for name in self._OPTIONS}
         self._args = tuple(self._options.values())
@@ -75,7 +75,7 @@ class _ConeActivation(nn.Module):
         if learnable_angle is False:
             self.register_parameter("log_angle_scale", None)
             return
-        functional._check_scaling_fits(self._componentwise(self.cone_dim), False, self.scaling, angle=True)
+        functional.check_scaling_fits(self._componentwise(self.cone_dim), False, self.scaling, angle=True)
         if learnable_angle == "shared":
             self.log_angle_scale = nn.Parameter(torch.zeros(()))
             return

@@ -256,8 +256,8 @@ def test_modules_check_their_arguments_once(monkeypatch):
     from colu import functional
 
     checked = []
-    check_options = functional._check_options
-    monkeypatch.setattr(functional, "_check_options", lambda *a: checked.append(a) or check_options(*a))
+    check_options = functional.check_options
+    monkeypatch.setattr(functional, "check_options", lambda *a: checked.append(a) or check_options(*a))
     m, r = colu.CoLU(cone_dim=4, scaling="soft"), colu.RCoLU(cone_dim=3, dim=1)
     assert len(checked) == 2
     x = torch.randn(3, 24, dtype=torch.float64)
