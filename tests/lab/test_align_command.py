@@ -119,7 +119,7 @@ def test_from_reuses_checkpoints(mlp_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
-    (["--epochs", "3"], "epochs=3"),
+    (["--epochs", "3"], "epochs is 3 here but the saved run used"),
     (["--activations", "silu"], "silu-seed0.pt"),
     (["--seed-pair", "0", "5"], "relu-seed5.pt"),
 ])

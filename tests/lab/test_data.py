@@ -82,6 +82,20 @@ def test_mnist_wrong_image_size_and_count_mismatch(tmp_path):
         D.load_mnist(str(tmp_path))
 
 
+def test_mnist_files_without_images_name_themselves(tmp_path):
+    """A valid header declaring 0 images used to fail in numpy ("cannot reshape array of size 0")."""
+    _write_mnist(tmp_path, n_train=0)
+    with pytest.raises(D.DataError, match=r"train-images-idx3-ubyte: holds 0 images.*intact copies"):
+        D.load_mnist(str(tmp_path))
+    _write_mnist(tmp_path, n_test=0)  # only the t10k pair, carved with --split-from-test
+    with pytest.raises(D.DataError, match=r"t10k-images-idx3-ubyte: holds 0 images"):
+        D.load_mnist(str(tmp_path), split_from_test=5)
+    _write_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")  # a 0-byte file
+    with pytest.raises(D.DataError, match=r"train-labels-idx1-ubyte: file is empty.*intact copy"):
+        D.load_mnist(str(tmp_path))
+
+
 def test_mnist_missing_files_says_where_and_what(tmp_path):
     with pytest.raises(D.DataError) as info:
         D.load_mnist(str(tmp_path))
@@ -131,6 +145,17 @@ def test_cifar_valid(tmp_path):
 def test_cifar_invalid_names_file(tmp_path, bad, pattern):
     _write_cifar(tmp_path, test_batch=bad)
     with pytest.raises(D.DataError, match="test_batch.*" + pattern):
+        D.load_cifar10(str(tmp_path))
+
+
+@pytest.mark.parametrize("labels, shown", [
+    ([0, 10**30], str(10**30)), ([-(10**30), 1], str(-(10**30))),
+    (np.array([0, 2**64 - 1], dtype=np.uint64), str(2**64 - 1)),  # not wrapped round to -1
+])
+def test_cifar_huge_label_names_file_and_value(tmp_path, labels, shown):
+    """A label beyond int64 used to raise OverflowError (a list) or be reported wrapped (a uint64 array)."""
+    _write_cifar(tmp_path, test_batch=_cifar_batch(2, labels=labels))
+    with pytest.raises(D.DataError, match=f"test_batch: label {shown} outside 0..9"):
         D.load_cifar10(str(tmp_path))
 
 

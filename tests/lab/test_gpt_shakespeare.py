@@ -114,6 +114,54 @@ def test_activation_must_tile_the_mlp_width(tmp_path, capsys):
     assert "C=96" in capsys.readouterr().err
 
 
+def test_batch_sizes_beyond_the_corpus_name_option_and_limit(tmp_path, capsys):
+    """--batch-size 1e11 used to end in an allocator traceback; the limit is the windows the text holds."""
+    corpus = tmp_path / "input.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    windows = int(len(TEXT) * 0.9) - 16  # the quick preset's block of 16 characters
+    base = ["gpt-shakespeare", "--quick", "--quiet", "--data", str(corpus), "--out", str(tmp_path / "a")]
+    assert run_main([*base, "--batch-size", "100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 100000000000" in err and f"--batch-size <= {windows}" in err and "Traceback" not in err
+    assert run_main([*base, "--set", "eval_batch_size=100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "eval_batch_size 100000000000" in err and "eval_batch_size <=" in err
+    assert not (tmp_path / "a" / "config.json").exists()
+
+
+def test_sample_refuses_a_temperature_that_is_not_a_number(tmp_path, capsys):
+    folder = _fake_run(tmp_path / "run")
+    for value in ("nan", "inf", "-inf"):
+        assert sample_cmd.main(["--from", str(folder), f"--temperature={value}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--temperature {value}" in err and "finite" in err and "Traceback" not in err
+    assert sample_cmd.main(["--from", str(folder), "--temperature", "1e-300"]) == 2  # a traceback from torch
+    assert "--temperature 1e-300: too small" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_diverged_run(tmp_path, capsys):
+    folder = _fake_run(tmp_path / "run")
+    results = json.loads((folder / "results.json").read_text())
+    results["runs"][0]["diverged"] = {"step": 3, "loss": "nan"}
+    (folder / "results.json").write_text(json.dumps(results))
+    assert sample_cmd.main(["--from", str(folder), "--activation", "relu", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "relu seed 0 diverged at step 3" in err and "relu seed 1" in err
+
+
+def test_sample_warns_about_a_run_of_a_few_steps(tmp_path, capsys):
+    corpus = tmp_path / "input.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "young"
+    assert run_main(["gpt-shakespeare", "--quick", "--quiet", "--seeds", "1", "--activations", "relu", "--steps", "4",
+                     "--data", str(corpus), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sample_cmd.main(["--from", str(out), "--tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out) == 5 + 1  # the text is still printed
+    assert "warning: relu seed 0 trained only 4 steps" in captured.err and "20000" in captured.err
+
+
 def _fake_run(folder, experiment="gpt-shakespeare", vocab="ab\n"):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"experiment": experiment, "config": {}}))

@@ -259,6 +259,23 @@ def test_figure8_panels_from_synthetic_results(tmp_path):
         vae_figures.test_loss_curves(EXPERIMENTS["mnist-vae"], str(tmp_path), str(tmp_path / "f8.png"))
 
 
+def test_figure8_warns_which_activations_are_missing(tmp_path, capsys):
+    """A folder with some of Figure 8's activations drew a partial figure without a word about the rest."""
+    curve = [{"step": s, "test_loss": 100.0 - s} for s in (10, 20)]
+    have = ["colu:G=0", "colu:G=50", "relu"]  # hidden=50: G = 800 does not divide it, so it is not needed
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "mnist-vae", "config": {"hidden": 50}}))
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"runs": [{"activation": a, "seed": 0, "curve": curve} for a in have]}))
+    assert plots.main(["--from", str(tmp_path), "--figure", "figure8"]) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "figure8.png").exists() and str(tmp_path / "figure8.png") in captured.out
+    missing = [a for a in vae_figures.figure8_activations(50) if a not in have]
+    assert "colu:G=800" not in missing and "silu" in missing and "colu:G=1,soft" in missing
+    assert f"warning: figure8 lacks {len(missing)} of Figure 8's activations ({', '.join(missing)})" in captured.err
+    assert (f"colu sweep mnist-vae --out {tmp_path} --resume --activations "
+            f"{' '.join(vae_figures.figure8_activations(50))}") in captured.err
+
+
 def test_figure5_puts_the_cone_axes_first():
     order, n_axes = vae_figures.axis_order(parse_activation("colu:G=100"), 500)
     assert n_axes == 100 and sorted(order.tolist()) == list(range(500))

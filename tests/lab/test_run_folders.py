@@ -501,3 +501,159 @@ def test_the_demo_refuses_zero_threads(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--threads", "0"])
     assert "--threads 0: must be at least 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ failures name the file, value or run
+def test_resume_names_a_log_that_is_not_utf8(tmp_path, capsys):
+    """A metrics.jsonl holding bytes that are not UTF-8 stopped --resume with a bare UnicodeDecodeError."""
+    out = tmp_path / "x"
+    assert _run(out, "--halt-after", "2") == 3
+    log = out / "metrics.jsonl"
+    damaged = log.read_bytes() + b'{"activation": "relu", "seed": 0, "step": 9, "note": "\xff"}\n'
+    log.write_bytes(damaged)
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{log}: not UTF-8 text" in err and "--overwrite" in err and "Traceback" not in err
+    assert log.read_bytes() == damaged  # left as it was
+
+
+def test_report_names_a_results_file_missing_its_keys(tmp_path, capsys):
+    """Valid JSON without "runs" (or with "runs" not a list) ended colu report in a KeyError traceback."""
+    out = tmp_path / "x"
+    assert _run(out) == 0
+    path = out / "results.json"
+    good, report = json.loads(path.read_text()), (out / "report.md").read_bytes()
+    for damage, named in [(lambda r: r.pop("runs"), "'runs' is missing"),
+                          (lambda r: r.update(runs={"relu": []}), "'runs' is a dict, not a list"),
+                          (lambda r: r["runs"][0].pop("curve"), "runs[0] has no 'curve'"),
+                          (lambda r: r.pop("config"), "'config' is missing")]:
+        results = json.loads(json.dumps(good))
+        damage(results)
+        path.write_text(json.dumps(results))
+        before = path.read_bytes()
+        capsys.readouterr()
+        assert report_main([str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: " in err and named in err and "Traceback" not in err, err
+        assert path.read_bytes() == before and (out / "report.md").read_bytes() == report  # nothing rewritten
+
+
+def _disk_full_for(monkeypatch, name):
+    """Make ``os.fsync`` fail with ENOSPC for the temporary file of ``name`` (colu.files syncs each file it
+    writes before renaming it into place), as a full disk would."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds the file of a descriptor in /proc")
+@pytest.mark.parametrize("victim", ["config.json", "checkpoints/relu-seed0.pt", "runs/relu-seed0.json", "report.md"])
+def test_a_full_disk_names_the_file_being_written(tmp_path, capsys, monkeypatch, victim):
+    """ENOSPC used to print "[Errno 28] No space left on device" without saying which file."""
+    out = tmp_path / "x"
+    _disk_full_for(monkeypatch, os.path.basename(victim))
+    assert _run(out) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / victim}: No space left on device" in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+    assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")] and not (out / LOCK_NAME).exists()
+    if victim == "report.md":  # colu report too
+        assert "--resume" in err
+        assert report_main([str(out)]) == 2
+        assert f"cannot write {out / victim}: No space left on device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lr, step, on_device", [("1e30", 2, False), ("1e30", 2, True), ("1e300", 1, False)])
+def test_a_diverging_run_is_recorded_and_the_command_fails_naming_it(tmp_path, capsys, monkeypatch, lr, step,
+                                                                     on_device):
+    """--lr 1e30 used to end in matplotlib ("Data cannot be log-scaled"), --lr 1e300 in a traceback from Adam.
+    Each diverged run stops, is recorded as diverged, the others still train, and the command exits 1.
+    ``on_device``: the loss is watched the way it is on a GPU (on the device, read at evaluations only)."""
+    import re
+
+    if on_device:
+        monkeypatch.setattr(runner, "_loss_is_cheap_to_read", lambda device: False)
+    out = tmp_path / "x"
+    assert _run(out, "--lr", lr, "--activations", "relu", "silu") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for act in ("relu", "silu"):
+        found = re.search(rf"{act} seed 0 diverged at step (\d+) \((loss|update) = (nan|inf)\)", err)
+        assert found, err
+        assert int(found.group(1)) == step
+    res = _results(out)
+    assert [r["activation"] for r in res["runs"]] == ["relu", "silu"] and all(r["diverged"] for r in res["runs"])
+    assert all(v["diverged"] == 1 for per in res["summary"].values() for v in per.values())
+    assert "diverged" in (out / "report.md").read_text()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume"]) == 1  # the records are kept
+    assert "relu seed 0 diverged at step" in capsys.readouterr().err
+
+
+def test_set_errors_name_the_set_option_as_written(tmp_path, capsys):
+    """--set lr=-1 was reported as "command line: --lr -1.0", an option the user never typed."""
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--set", "lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set lr=-1:" in err and "--lr" not in err and "> 0" in err
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--set", "seeds=many"]) == 2
+    assert "--set seeds=many:" in capsys.readouterr().err
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(tmp_path / "x"), "--lr", "-1"]) == 2
+    assert "--lr -1.0 is out of range" in capsys.readouterr().err  # the option itself is named as before
+
+
+def test_resume_with_changed_options_says_what_differs_in_words(tmp_path, capsys):
+    """Was "lr=0.05 (saved: 0.01) differ", and "(saved: None)" for a budget the saved run did not set."""
+    out = tmp_path / "x"
+    assert run_main(["mnist-mlp", "--quiet", "--seeds", "1", "--batch-size", "64", "--activations", "relu",
+                     "--set", "width=16", "--epochs", "1", "--lr", "0.01", "--halt-after", "2",
+                     "--out", str(out)]) == 3
+    capsys.readouterr()
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume", "--lr", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: lr is 0.05 here but the saved run used 0.01" in err and "--out" in err
+    assert run_main(["mnist-mlp", "--quiet", "--out", str(out), "--resume", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "steps is 5 here but the saved run did not set it" in err and "None" not in err
+
+
+@pytest.mark.parametrize("ckpt_every, stop_at, lost", [
+    ("500", 3, "no checkpoint of it yet, so all 3 of its steps are lost"),
+    ("2", 5, "the 1 step since its checkpoint at step 4 is lost"),
+])
+def test_ctrl_c_says_which_steps_of_the_unfinished_run_are_lost(tmp_path, capsys, monkeypatch, ckpt_every,
+                                                                 stop_at, lost):
+    """Ctrl-C before a run's first checkpoint discarded its steps without a word."""
+    real = runner.lr_factor
+
+    def lr_then_interrupt(cfg, step, total):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return real(cfg, step, total)
+
+    monkeypatch.setattr(runner, "lr_factor", lr_then_interrupt)
+    assert _run(tmp_path / "x", "--ckpt-every", ckpt_every) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted in relu seed 0 at step {stop_at} of 6: {lost}" in err, err
+    assert err.strip().count("\n") == 0 and "continue with: " in err
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 800000000000 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_running_out_of_memory_names_the_run_and_batch_size(tmp_path, capsys, monkeypatch, error):
+    def out_of_memory(cfg, step, total):
+        raise error
+
+    monkeypatch.setattr(runner, "lr_factor", out_of_memory)
+    assert _run(tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "relu seed 0" in err and "out of memory" in err and "--batch-size 64" in err and "Traceback" not in err

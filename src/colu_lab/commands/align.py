@@ -38,16 +38,16 @@ import time
 import torch
 
 from colu import align
-from colu.files import atomic_write_json, atomic_write_text
 from colu_lab.framework import paper, report
 from colu_lab.framework.activations import parse_activations
 from colu_lab.framework.config import (
     build_config,
+    changed_settings,
     cli_values,
     command_error,
     config_to_dict,
     load_yaml,
-    parse_set_items,
+    parse_set_options,
     preset_table,
     resolve_dataset,
 )
@@ -63,6 +63,7 @@ from colu_lab.framework.runner import (
     run_slug,
     train_run,
 )
+from colu_lab.framework.writing import atomic_write_json, atomic_write_text
 from colu_lab.registry import EXPERIMENTS
 
 METHODS = ("naive", "weights", "states")
@@ -124,7 +125,8 @@ def parse_args(argv):
     args = _parser().parse_args(argv)
     exp = alignable()[args.experiment]
     cli = cli_values(args, _TRAIN_KEYS)
-    cli.update(parse_set_items(args.set))
+    set_values, sources = parse_set_options(args.set)
+    cli.update(set_values)
     for key in ("seeds", "seed_offset", "activations"):
         if key in cli:
             raise ValueError(f"--set {key}=...: use --seed-pair / --activations; colu align always takes two seeds")
@@ -151,16 +153,16 @@ def parse_args(argv):
         if saved.get("experiment") != exp.name:
             raise ValueError(f"--from {args.from_dir!r} holds a {saved.get('experiment')!r} run, not {exp.name!r}")
         cfg, _ = build_config(exp.Config, None, saved["config"], {}, saved_path)
-        wanted, _ = build_config(exp.Config, None, saved["config"], cli, saved_path)
-        changed = [f"{k}={getattr(wanted, k)!r} (saved: {getattr(cfg, k)!r})" for k in config_to_dict(cfg)
-                   if k not in FROM_OVERRIDABLE and getattr(wanted, k) != getattr(cfg, k)]
+        wanted, _ = build_config(exp.Config, None, saved["config"], cli, saved_path, sources)
+        changed = changed_settings(wanted, cfg, FROM_OVERRIDABLE)
         if changed:
-            raise ValueError(f"--from {args.from_dir!r}: {', '.join(changed)} differ from how those models were "
+            raise ValueError(f"--from {args.from_dir!r}: {'; '.join(changed)}, so these are not the models it "
                              "trained; drop these options (the saved config is used)")
         cfg = wanted
     else:
         yaml_values = load_yaml(args.config) if args.config else {}
-        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config",
+                                     sources)
         resolve_dataset(exp, cfg, explicit)
     cfg.seeds, cfg.seed_offset = 2, seed_a
     cfg.activations = [a.label() for a in parse_activations(args.activations or exp.align.activations)]

@@ -9,7 +9,8 @@ import sys
 from colu_lab.framework import ablation, report
 from colu_lab.framework.config import command_error, parse_cli
 from colu_lab.framework.rundir import RunFolder
-from colu_lab.framework.runner import Halted, Interrupted, run_all
+from colu_lab.framework.runner import Halted, Interrupted, diverged_message, run_all
+from colu_lab.framework.writing import WriteError
 from colu_lab.registry import EXPERIMENTS
 
 
@@ -34,15 +35,26 @@ def _train(argv, sweep: bool) -> int:
         finished = ", ".join(getattr(exc, "finished", [])) or "none"
         started = request is not None and os.path.exists(os.path.join(request.out, "config.json"))
         how = f"; continue with: {request.resume_command}" if started else "; nothing was saved, rerun the command"
-        print(f"\n{prog}: interrupted (finished runs: {finished}){how}", file=sys.stderr)
+        lost = exc.lost() if isinstance(exc, Interrupted) else ""
+        what = f"{lost}; finished runs: {finished}" if lost else f"interrupted (finished runs: {finished})"
+        print(f"\n{prog}: {what}{how}", file=sys.stderr)
         return 130
+    except WriteError as exc:
+        started = request is not None and not request.ablation and os.path.exists(
+            os.path.join(request.out, "config.json"))
+        how = f", then continue with: {request.resume_command}" if started else ", then run the command again"
+        return command_error(f"{exc}{how}", prog)
     except (ValueError, OSError) as exc:
         return command_error(exc, prog)
     if results.get("world_size", 1) == 1 or _is_main():
         print(f"\n{results['experiment']} ({results['data']['description']})")
         print(report.summary_table(request.exp, results))
         print(f"results, plots and report.md in {request.out}")
-    return 0
+        # a diverged run is a result (recorded, counted in the summary), but not a success
+        for record in results["runs"]:
+            if record.get("diverged"):
+                print(f"{prog}: {diverged_message(record)}", file=sys.stderr)
+    return 1 if any(r.get("diverged") for r in results["runs"]) else 0
 
 
 def _ablation(request, prog, argv) -> int:

@@ -289,16 +289,19 @@ def load_yaml(path: str) -> dict:
     return loaded.get("config", loaded) if "experiment" in loaded else loaded
 
 
-def build_config(cls, presets, yaml_values: dict, cli_values: dict, source: str = "config"):
+def build_config(cls, presets, yaml_values: dict, cli_values: dict, source: str = "config",
+                 cli_sources: dict | None = None):
     """defaults < preset < YAML < CLI; returns (config, explicitly set keys).
 
     ``presets`` maps preset names to their settings; the ``preset`` key of the
     YAML or CLI values picks one (CLI wins). ``presets=None`` applies none and
     keeps ``preset`` as a label only (a saved config already holds what its
-    preset produced).
+    preset produced). ``cli_sources`` maps CLI keys that were not given as
+    their own option to how they were written (``{"lr": "--set lr=-1"}``), so
+    that an error names what the user typed.
     """
     yaml_values = {k: coerce(cls, k, v, source) for k, v in yaml_values.items()}
-    cli_values = {k: coerce(cls, k, v, "command line") for k, v in cli_values.items()}
+    cli_values = {k: coerce(cls, k, v, (cli_sources or {}).get(k, "command line")) for k, v in cli_values.items()}
     chosen = {**yaml_values, **cli_values}.get("preset")
     preset_values = {}
     if chosen is not None and presets is not None:
@@ -427,13 +430,36 @@ def cli_values(args, keys) -> dict:
 
 def parse_set_items(items) -> dict:
     """``--set KEY=VALUE`` options as a dict (dashes in keys read as underscores)."""
-    values = {}
+    return parse_set_options(items)[0]
+
+
+def parse_set_options(items) -> tuple[dict, dict]:
+    """``--set KEY=VALUE`` options as ``(values, sources)``: ``{key: value}`` and ``{key: "--set KEY=VALUE"}`` as
+    written (for :func:`build_config`'s ``cli_sources``, so that an error names what the user typed)."""
+    values, sources = {}, {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        values[key.strip().replace("-", "_")] = value
-    return values
+        key = key.strip().replace("-", "_")
+        values[key], sources[key] = value, f"--set {item}"
+    return values, sources
+
+
+def changed_settings(new, saved, skip=()) -> list[str]:
+    """'lr is 0.05 here but the saved run used 0.01' for each field of config ``new`` that differs from ``saved``
+    (fields in ``skip`` aside); a field the saved run left unset (``None``) is said to be not set."""
+    def shown(value):
+        return "not set" if value is None else repr(value)
+
+    out = []
+    for key in dataclasses.asdict(new):
+        now, then = getattr(new, key), getattr(saved, key)
+        if key in skip or now == then:
+            continue
+        used = "did not set it" if then is None else f"used {shown(then)}"
+        out.append(f"{key} is {shown(now)} here but the saved run {used}")
+    return out
 
 
 def resolve_dataset(exp, cfg, explicit: set) -> None:
@@ -494,7 +520,8 @@ def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool 
     args = _parser(prog, description, experiments).parse_args(argv)
     exp = experiments[args.experiment]
     cli = cli_values(args, _CLI_KEYS)
-    cli.update(parse_set_items(args.set))
+    set_values, sources = parse_set_options(args.set)  # sources: how each --set value was written
+    cli.update(set_values)
     if cli.get("preset") is not None and not args.resume:
         exp.preset_settings(cli["preset"])  # an unknown name: the error lists this experiment's presets
     out = args.out or os.path.join("runs", exp.name + ("-sweep" if sweep else ""))
@@ -511,7 +538,8 @@ def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool 
             raise ValueError(f"--ablation: {exp.name} has no ablation grid; drop --ablation")
         # every variant folder checks its own saved settings on --resume, so the base config is rebuilt from
         # the same options as the first time
-        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config",
+                                     sources)
         resolve_dataset(exp, cfg, explicit)
         given = [a for a in (argv if argv is not None else sys.argv[2:]) if a != "--overwrite"]
         resume_command = " ".join(["colu sweep", *map(shlex.quote, given), *([] if args.resume else ["--resume"])])
@@ -531,15 +559,16 @@ def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool 
         if asked is not None and asked != base.preset:
             raise ValueError(f"--resume: --preset {asked} differs from the preset the saved run started from "
                              f"({base.preset or 'none'}, in {saved_path}); resume without --preset/--quick")
-        cfg, _ = build_config(exp.Config, None, {**saved["config"], **yaml_values}, cli, saved_path)
-        changed = [f"{k}={getattr(cfg, k)!r} (saved: {getattr(base, k)!r})" for k in dataclasses.asdict(cfg)
-                   if k not in RUNTIME_KEYS | SELECTION_KEYS and getattr(cfg, k) != getattr(base, k)]
+        cfg, _ = build_config(exp.Config, None, {**saved["config"], **yaml_values}, cli, saved_path, sources)
+        changed = changed_settings(cfg, base, RUNTIME_KEYS | SELECTION_KEYS)
         if changed:
-            raise ValueError(f"--resume: {', '.join(changed)} differ from the saved config in {saved_path}; "
-                             "resume with the same options, or start a fresh run in another --out")
+            raise ValueError(f"--resume: {'; '.join(changed)} (settings in {saved_path}). A run continues with the "
+                             "settings it started with: resume without those options, or start a fresh run in "
+                             "another --out")
         cfg = dataclasses.replace(cfg, halt_after=cli.get("halt_after"))
     else:
-        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config")
+        cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config",
+                                     sources)
         resolve_dataset(exp, cfg, explicit)
         if sweep and "activations" not in explicit:
             cfg.activations = exp.sweep_grid(cfg)

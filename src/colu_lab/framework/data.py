@@ -140,6 +140,8 @@ def read_idx(path: str, expected_magic: int | None = None, max_bytes: int = MAX_
 
 def _read_idx_stream(f, path, expected_magic, max_bytes):
     head = _read_exactly(f, 4)
+    if not head:
+        raise DataError(f"{path}: file is empty (0 bytes), not an IDX file; replace it with an intact copy")
     if len(head) < 4:
         raise DataError(f"{path}: file is {len(head)} bytes, too short for an IDX header (truncated?)")
     magic = struct.unpack(">I", head)[0]
@@ -194,6 +196,9 @@ def _read_pair(directory: str, image_stem: str, label_stem: str):
                         "the pair must come from the same split")
     if labels.size and labels.max() > 9:
         raise DataError(f"{lab_path}: label {int(labels.max())} outside 0..9")
+    if images.shape[0] == 0:
+        raise DataError(f"{img_path}: holds 0 images (its header declares dimensions {images.shape}), so there is "
+                        "nothing to train or test on; replace it and its labels file with intact copies")
     return images, labels
 
 
@@ -339,13 +344,16 @@ def _read_cifar_batch(path: str):
         ok = isinstance(labels, list) and all(type(v) is int for v in labels)
     if not ok:
         raise DataError(f"{path}: 'labels' must be a list of ints, got {type(labels).__name__}")
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise DataError(f"{path}: {labels.shape} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        bad = int(labels[(labels < 0) | (labels > 9)][0])
+    shape = labels.shape if isinstance(labels, np.ndarray) else (len(labels),)
+    if len(shape) != 1 or shape[0] != data.shape[0]:
+        raise DataError(f"{path}: {shape} labels for {data.shape[0]} images")
+    # checked as Python ints before the conversion, so that 10**30 is reported rather than overflowing int64
+    # (and a uint64 2**64 - 1 rather than wrapped round to -1)
+    bad = next((v for v in (labels.tolist() if isinstance(labels, np.ndarray) else labels) if not 0 <= v <= 9),
+               None)
+    if bad is not None:
         raise DataError(f"{path}: label {bad} outside 0..9")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 @dataclass

@@ -15,10 +15,11 @@ import os
 import shlex
 import statistics
 
-from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
+from colu.files import read_json_object
 from colu_lab.framework.ablation_tables import report_section
 from colu_lab.framework.config import optimizer_description
 from colu_lab.framework.paper import format_number
+from colu_lab.framework.writing import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def summarize(runs, metrics) -> dict:
@@ -160,7 +161,9 @@ def plot_curves(results, out_dir: str, metrics, log_metrics=(), x: str = "epoch"
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
         for act in dict.fromkeys(r["activation"] for r in results["runs"]):
-            curves = [r["curve"] for r in results["runs"] if r["activation"] == act]
+            mine = [r for r in results["runs"] if r["activation"] == act]
+            # a diverged run's curve ends where it stopped: it would cut the others' short
+            curves = [r["curve"] for r in mine if not r.get("diverged")] or [r["curve"] for r in mine]
             length = min(len(c) for c in curves)
             xs = [p[x] for p in curves[0][:length]]
             means, stds = [], []
@@ -173,8 +176,8 @@ def plot_curves(results, out_dir: str, metrics, log_metrics=(), x: str = "epoch"
                             color=line.get_color(), alpha=0.2)
         ax.set_xlabel("optimizer step" if x == "step" else "epoch")
         ax.set_ylabel(metric)
-        if metric in log_metrics and all(
-                p.get(metric) is None or p[metric] > 0 for r in results["runs"] for p in r["curve"]):
+        shown = [p[metric] for r in results["runs"] for p in r["curve"] if p.get(metric) is not None]
+        if metric in log_metrics and shown and all(v > 0 for v in shown):  # nothing to show: no log scale
             ax.set_yscale("log")
         ax.set_title(f"{results['experiment']}: {metric} (mean ± std over seeds)")
         ax.legend(fontsize=7)
@@ -279,12 +282,22 @@ def load_results(out_dir: str) -> dict:
     if not os.path.exists(cfg_path):
         raise ValueError(f"{out_dir}: no results.json or config.json here; point colu report at a run's --out")
     saved = _read_json(cfg_path)
+    for key, kind in (("experiment", str), ("config", dict)):
+        if not isinstance(saved.get(key), kind):
+            raise ValueError(f"{cfg_path}: {_missing(saved, key, kind)}, so it is not a colu run's config.json; "
+                             "point colu report at a run's --out")
     runs_dir = os.path.join(out_dir, "runs")
     runs = []
     for fn in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
         if not fn.endswith(".json"):
             continue  # e.g. the temporary file of a write that was killed
-        runs.append(_read_json(os.path.join(runs_dir, fn)))
+        path = os.path.join(runs_dir, fn)
+        record = _read_json(path)
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"{path}: {problem}, so it is not a run record colu wrote; delete it to train that run "
+                             f"again with colu run {saved['experiment']} --out {out_dir} --resume")
+        runs.append(record)
     if not runs:
         raise ValueError(f"{out_dir}: no finished runs yet (runs/ is empty); continue it with --resume")
     return {"experiment": saved["experiment"], "config": saved["config"], "data": saved.get("data", {
@@ -300,8 +313,58 @@ def unknown_experiment(out_dir: str, name, known) -> ValueError:
                       f"rebuilds; expected one of {', '.join(sorted(known))}{hint}")
 
 
+def _missing(obj: dict, key: str, kind: type) -> str:
+    """'\'runs\' is missing' or '\'runs\' is a dict, not a list'."""
+    if key not in obj:
+        return f"{key!r} is missing"
+    names = {str: "text", dict: "dict", list: "list", int: "whole number"}
+    return f"{key!r} is a {type(obj[key]).__name__}, not a {names.get(kind, kind.__name__)}"
+
+
+def _record_problem(record, where: str = "the record") -> str | None:
+    """What keeps ``record`` from being a run record the report can use (``None``: nothing)."""
+    if not isinstance(record, dict):
+        return f"{where} is a {type(record).__name__}, not a run record"
+    for key, kind in (("activation", str), ("seed", int), ("metrics", dict), ("curve", list)):
+        if key not in record:
+            return f"{where} has no {key!r}"
+        if not isinstance(record[key], kind):
+            return f"{where}: {_missing(record, key, kind)}"
+    for name, value in record["metrics"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{where}: metric {name!r} is {value!r}, not a number"
+    for j, point in enumerate(record["curve"]):
+        if not isinstance(point, dict) or not {"step", "epoch"} <= set(point):
+            return f"{where}: curve point {j} is not an evaluation point (with 'step' and 'epoch')"
+    return None
+
+
+def check_results(path: str, results: dict, exp_name: str, out_dir: str) -> None:
+    """Refuse (ValueError naming ``path`` and the key) results that lack what the summary and report read."""
+    problem = None
+    for key, kind in (("config", dict), ("runs", list), ("data", dict), ("device", str), ("world_size", int),
+                      ("wall_seconds", (int, float))):
+        if not isinstance(results.get(key), kind):
+            problem = _missing(results, key, kind if isinstance(kind, type) else float)
+            break
+    if problem is None:
+        missing = [k for k in ("description", "train_examples", "test_examples", "input_dim")
+                   if k not in results["data"]]
+        if missing:
+            problem = f"'data' has no {', '.join(map(repr, missing))}"
+    if problem is None:
+        problem = next(filter(None, (_record_problem(r, f"runs[{i}]") for i, r in enumerate(results["runs"]))), None)
+    if problem:
+        raise ValueError(f"{path}: {problem}, so it is not a complete colu results file; rebuild it with colu run "
+                         f"{exp_name} --out {out_dir} --resume (finished runs in runs/ are reused, not retrained)")
+
+
 def rebuild(exp, out_dir: str, results: dict) -> dict:
-    """Re-summarize ``results`` (see :func:`load_results`) of experiment ``exp`` and re-render the folder's report."""
+    """Re-summarize ``results`` (see :func:`load_results`) of experiment ``exp`` and re-render the folder's report.
+
+    Results that lack a key the report reads are refused, naming the file and the key, before anything is written.
+    """
+    check_results(os.path.join(out_dir, "results.json"), results, exp.name, out_dir)
     results["summary"] = summarize(results["runs"], exp.metrics)
     atomic_write_json(os.path.join(out_dir, "results.json"), results)
     write_report(exp, results, out_dir)

@@ -27,6 +27,7 @@ import sys
 import time
 
 from colu.files import is_leftover_tmp
+from colu_lab.framework.writing import naming
 
 try:
     import fcntl
@@ -95,8 +96,12 @@ class RunFolder:
             fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
+        try:
+            with naming(self.lock_path), os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(me, f)
+        except OSError:
+            os.unlink(self.lock_path)  # an empty lock would stop the next run for nothing
+            raise
         self._locked = True
         return True
 

@@ -43,22 +43,23 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from colu_lab.framework import report
 from colu_lab.framework.activations import parse_activations
 from colu_lab.framework.config import MAX_EVALS, config_to_dict, fingerprint, result_settings, settings_diff
 from colu_lab.framework.rundir import RunFolder
+from colu_lab.framework.writing import atomic_write_bytes, atomic_write_json, atomic_write_text, naming
 
 
 def atomic_torch_save(path: str, obj) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    with naming(path):  # a full disk (or torch.save failing) names the checkpoint
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def append_jsonl(path: str, record: dict) -> None:
     # one write() per line, so an interrupted run leaves whole lines behind
-    with open(path, "a", encoding="utf-8") as f:
+    with naming(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -71,8 +72,15 @@ def prune_log(path: str, activation: str, seed: int, keep_through: int) -> None:
     """
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:  # colu writes ASCII JSON: these bytes came from elsewhere
+        raise StaleResults(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}), so not a log colu wrote or a "
+                           "damaged one; it was left as it is. Delete it to continue with --resume (the training log "
+                           "only: results and checkpoints do not depend on it), or start over with --overwrite"
+                           ) from None
     kept = []
     for line in lines:
         try:
@@ -255,13 +263,21 @@ def _mismatch(path: str, old_settings, settings: dict) -> str:
 
 def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_path: str | None,
               log_path: str | None, resume: bool, show_progress: bool, show_lines: bool = False,
-              out_dir: str | None = None) -> dict:
+              out_dir: str | None = None, progress: dict | None = None) -> dict:
     """Train one (activation, seed) and return its record: metrics, curve, width, extras.
 
     ``show_progress`` draws a tqdm bar (for terminals); ``show_lines`` prints one
     line per evaluation to stderr instead (for logs and pipes). ``out_dir``: the
     run's output folder, handed to the experiment's ``evaluation_files`` hook
-    (``None``: the hook is not called).
+    (``None``: the hook is not called). ``progress``, when given, is kept up to
+    date with ``step``, ``total`` and ``checkpoint`` (the step of the last
+    checkpoint, ``None`` before the first), so that an interruption can say
+    what it lost.
+
+    A training loss that is not finite raises :class:`Diverged` (carrying the
+    run's record, marked diverged) at the next evaluation or checkpoint, where
+    the loop waits for the device anyway; no checkpoint of the diverged
+    weights is written.
     """
 
     settings = result_settings(cfg)
@@ -282,6 +298,8 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         step, curve = int(state["step"]), list(state["curve"])
+    track = progress if progress is not None else {}
+    track.update(step=step, total=total, checkpoint=step if step else None)
     if info.main and log_path:
         prune_log(log_path, act.label(), seed, keep_through=step)
     # a run checkpointed where the experiment's stop criterion held is finished, whatever budget is left
@@ -296,6 +314,33 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)
             atomic_torch_save(ckpt_path, state)
         barrier(info)
+        track["checkpoint"] = step
+
+    # the first step whose loss was not finite (0: none yet) and that loss. On an accelerator they stay on the
+    # device, read only at evaluations and checkpoints: reading the loss every step would make the host wait for
+    # the device every step. On the CPU reading it costs nothing.
+    on_host = _loss_is_cheap_to_read(device)
+    first_bad = 0 if on_host else torch.zeros((), dtype=torch.int64, device=device)
+    bad_loss = math.nan if on_host else torch.zeros((), dtype=torch.float32, device=device)
+
+    def diverged(at: int, what: str, value: float) -> Diverged:
+        if bar is not None:
+            bar.close()
+        record = {"activation": act.label(), "seed": seed, "width": width, "steps": step, "budget_steps": total,
+                  "batch_size": batch, "train_examples": n, "fingerprint": fp, "settings": settings,
+                  "metrics": {m: None for m in exp.metrics}, "curve": clean(curve),
+                  "diverged": {"step": at, what: str(value)}}
+        return Diverged(diverged_message(record), record)
+
+    def check_finite() -> None:
+        mine = int(first_bad) if on_host else int(first_bad.item())
+        at = mine
+        if info.world > 1:  # every process stops together, at the earliest step any of them saw
+            shared = torch.tensor(mine or total + 1, dtype=torch.int64, device=device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MIN)
+            at = int(shared.item()) if int(shared.item()) <= total else 0
+        if at:
+            raise diverged(at, "loss", (float(bad_loss) if on_host else float(bad_loss.item())) if mine else math.nan)
 
     net = model
     if info.world > 1:
@@ -320,13 +365,30 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as exc:  # lr so large that the update is no float32 number (Adam: 1e300)
+            if "overflow" not in str(exc):
+                raise
+            raise diverged(step + 1, "update", math.inf) from None
         step += 1
+        track["step"] = step
+        if on_host:
+            if not first_bad:
+                value = loss.item()
+                if not math.isfinite(value):
+                    first_bad, bad_loss = step, value
+        else:
+            new_bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+            first_bad = torch.where(new_bad, step, first_bad)
+            bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
         if exp.after_step is not None:
             with torch.no_grad():
                 exp.after_step(model, loss.detach(), cfg, step)
         if bar is not None:
             bar.update(1)
+        if step % eval_every == 0 or step % cfg.ckpt_every == 0 or step == total or step == cfg.halt_after:
+            check_finite()  # before evaluating or saving diverged weights
         if step % eval_every == 0 or step == total:
             model.eval()
             with torch.no_grad():
@@ -367,16 +429,72 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
     return record
 
 
+def _loss_is_cheap_to_read(device) -> bool:
+    """Whether reading a loss on ``device`` every step costs nothing (the CPU) or waits for the device."""
+    return device.type == "cpu"
+
+
+class Diverged(ValueError):
+    """A run's training loss stopped being finite; ``record`` is its run record, marked ``diverged``."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+def diverged_message(record: dict) -> str:
+    """'relu seed 0 diverged at step 2 (loss = nan); ...' for a record marked ``diverged``."""
+    info = record["diverged"]
+    what = next(k for k in info if k != "step")
+    lr = (record.get("settings") or {}).get("lr")
+    lr = f"{lr:g}" if isinstance(lr, (int, float)) else "?"
+    head = f"{record['activation']} seed {record['seed']} diverged at step {info['step']} ({what} = {info[what]})"
+    if what == "update":
+        return f"{head}: learning rate {lr} overflows float32; recorded as diverged. Lower --lr"
+    return f"{head}; recorded as diverged. Lower --lr ({lr} here) or clip the gradients (--grad-clip)"
+
+
 def _stop_here(exp, point: dict, cfg) -> bool:
     """Whether the experiment's ``stop_when`` ends the run at evaluation point ``point`` (never without one)."""
     return exp.stop_when is not None and bool(exp.stop_when(point, cfg))
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a run: ``finished`` names the (activation, seed) runs whose results are on disk."""
-    def __init__(self, finished):
+    """Ctrl-C during a run: ``finished`` names the (activation, seed) runs whose results are on disk, ``current``
+    the run that was training (``None``: none was) and ``progress`` how far it had got (see :func:`train_run`)."""
+    def __init__(self, finished, current: str | None = None, progress: dict | None = None):
         super().__init__("interrupted")
         self.finished = finished
+        self.current = current
+        self.progress = progress or {}
+
+    def lost(self) -> str:
+        """What the interruption cost the unfinished run, in words ("" when no run was training)."""
+        if self.current is None:
+            return ""
+        step, total, saved = (self.progress.get(k) for k in ("step", "total", "checkpoint"))
+        if step is None:
+            return (f"interrupted in {self.current}: its steps since its last checkpoint (all of them if it had "
+                    "none) are lost")
+        if not step:
+            return f"interrupted in {self.current} before its first step: none of its steps is lost"
+        where = f"interrupted in {self.current} at step {step} of {total}"
+        if saved == step:
+            return f"{where}, at its checkpoint: none of its steps is lost"
+        if saved is None:
+            its = "its 1 step is" if step == 1 else f"all {step} of its steps are"
+            return f"{where}: no checkpoint of it yet, so {its} lost"
+        k = step - saved
+        steps = "1 step" if k == 1 else f"{k} steps"
+        return f"{where}: the {steps} since its checkpoint at step {saved} {'is' if k == 1 else 'are'} lost"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator's "out of memory" (CUDA's, the CPU allocator's or Python's)."""
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", ()))):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def load_record(path: str, fp: str, settings: dict, act_label: str, seed: int) -> dict:
@@ -469,6 +587,7 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
     if talk and len(plan) > 1:
         print(f"[{exp.name}] {len(acts)} activation(s) x {cfg.seeds} seed(s) = {len(plan)} runs", flush=True)
     trained = 0
+    current, progress = None, {}  # the run being trained, and how far it got (for an interruption's message)
     try:
         for i, (act, seed) in enumerate(plan):
             slug = f"{run_slug(act.label())}-seed{seed}"
@@ -478,10 +597,24 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
                 finished.append(f"{act.label()} seed {seed}")
                 continue
             t0 = time.time()
-            record = train_run(exp, cfg, act, seed, train_data, device=device, info=info,
-                               ckpt_path=os.path.join(out_dir, "checkpoints", slug + ".pt"), log_path=log_path,
-                               resume=resume, show_progress=not quiet and terminal,
-                               show_lines=not quiet and not terminal, out_dir=out_dir)
+            current, progress = f"{act.label()} seed {seed}", {}
+            try:
+                record = train_run(exp, cfg, act, seed, train_data, device=device, info=info,
+                                   ckpt_path=os.path.join(out_dir, "checkpoints", slug + ".pt"), log_path=log_path,
+                                   resume=resume, show_progress=not quiet and terminal,
+                                   show_lines=not quiet and not terminal, out_dir=out_dir, progress=progress)
+            except Diverged as exc:
+                # a result like any other (the summary counts it as diverged): the other runs still train, and
+                # the command ends with an error naming it
+                record = exc.record
+            except Exception as exc:
+                if not _out_of_memory(exc):
+                    raise
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split("DefaultCPUAllocator: ")[-1]
+                raise ValueError(f"{current} ran out of memory on {device} with --batch-size {cfg.batch_size} "
+                                 f"({detail[:160]}); lower --batch-size (or the model's size or evaluation batch), "
+                                 "then continue with --resume") from None
+            current = None
             record["seconds"] = round(time.time() - t0, 3)
             if info.main:
                 atomic_write_json(done_path, record)
@@ -497,7 +630,7 @@ def _run_locked(exp, cfg, acts, out_dir, info, device, *, resume, quiet, command
                 print(f"[{exp.name}] that run took {_duration(record['seconds'])}; about "
                       f"{_duration(record['seconds'] * left)} for the {left} still to run", flush=True)
     except KeyboardInterrupt:
-        raise Interrupted(finished) from None
+        raise Interrupted(finished, current, progress) from None
     results = {"experiment": exp.name, "config": cfg_dict, "fingerprint": fp, "data": data.summary(),
                "device": str(device), "precision": precision_description(cfg_dict, device),
                "world_size": info.world, "runs": runs,

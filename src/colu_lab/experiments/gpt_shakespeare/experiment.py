@@ -237,7 +237,26 @@ def load_data(cfg) -> TextData:
                 else data_mod.CHAR_CORPUS_SOURCE)
         raise data_mod.DataError(f"--data {cfg.data!r} is a directory; {NAME} reads one text file: {hint}")
     corpus = data_mod.load_char_corpus(cfg.data, block_size=cfg.block_size)
+    check_batch_sizes(cfg, corpus)
     return TextData(corpus, cfg.block_size, cfg.eval_batches, cfg.eval_batch_size)
+
+
+def check_batch_sizes(cfg, corpus: data_mod.CharCorpus) -> None:
+    """Refuse batches of more windows than the text holds (before anything is allocated for them).
+
+    Windows are drawn with replacement, so a larger batch would only repeat windows; an absurd one (``1e11``)
+    would otherwise end in the memory allocator. The evaluation sets draw ``eval_batch_size`` windows from the
+    training and from the validation text alike.
+    """
+    block = cfg.block_size
+    train, val = int(corpus.train.numel()) - block, int(corpus.val.numel()) - block
+    if cfg.batch_size > train:
+        raise ValueError(f"--batch-size {cfg.batch_size} is more than the {train} windows of {block} characters "
+                         f"that the training text of {cfg.data} holds; use --batch-size <= {train}")
+    if cfg.eval_batch_size > min(train, val):
+        part, limit = ("validation", val) if val < train else ("training", train)
+        raise ValueError(f"eval_batch_size {cfg.eval_batch_size} is more than the {limit} windows of {block} "
+                         f"characters that the {part} text of {cfg.data} holds; use --set eval_batch_size <= {limit}")
 
 
 def train_examples(data: TextData) -> int:

@@ -17,6 +17,7 @@ reproducible.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -114,7 +115,14 @@ def _choose(results: dict, label: str | None, seed: int | None, folder: str) -> 
     if seed not in seeds:
         raise SampleError(f"--seed {seed}: {folder} has no {label} run of that seed; its seeds are "
                           f"{', '.join(map(str, sorted(seeds)))}")
-    return next(r for r in runs if r["activation"] == label and r["seed"] == seed)
+    record = next(r for r in runs if r["activation"] == label and r["seed"] == seed)
+    if record.get("diverged"):
+        others = [f"{r['activation']} seed {r['seed']}" for r in runs if not r.get("diverged")]
+        raise SampleError(f"{label} seed {seed} diverged at step {record['diverged'].get('step')} of its training in "
+                          f"{folder}, so there is no trained model to sample from; "
+                          + (f"choose another run with --activation/--seed ({', '.join(others)})" if others
+                             else "every run there diverged: retrain with a lower --lr"))
+    return record
 
 
 def load_model(folder: str, saved: dict, results: dict, record: dict) -> torch.nn.Module:
@@ -149,14 +157,38 @@ def load_model(folder: str, saved: dict, results: dict, record: dict) -> torch.n
     return model.eval()
 
 
+def young_run_warning(saved: dict, record: dict) -> str | None:
+    """Why the model of ``record`` may write little more than random characters (``None``: no reason to think so).
+
+    A run that stopped before its budget, or that trained under a tenth of the paper's budget (the experiment's
+    default ``steps``), is still near its start; its text is printed all the same.
+    """
+    steps = record.get("steps")
+    if not isinstance(steps, int):
+        return None
+    who = f"{record.get('activation')} seed {record.get('seed')}"
+    budget = record.get("budget_steps") or (saved.get("config") or {}).get("steps")
+    if isinstance(budget, int) and steps < budget:
+        return f"{who} trained only {steps} of its {budget} steps, so its text may be close to random characters"
+    paper = gpt_shakespeare.Config().steps
+    if steps < paper // 10:
+        return (f"{who} trained only {steps} steps (under a tenth of the paper's {paper}), so expect text close to "
+                "random characters; train longer for readable text (--steps N, or --preset paper on a GPU)")
+    return None
+
+
 def sample(folder: str, *, activation: str | None = None, seed: int | None = None, tokens: int = 500,
            prompt: str | None = None, temperature: float = 1.0, top_k: int | None = None,
            sample_seed: int = 0) -> str:
     """The text ``colu sample`` prints (see the module documentation)."""
     if tokens < 1:
         raise SampleError(f"--tokens {tokens}: must be >= 1")
-    if temperature < 0:
-        raise SampleError(f"--temperature {temperature}: must be >= 0 (0 always picks the most likely character)")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise SampleError(f"--temperature {temperature}: must be a finite number >= 0 (0 always picks the most "
+                          "likely character; 1 samples as trained)")
+    if 0 < temperature < 1e-6:  # the logits divided by it overflow float32; and it would be greedy anyway
+        raise SampleError(f"--temperature {temperature}: too small to divide the logits by; use --temperature 0 "
+                          "(always the most likely character), which is what it would amount to")
     if top_k is not None and top_k < 1:
         raise SampleError(f"--top-k {top_k}: must be >= 1 (or left out to sample among all characters)")
     if sample_seed < 0:
@@ -172,6 +204,9 @@ def sample(folder: str, *, activation: str | None = None, seed: int | None = Non
                           f"these: {vocab!r}")
     record = _choose(results, activation, seed, folder)
     model = load_model(folder, saved, results, record)
+    warning = young_run_warning(saved, record)
+    if warning:
+        print(f"colu sample: warning: {warning}", file=sys.stderr, flush=True)
     index = {c: i for i, c in enumerate(vocab)}
     idx = torch.tensor([[index[c] for c in start]], dtype=torch.int64)
     generator = torch.Generator().manual_seed(sample_seed)

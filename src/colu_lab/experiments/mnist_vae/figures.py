@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
+import sys
 
 import torch
 
@@ -74,6 +76,20 @@ def _runs(run_dir: str) -> list[dict]:
     return [_read(os.path.join(runs_dir, n), "a run record") for n in names]
 
 
+def _hidden(exp, run_dir: str) -> int:
+    """The run's ``hidden`` (the non-axis channels Figure 8's G must divide), from its config; the default else."""
+    for name in ("config.json", "results.json"):
+        path = os.path.join(run_dir, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                hidden = (json.load(f).get("config") or {}).get("hidden")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(hidden, int) and hidden > 0:
+            return hidden
+    return getattr(exp.Config, "hidden", 2400)
+
+
 def _panel_curves(runs, soft: bool, share: bool) -> list[tuple[str, str]]:
     """(label in the legend, activation label) of the Figure-8 curves one panel shows, in G order."""
     scaling = ",soft" if soft else ""
@@ -102,6 +118,13 @@ def test_loss_curves(exp, run_dir: str, path: str) -> str:
     if not any(len(curves) > 1 or (curves and curves[0][1] != "colu:G=0") for curves in panels.values()):
         raise ValueError(f"{run_dir}: none of Figure 8's activations were trained there; make them with colu "
                          f"sweep mnist-vae --activations {' '.join(figure8_activations())}")
+    wanted = figure8_activations(_hidden(exp, run_dir))
+    have = {r["activation"] for r in runs}
+    missing = [a for a in wanted if a not in have]
+    if missing:  # drawn all the same, from what there is
+        print(f"colu plot: warning: figure8 lacks {len(missing)} of Figure 8's activations ({', '.join(missing)}); "
+              f"it shows the others. Train them (finished runs are kept) with: colu sweep mnist-vae --out "
+              f"{shlex.quote(run_dir)} --resume --activations {' '.join(wanted)}", file=sys.stderr, flush=True)
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.2), sharex=True)
     colours = {}
