@@ -34,14 +34,33 @@ def _experiment(results: dict):
     return EXPERIMENTS[results["experiment"]]
 
 
-def _pm(stats) -> str:
-    """``mean ± std`` as the run reports print it; one seed prints its value alone."""
+def _num(value, like=None) -> str:
+    """A metric value: 3 significant digits in exponent form below 0.01 (an MSE), else as the run reports print."""
+    scale = abs(value if like is None else like)
+    if 0 < scale < 1e-2:
+        return f"{value:.2e}"
+    return format_number(value, like=like)
+
+
+def _cited(cited) -> str:
+    """A number the paper (or the experiment's reference) gives, as it gives it."""
+    if cited.mean is None:
+        return "unstable"
+    if cited.std is None or (cited.std == 0 and cited.mean != 0):  # a count (FLOPs) quoted without a spread
+        return _num(cited.mean)
+    return f"{_num(cited.mean)} ± {_num(cited.std, like=cited.mean)}"
+
+
+def _pm(stats, metric: str = "") -> str:
+    """``mean ± std`` as the run reports print it; one seed prints its value alone; a step count as a count."""
     if stats is None or stats.get("mean") is None:
         return "diverged" if stats and stats.get("diverged") else "—"
     mean, std = stats["mean"], stats["std"]
+    if metric.endswith("_step"):
+        return f"{mean:g}" if stats["n"] == 1 else f"{mean:g} ± {std:.3g}"
     if stats["n"] == 1:
-        return format_number(mean)
-    return f"{format_number(mean)} ± {format_number(std, like=mean)}"
+        return _num(mean)
+    return f"{_num(mean)} ± {_num(std, like=mean)}"
 
 
 def _stats(values) -> dict:
@@ -86,9 +105,9 @@ def run_table(root, path, *args) -> str:
         row = [f"`{act}`", widths.get(act), _seeds(results, act)]
         cited = exp.paper.values.get((act, widths.get(act)), {})
         for m in metrics:
-            row.append(_pm(per_metric[m]))
+            row.append(_pm(per_metric[m], m))
             if with_paper:
-                row.append(cited[m].text() if m in cited else "—")
+                row.append(_cited(cited[m]) if m in cited else "—")
         rows.append(row)
     return _table(header, rows)
 
@@ -113,7 +132,7 @@ def run_settings(root, path) -> str:
              f"process{'es' if world > 1 else ''}; {results['wall_seconds'] / 60:.1f} min wall for the whole folder"]
     reasons = comparability(exp, results)
     if reasons:
-        lines.append(f"- differs from the paper's settings: {'; '.join(reasons)}")
+        lines.append(f"- differs from the reference settings: {'; '.join(reasons)}")
     return "\n".join(lines)
 
 
@@ -128,9 +147,23 @@ def run_seeds(root, path, *metrics) -> str:
     results = _load(root, path)
     exp = _experiment(results)
     metrics = list(metrics) or list(exp.metrics)
-    rows = [[f"`{r['activation']}`", r["seed"], r.get("steps")] + [format_number(r["metrics"][m]) for m in metrics]
+    rows = [[f"`{r['activation']}`", r["seed"], r.get("steps")] + [_num(r["metrics"][m]) for m in metrics]
             for r in results["runs"]]
     return _table(["activation", "seed", "steps"] + [f"`{m}`" for m in metrics], rows)
+
+
+def difference(root, path, better, other, *metrics) -> str:
+    """Δ = mean(``better``) − mean(``other``) on each metric, with 2·SE over seeds (the reports' rule)."""
+    results = _load(root, path)
+    summary = summarize(results["runs"], metrics)
+    rows = []
+    for m in metrics:
+        a, b = summary[better][m], summary[other][m]
+        diff = a["mean"] - b["mean"]
+        two_se = 2 * math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+        rows.append([f"`{m}`", _pm(a), _pm(b), f"{diff:+.2f}", f"{two_se:.2f}",
+                     "beyond 2·SE" if abs(diff) > two_se else "within 2·SE"])
+    return _table(["metric", f"`{better}`", f"`{other}`", "Δ", "2·SE", "Δ against 2·SE"], rows)
 
 
 def curve_at(root, path, metric, *steps) -> str:
@@ -153,18 +186,31 @@ def curve_at(root, path, metric, *steps) -> str:
     return _table(["activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps], rows)
 
 
-def by_setting(root, key, *paths) -> str:
-    """One row per run folder, labelled by its config value of ``key``: every activation's final metrics."""
+def by_setting(root, key, *args) -> str:
+    """One row per run folder, labelled by its config value of ``key``: every activation's final metrics.
+
+    A final ``+paper`` adds the paper's number for each activation and metric, as in ``run-table``.
+    """
+    with_paper = "+paper" in args
     rows, metrics = [], None
-    for path in paths:
+    for path in (a for a in args if a != "+paper"):
         results = _load(root, path)
         exp = _experiment(results)
         metrics = metrics or list(exp.metrics)
         summary = summarize(results["runs"], metrics)
+        widths = _widths(results)
         for act, per_metric in summary.items():
-            rows.append([f"`{results['config'][key]}`", f"`{act}`", _seeds(results, act)]
-                        + [_pm(per_metric[m]) for m in metrics])
-    return _table([f"`{key}`", "activation", "seeds"] + [f"`{m}`" for m in metrics], rows)
+            cited = exp.paper.values.get((act, widths.get(act)), {})
+            row = [f"`{results['config'][key]}`", f"`{act}`", _seeds(results, act)]
+            for m in metrics:
+                row.append(_pm(per_metric[m]))
+                if with_paper:
+                    row.append(_cited(cited[m]) if m in cited else "—")
+            rows.append(row)
+    header = [f"`{key}`", "activation", "seeds"]
+    for m in metrics:
+        header += [f"`{m}`"] + ([f"paper `{m}`"] if with_paper else [])
+    return _table(header, rows)
 
 
 def cap_rotation(root, short, long) -> str:
@@ -178,8 +224,8 @@ def cap_rotation(root, short, long) -> str:
         seed0 = [r for r in a["runs"] if r["activation"] == act and r["seed"] == 0]
         cited = exp.paper.values.get((act, widths.get(act)), {}).get("eval_mse")
         rows.append([f"`{act}`", f"{_pm(sa[act]['eval_mse'])} (n={sa[act]['eval_mse']['n']})",
-                     format_number(seed0[0]["metrics"]["eval_mse"]) if seed0 else "—",
-                     f"{cited.mean:.3g}" if cited else "—",
+                     _num(seed0[0]["metrics"]["eval_mse"]) if seed0 else "—",
+                     _cited(cited) if cited else "—",
                      f"{_pm(sb[act]['eval_mse'])} (n={sb[act]['eval_mse']['n']})" if act in sb else "—"])
     return _table(["activation", "400 steps, all seeds", "400 steps, seed 0", "jax-colu README (seed 0, 400 steps)",
                    "2000 steps, all seeds"], rows)
@@ -202,11 +248,20 @@ def ablation(root, path) -> str:
     paper_row = ["paper (Table 1)"]
     for a in acts:
         cited = exp.paper.values.get((a, widths.get(a)), {})
-        paper_row.append(" / ".join(f"{cited[m].mean:g}" if m in cited and cited[m].mean is not None else "—"
+        paper_row.append(" / ".join(_cited(cited[m]) if m in cited else "—"
                                     for m in metrics))
     rows.append(paper_row)
     seeds = record["base_config"].get("seeds")
     return _table(["variant"] + [f"`{a}` {' / '.join(metrics)} ({seeds} seeds)" for a in acts], rows)
+
+
+def ablation_comparison(root, path) -> str:
+    """The ablation's scale and direction tables (``ablation.md``'s), from the ``scale`` and ``direction``
+    rows ``colu sweep --ablation`` stored in ``ablation.json``."""
+    from colu_lab.framework.ablation_tables import comparison_tables
+
+    record = _load(root, path)
+    return "\n".join(comparison_tables(EXPERIMENTS[record["experiment"]], record, level="####")).strip("\n")
 
 
 def align_barriers(root, *paths) -> str:
@@ -223,10 +278,15 @@ def align_barriers(root, *paths) -> str:
             for name in extra:
                 cell += f" ({name.upper()}: " + " → ".join(f"{m[f'{name}_barrier_{k}']:.2f}"
                                                          for k in ("naive", "weights", "states")) + ")"
-            pair = r.get("seed_pair") or cfg.get("seed_pair")
-            rows.append([label if i == 0 else "", f"`{r['activation']}`", " / ".join(map(str, pair)) if pair else "—",
-                         cell])
+            rows.append([label if i == 0 else "", f"`{r['activation']}`", f"{r['seed']} / {r['seed_b']}", cell])
     return _table(["models", "activation", "seeds", "barrier naive → weight-matched → state-matched"], rows)
+
+
+def align_verdicts(root, path) -> str:
+    """The ``colu align`` report's verdicts (alignment lowers the barrier; weights flatter than states)."""
+    from colu_lab.commands.align import verdict_lines
+
+    return "\n".join(verdict_lines(_load(root, path)))
 
 
 RENDERERS = {
@@ -235,8 +295,11 @@ RENDERERS = {
     "run-claims": run_claims,
     "run-seeds": run_seeds,
     "curve-at": curve_at,
+    "difference": difference,
     "by-setting": by_setting,
     "cap-rotation": cap_rotation,
     "ablation": ablation,
+    "ablation-comparison": ablation_comparison,
     "align-barriers": align_barriers,
+    "align-verdicts": align_verdicts,
 }

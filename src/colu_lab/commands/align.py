@@ -374,7 +374,7 @@ def _num(value, digits=4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _verdicts(results) -> list:
+def verdict_lines(results) -> list:
     runs = results["runs"]
     text, source = paper.ALIGN_CLAIMS["lowers"]
     lines = []
@@ -460,7 +460,7 @@ def render_report(results, plots) -> str:
     if reasons:
         lines += [f"The models were not trained with the paper's settings ({'; '.join(reasons)}); the paper gives "
                   "no barrier numbers either way, so only the direction of each effect is compared.", ""]
-    lines += _verdicts(results)
+    lines += verdict_lines(results)
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     lines += ["", "## Config", "", "```json", json.dumps(cfg, indent=1), "```", "",
               "Raw numbers (curves, objective traces of both matchings) are in results.json.", ""]

@@ -62,7 +62,10 @@ def _steps_per_run(results):
 
 
 def budget_line(results) -> str:
-    """'590 optimizer steps per run (batch 1024; ≈ 410 epochs of the 1438 training examples)'."""
+    """'590 optimizer steps per run (batch 1024; 295 epochs of the 1438 training examples, 2 steps each)'.
+
+    An epoch is ``ceil(n / batch)`` steps, as the runner counts it (the last batch of an epoch may be smaller),
+    not ``n / batch``."""
     steps = _steps_per_run(results)
     if steps is None:
         return "optimizer steps per run: " + ", ".join(
@@ -71,8 +74,9 @@ def budget_line(results) -> str:
     batch, n = run.get("batch_size"), run.get("train_examples")
     if not batch or not n:
         return f"{steps} optimizer steps per run"
-    return (f"{steps} optimizer steps per run (batch {batch}; ≈ {steps * batch / n:.3g} epochs of the {n} "
-            "training examples)")
+    per_epoch = math.ceil(n / min(batch, n))
+    return (f"{steps} optimizer steps per run (batch {batch}; {steps / per_epoch:.3g} epochs of the {n} training "
+            f"examples, {per_epoch} step{'s' if per_epoch > 1 else ''} each)")
 
 
 # ------------------------------------------------------------- comparability
@@ -225,7 +229,7 @@ def render_report(exp, results, plots, out_dir: str) -> str:
         for m in metrics:
             cells += [_fmt(per_metric[m]), row_paper[m].text() if m in row_paper else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Paper values are quoted from the paper (see `{exp.name}`'s module in `colu/experiments/`); a row "
+    lines += ["", f"Paper values are quoted from the paper (see the `{exp.name}` folder under `colu_lab/experiments/`); a row "
               "shows one only when activation and width match the paper's row."]
     if exp.paper.seeds:
         lines.append(f"The paper uses {exp.paper.seeds} seeds per configuration; this run used {cfg['seeds']}.")

@@ -4,7 +4,7 @@ C = 512 (511 for the shared-axis CoLU, so that C - 1 = G(S - 1)). Adam,
 learning rate 1e-3, batch 1024. The paper does not state the number of epochs
 or any weight decay; we read it as 10 epochs of MNIST's 60000 training images
 and none, and state the budget in optimizer steps (10 x 59 batches = 590
-steps), so that a smaller dataset (the built-in digits: 1437 images, two
+steps), so that a smaller dataset (the built-in digits: 1438 training images, two
 batches per epoch) still gets the same number of updates instead of 20.
 ``--epochs E`` trains for E epochs instead. No biases, following
 the paper's parameterization θ = (w, w'). Metrics are taken after the last
