@@ -10,17 +10,46 @@ gets the mode an ordinary ``open()`` would have given (0644 under the usual
 umask 022) before it is renamed, so that runs written to a shared folder can
 be read by the collaborators who share it.
 
+A write that fails (a full disk surfaces in ``write`` or ``fsync`` as ``[Errno
+28] No space left on device``, which does not say what was being written)
+raises :class:`WriteError`, an ``OSError`` whose message is one line naming
+the file; the old file, or none, is left in place.
+
 Only torch-free standard-library code lives here, so any tool can use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
 import tempfile
 
 TMP_SUFFIX = ".tmp"
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class WriteError(OSError):
+    """Writing a file failed; ``str()`` is the one-line message naming the file."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """Re-raise an ``OSError`` of the block as a :class:`WriteError` that names ``path`` (for writers of their own,
+    such as an append to a log)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (free some space on that disk, or write elsewhere)" if exc.errno in _FULL else ""
+        raise WriteError(exc.errno, f"cannot write {path}: {reason}{hint}") from exc
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,21 +62,26 @@ def _default_mode() -> int:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _default_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one.
+
+    Raises:
+        WriteError: the write failed (a full disk, a read-only folder, ...); the message names ``path``.
+    """
+    with naming(path):
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), _default_mode())
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str, text: str) -> None:

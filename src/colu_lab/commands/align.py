@@ -38,6 +38,7 @@ import time
 import torch
 
 from colu import align
+from colu.files import atomic_write_json, atomic_write_text
 from colu_lab.framework import paper, report
 from colu_lab.framework.activations import parse_activations
 from colu_lab.framework.config import (
@@ -63,7 +64,6 @@ from colu_lab.framework.runner import (
     run_slug,
     train_run,
 )
-from colu_lab.framework.writing import atomic_write_json, atomic_write_text
 from colu_lab.registry import EXPERIMENTS
 
 METHODS = ("naive", "weights", "states")

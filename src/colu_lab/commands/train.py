@@ -6,11 +6,11 @@ import os
 import shlex
 import sys
 
+from colu.files import WriteError
 from colu_lab.framework import ablation, report
 from colu_lab.framework.config import command_error, parse_cli
 from colu_lab.framework.rundir import RunFolder
 from colu_lab.framework.runner import Halted, Interrupted, diverged_message, run_all
-from colu_lab.framework.writing import WriteError
 from colu_lab.registry import EXPERIMENTS
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 
+from colu.files import atomic_write_json, atomic_write_text
 from colu_lab.framework.ablation_tables import (
     comparison_tables,
     describe_settings,
@@ -34,7 +35,6 @@ from colu_lab.framework.config import coerce, config_to_dict, optimizer_descript
 from colu_lab.framework.report import budget_line, comparability, write_report
 from colu_lab.framework.rundir import RunFolder
 from colu_lab.framework.runner import run_all
-from colu_lab.framework.writing import atomic_write_json, atomic_write_text
 
 
 def variant_configs(exp, cfg, explicit=frozenset()) -> dict:

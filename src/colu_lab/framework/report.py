@@ -15,11 +15,10 @@ import os
 import shlex
 import statistics
 
-from colu.files import read_json_object
+from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
 from colu_lab.framework.ablation_tables import report_section
 from colu_lab.framework.config import optimizer_description
 from colu_lab.framework.paper import format_number
-from colu_lab.framework.writing import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def summarize(runs, metrics) -> dict:

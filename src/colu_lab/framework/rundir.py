@@ -26,8 +26,7 @@ import socket
 import sys
 import time
 
-from colu.files import is_leftover_tmp
-from colu_lab.framework.writing import naming
+from colu.files import is_leftover_tmp, naming
 
 try:
     import fcntl

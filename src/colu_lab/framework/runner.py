@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text, naming
 from colu_lab.framework import report
 from colu_lab.framework.activations import parse_activations
 from colu_lab.framework.config import MAX_EVALS, config_to_dict, fingerprint, result_settings, settings_diff
 from colu_lab.framework.rundir import RunFolder
-from colu_lab.framework.writing import atomic_write_bytes, atomic_write_json, atomic_write_text, naming
 
 
 def atomic_torch_save(path: str, obj) -> None:
