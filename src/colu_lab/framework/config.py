@@ -428,14 +428,10 @@ def cli_values(args, keys) -> dict:
     return values
 
 
-def parse_set_items(items) -> dict:
-    """``--set KEY=VALUE`` options as a dict (dashes in keys read as underscores)."""
-    return parse_set_options(items)[0]
-
-
 def parse_set_options(items) -> tuple[dict, dict]:
-    """``--set KEY=VALUE`` options as ``(values, sources)``: ``{key: value}`` and ``{key: "--set KEY=VALUE"}`` as
-    written (for :func:`build_config`'s ``cli_sources``, so that an error names what the user typed)."""
+    """``--set KEY=VALUE`` options as ``(values, sources)``: ``{key: value}`` (dashes in keys read as
+    underscores) and ``{key: "--set KEY=VALUE"}`` as written (for :func:`build_config`'s ``cli_sources``, so
+    that an error names what the user typed)."""
     values, sources = {}, {}
     for item in items:
         key, eq, value = item.partition("=")
