@@ -20,7 +20,7 @@ if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 from colu_lab.framework.config import optimizer_description  # noqa: E402
-from colu_lab.framework.paper import format_number  # noqa: E402
+from colu_lab.framework.paper import MIN_SEEDS, format_number  # noqa: E402
 from colu_lab.framework.report import claim_verdicts, comparability, summarize  # noqa: E402
 from colu_lab.registry import EXPERIMENTS  # noqa: E402
 
@@ -161,8 +161,10 @@ def difference(root, path, better, other, *metrics) -> str:
         a, b = summary[better][m], summary[other][m]
         diff = a["mean"] - b["mean"]
         two_se = 2 * math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-        rows.append([f"`{m}`", _pm(a), _pm(b), f"{diff:+.2f}", f"{two_se:.2f}",
-                     "beyond 2·SE" if abs(diff) > two_se else "within 2·SE"])
+        judged = "beyond 2·SE" if abs(diff) > two_se else "within 2·SE"
+        if min(a["n"], b["n"]) < MIN_SEEDS:
+            judged += f" (too few seeds for a verdict: {a['n']} vs {b['n']})"
+        rows.append([f"`{m}`", _pm(a), _pm(b), f"{diff:+.2f}", f"{two_se:.2f}", judged])
     return _table(["metric", f"`{better}`", f"`{other}`", "Δ", "2·SE", "Δ against 2·SE"], rows)
 
 
@@ -256,12 +258,14 @@ def ablation(root, path) -> str:
 
 
 def ablation_comparison(root, path) -> str:
-    """The ablation's scale and direction tables (``ablation.md``'s), from the ``scale`` and ``direction``
-    rows ``colu sweep --ablation`` stored in ``ablation.json``."""
+    """The ablation's scale and direction tables (``ablation.md``'s), their rows recomputed from the variants'
+    summaries in ``ablation.json`` under the current verdict rule."""
+    from colu_lab.framework.ablation import with_current_verdicts
     from colu_lab.framework.ablation_tables import comparison_tables
 
-    record = _load(root, path)
-    return "\n".join(comparison_tables(EXPERIMENTS[record["experiment"]], record, level="####")).strip("\n")
+    exp = EXPERIMENTS[_load(root, path)["experiment"]]
+    record = with_current_verdicts(exp, _load(root, path))
+    return "\n".join(comparison_tables(exp, record, level="####")).strip("\n")
 
 
 def align_barriers(root, *paths) -> str:

@@ -151,7 +151,7 @@ def test_ablation_grid_flips_one_switch_at_a_time():
         dataclasses.replace(EXP, figures={"x": lambda d, p: p})
 
 
-def _summary(means_sds, n=2):
+def _summary(means_sds, n=3):
     return {act: {m: {"mean": v[0], "std": v[1], "n": n, "diverged": 0} for m, v in metrics.items()}
             for act, metrics in means_sds.items()}
 
@@ -178,6 +178,12 @@ def test_ablation_scale_and_direction_verdicts():
     assert verdicts[("good", "test_loss")] == "same (clear)" and verdicts[("good", "train_loss")] == "same (clear)"
     assert verdicts[("noisy", "test_loss")] == "same (within noise)"
     assert verdicts[("wrong", "test_loss")] == "opposite" and verdicts[("wrong", "train_loss")] == "opposite"
+    # two seeds: the direction is shown, no verdict on whether it is clear
+    few = {name: {**v, "summary": _summary({a: {m: (s["mean"], s["std"]) for m, s in ms.items()}
+                                             for a, ms in v["summary"].items()}, n=2)} for name, v in variants.items()}
+    few_verdicts = {(r["variant"], r["metric"]): r["verdict"] for r in ablation_mod.direction_rows(EXP, few)}
+    assert few_verdicts[("good", "test_loss")] == "same (too few seeds)"
+    assert few_verdicts[("wrong", "test_loss")] == "opposite (too few seeds)"
     # a width the paper has no row for: no paper value, no verdict invented
     other = {"x": {"settings": {}, "summary": good, "widths": dict.fromkeys(widths, 51)}}
     assert {r["verdict"] for r in ablation_mod.direction_rows(EXP, other)} == {"no paper value"}

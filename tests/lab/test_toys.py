@@ -239,6 +239,22 @@ def test_hemisphere_verdicts_follow_roundness_and_mse_away_from_the_equator():
     assert all("not comparable" in line for line in report.claim_verdicts(EXPERIMENTS["hemisphere"], biased))
 
 
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_fewer_than_three_seeds_give_no_verdict(seeds):
+    """With one seed SE = 0 and any difference looked clear (a -1e-4 difference printed "reproduced"): below three
+    seeds a side the report shows the numbers and gives no verdict; three seeds give one."""
+    cfg = {"bias": False}
+    values = {act: {m: v[:seeds] for m, v in per.items()}
+              for act, per in _hemisphere_values(0.2, 0.01, 1e-5, 1e-7).items()}
+    lines = report.claim_verdicts(EXPERIMENTS["hemisphere"], _results("hemisphere", cfg, values))
+    assert len(lines) == 6
+    assert all("too few seeds for a verdict" in line and "reproduced" not in line for line in lines)
+    assert all(f"{seeds} vs {seeds} finished seeds" in line and "Δ=" in line for line in lines)
+    three = report.claim_verdicts(EXPERIMENTS["hemisphere"], _results("hemisphere", cfg,
+                                                                       _hemisphere_values(0.2, 0.01, 1e-5, 1e-7)))
+    assert not any("too few seeds" in line for line in three)
+
+
 def test_cap_rotation_verdicts_and_the_step_budget():
     base = {k: v for k, v in cap_rotation.REFERENCE_SETTINGS.items() if k != "steps"}
     values = {"relu": {"eval_mse": [1.4e-3, 1.5e-3, 1.45e-3]}, "colu:S=4": {"eval_mse": [7e-4, 7.2e-4, 7.1e-4]},

@@ -145,10 +145,19 @@ def run_ablation(exp, cfg, out: str, *, explicit=frozenset(), resume: bool = Fal
     return record
 
 
+def with_current_verdicts(exp, record: dict) -> dict:
+    """``record`` with its scale and direction rows recomputed from the variants' summaries, so that a change of
+    the paper's values or of the verdict rule reaches an ablation run before it."""
+    scale = scale_rows(exp, record["variants"]) if exp.ablation.scale else []
+    return {**record, "scale": scale, "direction": direction_rows(exp, record["variants"])}
+
+
 def rebuild(exp, out: str) -> dict:
-    """Rewrite ablation.md from ablation.json (after the experiment's paper values or wording change)."""
+    """Rewrite ablation.json's rows and ablation.md (after the experiment's paper values, the verdict rule or the
+    wording change)."""
     with open(os.path.join(out, "ablation.json"), encoding="utf-8") as f:
-        record = json.load(f)
+        record = with_current_verdicts(exp, json.load(f))
+    atomic_write_json(os.path.join(out, "ablation.json"), record)
     atomic_write_text(os.path.join(out, "ablation.md"), render(exp, record))
     return record
 

@@ -11,6 +11,8 @@ import json
 import math
 import os
 
+from colu_lab.framework.paper import MIN_SEEDS
+
 
 def metric_stats(summary, act, metric):
     stats = summary.get(act, {}).get(metric)
@@ -66,6 +68,9 @@ def direction_rows(exp, variants: dict) -> list[dict]:
                     row.update(ours=diff, two_se=2 * se)
                     if paper is None:
                         row["verdict"] = "no paper value"
+                    elif min(sa["n"], sb["n"]) < MIN_SEEDS:
+                        row["verdict"] = ("same" if (diff > 0) == (paper > 0) and diff != 0 else "opposite") + \
+                            " (too few seeds)"
                     elif (diff > 0) != (paper > 0) or diff == 0:
                         row["verdict"] = "opposite" + ("" if abs(diff) > 2 * se else " (within noise)")
                     else:
@@ -105,7 +110,8 @@ def comparison_tables(exp, record: dict, level: str = "##") -> list[str]:
                           + (", ".join(f"`{t}`" for t in ties) if ties else "none") + "."]
     if ablation.pairs:
         lines += ["", f"{level} Direction: differences beside the paper's", "",
-                  "Δ = mean of the first activation minus mean of the second; *same (clear)* when the sign "
+                  "Δ = mean of the first activation minus mean of the second; *(too few seeds)* with fewer than "
+                  f"{MIN_SEEDS} seeds on either side, else *same (clear)* when the sign "
                   "matches the paper's and |Δ| > 2·SE over seeds.", ""]
         lines += ["| variant | pair | metric | Δ ours (2·SE) | Δ paper | verdict |", "|---|---|---|---|---|---|"]
         for row in record["direction"]:

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MIN_SEEDS = 3
+"""Seeds each side of a comparison needs before a difference is judged: with fewer, the spread (and so the 2·SE
+of the verdict rule) says nothing, and one seed makes any difference look clear."""
+
 
 def format_number(value: float, like: float | None = None) -> str:
     """A metric value as reports print it, with the precision chosen by ``like`` (default: the value itself):

@@ -18,7 +18,7 @@ import statistics
 from colu.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
 from colu_lab.framework.ablation_tables import report_section
 from colu_lab.framework.config import optimizer_description
-from colu_lab.framework.paper import format_number
+from colu_lab.framework.paper import MIN_SEEDS, format_number
 
 
 def summarize(runs, metrics) -> dict:
@@ -112,9 +112,10 @@ def claim_verdicts(exp, results) -> list[str]:
             lines.append(head + f"not tested (no runs for {', '.join(missing)}).")
             continue
         b = summary[claim.better][claim.metric]
-        observed, holds, clear = [], True, True
+        observed, holds, clear, seeds = [], True, True, [b["n"]]
         for other in claim.than:
             o = summary[other][claim.metric]
+            seeds.append(o["n"])
             if b["mean"] is None or o["mean"] is None:
                 holds, clear = False, False
                 observed.append(f"{other}: a run diverged")
@@ -127,7 +128,11 @@ def claim_verdicts(exp, results) -> list[str]:
             observed.append(f"{claim.better} {b['mean']:.4g} vs {other} {o['mean']:.4g} (Δ={diff:+.3g}, "
                             f"2·SE={2 * se:.2g})")
         seen = "; ".join(observed)
-        if reasons:
+        if min(seeds) < MIN_SEEDS:
+            also = " Settings also differ from the paper's (see above)." if reasons else ""
+            lines.append(head + f"too few seeds for a verdict ({' vs '.join(map(str, seeds))} finished seeds; "
+                                f"{MIN_SEEDS} per activation needed, --seeds {MIN_SEEDS}). Observed here: {seen}.{also}")
+        elif reasons:
             direction = "same direction" if holds else "opposite direction or tie"
             lines.append(head + f"not comparable (settings differ from the paper's, see above). "
                                 f"Observed here ({direction}): {seen}.")
