@@ -312,3 +312,25 @@ def test_without_diffusers_the_run_stops_with_the_extra_to_install(tmp_path, mon
     assert run_main(["diffusion-unet", "--quick", "--quiet", "--out", str(tmp_path / "x")]) == 2
     assert "pip install 'colu[experiments,diffusers]'" in capsys.readouterr().err
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_quick_and_cpu_presets_take_another_dataset(tmp_path):
+    """--quick trains the digits at 8x8 and --preset cpu the MNIST stand-in split from t10k: on a 32x32 dataset the
+    quick image size does not carry over ('image_size=8 ... drop image_size' came from the preset), on a folder it
+    does (a folder is resized to any size), and the cpu preset's t10k split stays with MNIST."""
+    from colu_lab.framework.config import parse_cli
+    from colu_lab.registry import EXPERIMENTS
+
+    folder = tmp_path / "imgs"
+    _write_images(folder, 4)
+    for dataset, size in (("mnist", 32), ("cifar10", 32), ("folder", 8)):
+        request = parse_cli(["diffusion-unet", "--quick", "--dataset", dataset, "--data", str(folder)], "colu run", "",
+                            EXPERIMENTS)
+        assert (request.cfg.image_size, request.cfg.block_channels) == (size, [8, 16]), dataset
+    request = parse_cli(["diffusion-unet", "--preset", "cpu", "--dataset", "folder", "--data", str(folder)],
+                        "colu run", "", EXPERIMENTS)
+    assert request.cfg.split_from_test is None and request.cfg.steps == 300
+    U.load_data(request.cfg)  # the folder loads without the split the preset meant for MNIST
+    explicit = parse_cli(["diffusion-unet", "--quick", "--dataset", "mnist", "--data", str(folder), "--set",
+                          "image_size=8"], "colu run", "", EXPERIMENTS)
+    assert explicit.cfg.image_size == 8  # what the user gives stays theirs (and load_data names it)

@@ -257,3 +257,22 @@ def test_cifar10_run_from_official_batches(tmp_path):
     assert res["data"]["train_examples"] == 20 and res["runs"][0]["metrics"]["flops"] > 0
     report = (out / "report.md").read_text()
     assert "depth = 8 (paper: 56)" in report and "dataset =" not in report  # only the budget and size differ
+
+
+def test_quick_runs_on_a_dataset_the_preset_does_not_name(tmp_path):
+    """--quick sets the built-in digits at 8x8; with CIFAR-10 (named, or found in --data) its digits size does not
+    carry over: it stopped with 'digits_size=8 applies to --dataset digits only ... drop it', a setting the user
+    never gave."""
+    from colu_lab.framework.config import parse_cli
+    from colu_lab.registry import EXPERIMENTS
+
+    cifar = tmp_path / "cifar"
+    _write_cifar(cifar)
+    for extra in (["--dataset", "cifar10"], []):
+        request = parse_cli(["resnet-cifar", "--quick", "--data", str(cifar), *extra], "colu run", "", EXPERIMENTS)
+        assert request.cfg.dataset == "cifar10" and request.cfg.digits_size == 32 and request.cfg.depth == 8
+    assert run_main(["resnet-cifar", "--quick", "--quiet", "--dataset", "cifar10", "--data", str(cifar),
+                     "--out", str(tmp_path / "out")]) == 0
+    # a value the user gives stays theirs, and still gets the error that names it
+    assert run_main(["resnet-cifar", "--quick", "--quiet", "--dataset", "cifar10", "--data", str(cifar),
+                     "--set", "digits_size=8", "--out", str(tmp_path / "out2")]) == 2

@@ -92,6 +92,14 @@ class TrainConfig:
     preset: Optional[str] = None  # the name of the preset the settings started from (a label only)
     halt_after: Optional[int] = None  # stop (checkpointed) after this many steps, as if interrupted
 
+    # settings that describe one dataset: a preset's values for them apply only when the preset's own dataset is
+    # the one trained on (an explicit --dataset, or the files of --data, that names another drops them)
+    DATASET_SPECIFIC: ClassVar[tuple] = ("split_from_test",)
+
+    @classmethod
+    def dataset_specific(cls, dataset: str) -> tuple:
+        """The settings a preset made for another dataset that do not carry over to ``dataset``."""
+        return cls.DATASET_SPECIFIC
     # key -> (comparison, bound): the allowed range of each number. Subclasses add their own keys with
     # ``LIMITS = {**TrainConfig.LIMITS, "width": (">=", 1)}``. ``None`` passes where the type is Optional.
     LIMITS: ClassVar[dict] = {
@@ -308,6 +316,10 @@ def build_config(cls, presets, yaml_values: dict, cli_values: dict, source: str 
         if chosen not in presets:
             raise ValueError(f"--preset {chosen}: no such preset here (presets: {', '.join(presets) or 'none'})")
         preset_values = {k: coerce(cls, k, v, f"preset {chosen}") for k, v in presets[chosen].items()}
+        wanted = {**yaml_values, **cli_values}.get("dataset")
+        if wanted is not None and preset_values.get("dataset") not in (None, wanted):
+            # the preset's settings for its own dataset (e.g. an image size) do not carry over to another one
+            preset_values = {k: v for k, v in preset_values.items() if k not in cls.dataset_specific(wanted)}
     layers = [preset_values, yaml_values, cli_values]  # lowest first
     values = {}
     for layer in layers:
@@ -488,6 +500,11 @@ def resolve_dataset(exp, cfg, explicit: set) -> None:
                              "(or drop --data for the built-in digits)")
         return
     found = recognise_dataset(cfg.data)
+    if found is not None and found != cfg.dataset:
+        # a preset's settings for its own dataset do not carry over to the one in --data
+        for key in type(cfg).dataset_specific(found):
+            if key not in explicit:
+                setattr(cfg, key, type(cfg).__dataclass_fields__[key].default)
     if found is None or found not in readable:
         what = f"{found} files" if found else "no dataset files this package reads"
         raise DataError(f"--data {cfg.data!r}: found {what}; {exp.name} reads "

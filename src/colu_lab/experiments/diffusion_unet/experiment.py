@@ -112,6 +112,11 @@ class Config(TrainConfig):
     activations: list = field(default_factory=list)
     image_size: int = 32
     block_channels: list[int] = field(default_factory=lambda: list(PAPER_WIDTHS))
+
+    @classmethod
+    def dataset_specific(cls, dataset: str) -> tuple:
+        # MNIST and CIFAR-10 are 32x32 here; the digits and a folder are resized to any size, a preset's included
+        return (*TrainConfig.DATASET_SPECIFIC, *(("image_size",) if dataset in ("mnist", "cifar10") else ()))
     layers_per_block: int = 1
     attention_levels: list[int] = field(default_factory=lambda: [0, 1, 2])
     norm_groups: int = 32

@@ -82,6 +82,7 @@ class Config(TrainConfig):
     depth: int = 56
     augment: bool = True
     digits_size: int = 32  # --dataset digits only: the side the 8x8 digits are enlarged to (8: as they are)
+    DATASET_SPECIFIC: ClassVar[tuple] = (*TrainConfig.DATASET_SPECIFIC, "digits_size")
     epochs: Optional[int] = 180
     steps: Optional[int] = None
     batch_size: int = 128
