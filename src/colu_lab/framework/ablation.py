@@ -108,9 +108,7 @@ def collect(exp, results_by_variant: dict, *, command: str = "", base_cfg=None) 
     record = {"experiment": exp.name, "command": command,
               "base_config": config_to_dict(base_cfg) if base_cfg is not None else {},
               "variants": variants}
-    record["scale"] = scale_rows(exp, variants) if exp.ablation.scale else []
-    record["direction"] = direction_rows(exp, variants)
-    return record
+    return with_current_verdicts(exp, record)
 
 
 def run_ablation(exp, cfg, out: str, *, explicit=frozenset(), resume: bool = False, overwrite: bool = False,
