@@ -44,6 +44,19 @@ def weighting(r: torch.Tensor, scaling: str) -> torch.Tensor:
     raise ValueError(f"weighting() has no formula for scaling={scaling!r}: 'exact' is not a weighting of the section")
 
 
+def section_norm(s: torch.Tensor) -> torch.Tensor:
+    """``||s||`` over the last dimension. ``torch.linalg.vector_norm`` squares without rescaling, so section
+    values above about 1e19 (1e154 in float64) give an infinite norm where every value is finite; those
+    cones take ``m ||s / m||`` with ``m = max |s|``."""
+    n = torch.linalg.vector_norm(s, dim=-1)
+    over = torch.isinf(n) & torch.isfinite(s).all(-1)
+    if bool(over.any()):
+        m = s.abs().amax(-1, keepdim=True)
+        m = torch.where(over.unsqueeze(-1), m, torch.ones_like(m))
+        n = torch.where(over, m.squeeze(-1) * torch.linalg.vector_norm(s / m, dim=-1), n)
+    return n
+
+
 def exact_projection(a: torch.Tensor, norm: torch.Tensor):
     """The metric projection of ``(a, s)`` onto the Lorentz cone ``{||s|| <= a}`` given ``norm = ||s||``:
     ``(axis, c)`` with the projection ``(axis, c * s)``.
@@ -116,10 +129,10 @@ def colu(
     if scaling == "exact":
         if share_axis:
             raise ValueError("scaling='exact' moves each cone's axis; a shared axis cannot move per cone")
-        a, coef = exact_projection(a, torch.linalg.vector_norm(s, dim=-1))
+        a, coef = exact_projection(a, section_norm(s))
         s_out = coef.unsqueeze(-1) * s
     else:
-        r = _scaled(a / (torch.linalg.vector_norm(s, dim=-1) + eps), angle_scale)
+        r = _scaled(a / (section_norm(s) + eps), angle_scale)
         s_out = weighting(r, scaling).unsqueeze(-1) * s
     out = torch.zeros_like(xl)
     out = out.index_copy(-1, axis_idx[:1] if share_axis else axis_idx, a[..., :1] if share_axis else a)
@@ -143,8 +156,8 @@ def rcolu(
     perp = groups - t.unsqueeze(-1) * e
     t_out = _axis_activation(t, axis_activation)
     if scaling == "exact":
-        t_out, w = exact_projection(t_out, torch.linalg.vector_norm(perp, dim=-1))
+        t_out, w = exact_projection(t_out, section_norm(perp))
     else:
-        w = weighting(_scaled(t_out / (torch.linalg.vector_norm(perp, dim=-1) + eps), angle_scale), scaling)
+        w = weighting(_scaled(t_out / (section_norm(perp) + eps), angle_scale), scaling)
     out = t_out.unsqueeze(-1) * e + w.unsqueeze(-1) * perp
     return out.flatten(-2).movedim(-1, dim).to(x.dtype)

@@ -102,6 +102,23 @@ SCRIPT = textwrap.dedent(
     y = colu.colu(x, 4, backend="triton")
     assert torch.isnan(y[0, 5:8]).all() and not torch.isnan(y[0, :4]).any() and not torch.isnan(y[0, 8:]).any()
     assert not torch.isnan(y[1]).any()
+    # sections whose squares overflow float32 (values 1e20..3e37) take the rescaled norm: as float64
+    for fn, kw in ((colu.colu, {}), (colu.colu, dict(layout="axes_first")), (colu.colu, dict(share_axis=True)), (colu.rcolu, {})):
+        C = 13 if kw.get("share_axis") else 16
+        x = torch.randn(3, C, dtype=torch.float64)
+        x[0, :C // 2] *= 1e20
+        x[1] *= 3e37
+        x = x.float().requires_grad_(True)
+        g = torch.randn(3, C)
+        y = fn(x, 4, backend="triton", **kw)
+        (gx,) = torch.autograd.grad(y, x, g)
+        x64 = x.detach().double().requires_grad_(True)
+        y64 = fn(x64, 4, backend="triton", **kw)
+        (g64,) = torch.autograd.grad(y64, x64, g.double())
+        assert torch.isfinite(y).all(), (fn, kw, y)
+        torch.testing.assert_close(y, y64.float(), rtol=1e-5, atol=0)
+        scale = g64.abs().amax(-1, keepdim=True)
+        torch.testing.assert_close(gx.double() / scale, g64 / scale, rtol=1e-5, atol=1e-4)
     print("TRITON-OK", n)
     """
 )

@@ -11,7 +11,7 @@ differs, which a cached build of older sources would otherwise misread.
 
 from __future__ import annotations
 
-VERSION = 4
+VERSION = 5
 """``COLU_ABI_VERSION``: what ``colu_abi_version()`` of a matching library returns."""
 
 KINDS = {"colu": 0, "rcolu": 1}

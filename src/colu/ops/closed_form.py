@@ -80,10 +80,29 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     """The Euclidean norm over dimension 2 (a cone's section), as ``sqrt(sum(t * t))``.
 
     ``torch.linalg.vector_norm`` over a short strided dimension took 80% of the whole forward (about 100x
-    ReLU's time on NCHW activations); a product and a sum are the fast, vectorised kernels, and give the
-    same values (neither rescales against overflow).
+    ReLU's time on NCHW activations); a product and a sum are the fast, vectorised kernels. Neither
+    rescales against overflow: squares of section values above about 1e19 (1e154 in float64) are infinite
+    where the values are not, so cones whose norm comes out infinite take :func:`_scaled_norm` instead: in
+    eager mode only when there is one; compiled (where Inductor fuses the select) or under ``vmap`` and the
+    other functorch transforms (which cannot branch on data), always.
     """
-    return _dot(t, t).sqrt()
+    n = _dot(t, t).sqrt()
+    if torch.compiler.is_compiling() or _transforms_active() or bool(torch.isinf(n).any()):
+        n = torch.where(torch.isinf(n), _scaled_norm(t), n)
+    return n
+
+
+# whether a functorch transform (vmap, grad, jvp) is running; where torch lacks the query, assume one is
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def _scaled_norm(t: torch.Tensor) -> torch.Tensor:
+    """The norm over dimension 2 as ``m * ||t / m||`` with ``m = max |t|``: no square exceeds 1 (an
+    infinite or NaN value keeps its infinite or NaN norm)."""
+    m = t.abs().amax(2, keepdim=True)
+    m = torch.where((m > 0) & (m < math.inf), m, torch.ones_like(m))
+    u = t / m
+    return m.squeeze(2) * _dot(u, u).sqrt()
 
 
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

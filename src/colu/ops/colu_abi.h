@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define COLU_ABI_VERSION 4
+#define COLU_ABI_VERSION 5
 
 /* colu_cfg.kind */
 enum colu_kind { COLU_KIND_COLU = 0, COLU_KIND_RCOLU = 1 };
@@ -60,7 +60,7 @@ typedef struct {
 } colu_cfg;
 
 int colu_abi_version(void);
-void colu_run(const int64_t* a);
+int colu_run(const int64_t* a); /* 1; 0: no memory to redo an overflowed float32 call in float64 */
 int colu_run_half(const int64_t* a);
 int colu_half_ok(const colu_cfg* c, int bf16);
 

@@ -74,6 +74,12 @@ BUILD_TIME = "usually 30-70 s on a 2-core machine"  # measured with gcc 12, AVX2
 LOCK_FILE = "lock"
 
 _KIND, _SCALING = abi.KINDS, abi.SCALINGS
+# colu_run and colu_run_half compute a call whose float32 squared section norms overflowed (section values
+# above about 1e19) again in float64, in buffers of a few hundred KB; this is what a failed allocation says
+OVERFLOW_NO_MEMORY = (
+    "colu: no memory to compute this call again in float64 (its float32 section norms overflowed: values "
+    "above about 1e19); free some memory, or pass float64 tensors"
+)
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # the kernel converts these itself where it can (colu_run_half)
 _ACT = abi.AXIS_ACTIVATIONS
 
@@ -378,7 +384,7 @@ def _open(path: Path):
         raise KernelUnavailable(f"{path} has ABI {lib.colu_abi_version()}, expected {ABI_VERSION}")
     ptr = ctypes.c_void_p
     lib.colu_run.argtypes = [ptr]
-    lib.colu_run.restype = None
+    lib.colu_run.restype = ctypes.c_int
     lib.colu_run_half.argtypes = [ptr]
     lib.colu_run_half.restype = ctypes.c_int
     lib.colu_half_ok.argtypes = [ptr, ctypes.c_int]
@@ -457,7 +463,8 @@ def run(lib, backward: int, x: torch.Tensor, grad, out: torch.Tensor, outer: int
     )
     if x.dtype in HALF_DTYPES:
         return bool(lib["run_half"](_tls.addr))
-    lib["run"](_tls.addr)
+    if not lib["run"](_tls.addr):
+        raise MemoryError(OVERFLOW_NO_MEMORY)
     return True
 
 

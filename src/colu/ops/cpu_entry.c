@@ -67,14 +67,17 @@ static PyObject* entry_call(PyObject* self, PyObject* const* args, Py_ssize_t na
         Py_DECREF(out);
         return NULL;
     }
-    int ran = 1;
+    int ran;
     Py_BEGIN_ALLOW_THREADS
-    if (half) ran = colu_run_half(a);
-    else colu_run(a);
+    ran = half ? colu_run_half(a) : colu_run(a);
     Py_END_ALLOW_THREADS
     if (!ran) {
         Py_DECREF(out);
-        PyErr_SetString(PyExc_RuntimeError, "call(): the kernel does not take this half-precision configuration");
+        if (half && !colu_half_ok((const colu_cfg*)(intptr_t)a[COLU_ARG_CFG], (int)a[COLU_ARG_DTYPE]))
+            PyErr_SetString(PyExc_RuntimeError, "call(): the kernel does not take this half-precision configuration");
+        else /* a float32 call whose norms overflowed, with no memory to compute it again in float64 */
+            PyErr_SetString(PyExc_MemoryError, "colu: no memory to compute this call again in float64 (its float32 "
+                                               "section norms overflowed); free some memory, or pass float64 tensors");
         return NULL;
     }
     return out;

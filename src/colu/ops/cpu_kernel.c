@@ -66,6 +66,7 @@
 
 #include "colu_abi.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -190,11 +191,22 @@ static inline float colu_expf(float x) {
 
 #define NB 64
 
+/* Sections whose squared norm overflows float32 (see too_big in kernel_body.h). The loops that find one
+ * bump this count once each; colu_run and colu_run_half compare it before and after their float32 call
+ * and, where it moved, compute the whole call again in float64 (rerun_f64). A count rather than a flag:
+ * calls on other threads run meanwhile, and another call's overflow can only make this one compute again
+ * (exactly), never hide its own. A relaxed atomic suffices: the end of a parallel region is a barrier. */
+static unsigned long overflows;
+static void note_overflow(void) { __atomic_fetch_add(&overflows, 1, __ATOMIC_RELAXED); }
+static unsigned long overflow_count(void) { return __atomic_load_n(&overflows, __ATOMIC_RELAXED); }
+
 /* The hand-written vector blocks this build can run (float32 only: only
- * kernel_body.h's float32 instance includes them) */
+ * kernel_body.h's float32 instance includes them). COLU_NO_AVX512 builds an
+ * AVX-512 machine's library with the AVX2 blocks, for A/B runs
+ * (benchmarks/kernel_ab.py cpu_kernel.c@-DCOLU_NO_AVX512). */
 #if defined(__AVX2__) && defined(__FMA__)
 #define COLU_AVX2 1
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && !defined(COLU_NO_AVX512)
 #define COLU_AVX512 1
 #endif
 #endif
@@ -205,6 +217,8 @@ static inline float colu_expf(float x) {
 #define EXP colu_expf
 #define LOG1P log1pf
 #define SPECIALISE_S 1
+#define NORM_CHECKED 1
+#define NORM_MAX FLT_MAX
 #include "kernel_body.h"
 #undef T
 #undef SFX
@@ -212,6 +226,8 @@ static inline float colu_expf(float x) {
 #undef EXP
 #undef LOG1P
 #undef SPECIALISE_S
+#undef NORM_CHECKED
+#undef NORM_MAX
 
 #define T double
 #define SFX(name) name##_f64
@@ -219,6 +235,8 @@ static inline float colu_expf(float x) {
 #define EXP exp
 #define LOG1P log1p
 #define SPECIALISE_S 0
+#define NORM_CHECKED 0
+#define NORM_MAX DBL_MAX
 #include "kernel_body.h"
 #undef T
 #undef SFX
@@ -226,13 +244,19 @@ static inline float colu_expf(float x) {
 #undef EXP
 #undef LOG1P
 #undef SPECIALISE_S
+#undef NORM_CHECKED
+#undef NORM_MAX
+
+static int rerun_f64(const i64* a, int src);
+enum { SRC_F32, SRC_F16, SRC_BF16 }; /* the dtype rerun_f64 reads and writes */
 
 /* One entry point that takes its arguments packed in an int64 array (the
  * slots are enum colu_arg in colu_abi.h). ctypes converts each argument of a
  * call separately, which for the per-argument entry points above costs a
  * microsecond or two per call; a single pointer to a reused buffer costs a
- * fraction of that. */
-void colu_run(const i64* a) {
+ * fraction of that. Returns 1, or 0 where a float32 call whose norms
+ * overflowed found no memory to be computed again in float64. */
+int colu_run(const i64* a) {
     const colu_cfg* c = (const colu_cfg*)(intptr_t)a[COLU_ARG_CFG];
     const int nt = (int)a[COLU_ARG_THREADS];
     const i64 outer = a[COLU_ARG_OUTER], C = a[COLU_ARG_C], inner = a[COLU_ARG_INNER];
@@ -241,10 +265,12 @@ void colu_run(const i64* a) {
     if (a[COLU_ARG_DTYPE]) {
         if (a[COLU_ARG_BACKWARD]) colu_backward_f64(x, g, out, outer, C, inner, c, nt);
         else colu_forward_f64(x, out, outer, C, inner, c, nt);
-    } else {
-        if (a[COLU_ARG_BACKWARD]) colu_backward_f32(x, g, out, outer, C, inner, c, nt);
-        else colu_forward_f32(x, out, outer, C, inner, c, nt);
+        return 1;
     }
+    const unsigned long seen = overflow_count();
+    if (a[COLU_ARG_BACKWARD]) colu_backward_f32(x, g, out, outer, C, inner, c, nt);
+    else colu_forward_f32(x, out, outer, C, inner, c, nt);
+    return overflow_count() == seen || rerun_f64(a, SRC_F32);
 }
 
 /* ------------------------------------------------- float16 / bfloat16 */
@@ -349,7 +375,7 @@ static int run_half_rows(const uint16_t* x, const uint16_t* g, uint16_t* out, co
 /* The argument block of colu_run, for float16 (slot COLU_ARG_DTYPE = 0) or bfloat16 (1) tensors;
  * returns 1 where it ran, 0 where Python must upcast instead (inner > 1, contiguous cones over HCHUNK
  * channels, float16 without F16C, or no memory for a row's buffers) */
-int colu_run_half(const i64* a) {
+static int run_half(const i64* a) {
     const colu_cfg* c = (const colu_cfg*)(intptr_t)a[COLU_ARG_CFG];
     const int backward = (int)a[COLU_ARG_BACKWARD], bf16 = (int)a[COLU_ARG_DTYPE];
     const i64 outer = a[COLU_ARG_OUTER], C = a[COLU_ARG_C], inner = a[COLU_ARG_INNER];
@@ -371,5 +397,71 @@ int colu_run_half(const i64* a) {
         }
         f32_to_half(of, out + c0 * S, len, bf16);
     });
+    return 1;
+}
+
+/* The argument block of colu_run, for float16 (slot COLU_ARG_DTYPE = 0) or bfloat16 (1) tensors;
+ * returns 1 where it ran, 0 where Python must upcast instead (inner > 1, contiguous cones over HCHUNK
+ * channels, float16 without F16C, or no memory for a row's buffers or for computing a call whose norms
+ * overflowed float32 again in float64) */
+int colu_run_half(const i64* a) {
+    const unsigned long seen = overflow_count();
+    if (!run_half(a)) return 0;
+    return overflow_count() == seen || rerun_f64(a, a[COLU_ARG_DTYPE] ? SRC_BF16 : SRC_F16);
+}
+
+/* ------------------------------------------------ float32 norm overflow */
+/* A call whose float32 squared norms overflowed, computed again whole in float64 (whose squares of float32
+ * values never overflow) and rounded back: RCHUNK values of outer rows at a time (at least one row)
+ * through heap buffers, so a call of any size needs a bounded, small amount of memory. Rare (section
+ * values above about 1e19, or infinite inputs), so the conversions are plain loops. Returns 0 where the
+ * buffers could not be allocated. */
+#define RCHUNK 32768
+
+static void load_f64(const void* p, double* d, const i64 n, const int src) {
+    if (src == SRC_F32)
+        for (i64 i = 0; i < n; ++i) d[i] = ((const float*)p)[i];
+    else if (src == SRC_BF16)
+        for (i64 i = 0; i < n; ++i) d[i] = bf16_to_f32(((const uint16_t*)p)[i]);
+#ifdef COLU_HAVE_F16
+    else
+        for (i64 i = 0; i < n; ++i) d[i] = _cvtsh_ss(((const uint16_t*)p)[i]);
+#endif
+}
+
+static void store_f64(const double* d, void* p, const i64 n, const int src) {
+    if (src == SRC_F32)
+        for (i64 i = 0; i < n; ++i) ((float*)p)[i] = (float)d[i];
+    else if (src == SRC_BF16)
+        for (i64 i = 0; i < n; ++i) ((uint16_t*)p)[i] = f32_to_bf16((float)d[i]);
+#ifdef COLU_HAVE_F16
+    else
+        for (i64 i = 0; i < n; ++i) ((uint16_t*)p)[i] = _cvtss_sh((float)d[i], _MM_FROUND_TO_NEAREST_INT);
+#endif
+}
+
+static int rerun_f64(const i64* a, const int src) {
+    const colu_cfg* c = (const colu_cfg*)(intptr_t)a[COLU_ARG_CFG];
+    const int backward = (int)a[COLU_ARG_BACKWARD], nt = (int)a[COLU_ARG_THREADS];
+    const i64 outer = a[COLU_ARG_OUTER], C = a[COLU_ARG_C], inner = a[COLU_ARG_INNER];
+    const char *x = (const char*)(intptr_t)a[COLU_ARG_X], *g = (const char*)(intptr_t)a[COLU_ARG_GRAD];
+    char* out = (char*)(intptr_t)a[COLU_ARG_OUT];
+    const i64 row = C * inner, per = row < RCHUNK ? RCHUNK / row : 1, len = per * row;
+    const i64 size = src == SRC_F32 ? 4 : 2;
+    double* xd = malloc(3 * (size_t)len * sizeof(double));
+    if (xd == NULL) return 0;
+    double *gd = xd + len, *od = gd + len;
+    for (i64 r0 = 0; r0 < outer; r0 += per) {
+        const i64 rows = outer - r0 < per ? outer - r0 : per, n = rows * row, at = r0 * row * size;
+        load_f64(x + at, xd, n, src);
+        if (backward) {
+            load_f64(g + at, gd, n, src);
+            colu_backward_f64(xd, gd, od, rows, C, inner, c, nt);
+        } else {
+            colu_forward_f64(xd, od, rows, C, inner, c, nt);
+        }
+        store_f64(od, out + at, n, src);
+    }
+    free(xd);
     return 1;
 }

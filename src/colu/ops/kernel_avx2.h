@@ -122,11 +122,14 @@ ALWAYS_INLINE void avx_fwd_scalars(const int n, const float* t, const float* ss,
         avx_act(n, t, tps, 0, act);
         tp = tps;
     }
-    _Pragma("omp simd") for (int j = 0; j < n; ++j) {
+    int over = 0;
+    _Pragma("omp simd reduction(|:over)") for (int j = 0; j < n; ++j) {
         w[j] = weight_f32(tp[j] / (sqrtf(ss[j]) + eps), sc);
         if (kind == COLU_KIND_RCOLU) base[j] = act != COLU_ACT_IDENTITY ? tp[j] * inv_rs : mu[j];
         else if (act != COLU_ACT_IDENTITY) base[j] = tp[j];
+        over |= too_big_f32(ss[j]);
     }
+    if (over) note_overflow();
 }
 
 /* Backward: w, coef, and b, for CoLU the axis' added term kk (its gradient is (g_a + kk) d, d = phi'(a),
@@ -140,18 +143,22 @@ ALWAYS_INLINE void avx_bwd_scalars(const int n, const float* t, const float* ss,
         avx_act(n, t, tps, d, act);
         tp = tps;
     }
+    int over = 0;
     if (kind == COLU_KIND_COLU) {
-        _Pragma("omp simd") for (int j = 0; j < n; ++j) bwd_scalars_f32(ss[j], q[j], tp[j], eps, sc, w + j, b + j, coef + j);
+        _Pragma("omp simd reduction(|:over)") for (int j = 0; j < n; ++j)
+            over |= bwd_scalars_f32(ss[j], q[j], tp[j], eps, sc, w + j, b + j, coef + j);
+        if (over) note_overflow();
         return;
     }
     const float inv_rs = 1.0f / sqrtf((float)S);
-    _Pragma("omp simd") for (int j = 0; j < n; ++j) {
+    _Pragma("omp simd reduction(|:over)") for (int j = 0; j < n; ++j) {
         float k;
-        bwd_scalars_f32(ss[j], q[j], tp[j], eps, sc, w + j, &k, coef + j);
+        over |= bwd_scalars_f32(ss[j], q[j], tp[j], eps, sc, w + j, &k, coef + j);
         float gt = gm[j] + k * inv_rs;
         if (act != COLU_ACT_IDENTITY) gt *= d[j];
         b[j] = gt - w[j] * gm[j] + coef[j] * mu[j];
     }
+    if (over) note_overflow();
 }
 
 /* Software prefetch, 8 KB ahead, of the block that the loop will read then.

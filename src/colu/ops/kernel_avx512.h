@@ -61,6 +61,7 @@ ALWAYS_INLINE __m512 avz_exp(__m512 x) {
 /* w = weight(t / (|s| + eps)) for 16 cones: soft and firm through avz_exp, any other scaling (hard) in
  * one vector pass of the shared helper, so that no scaling is ever computed as a sigmoid it is not */
 ALWAYS_INLINE void avz_weights(float* w, const float* t, const float* ss, const float eps, const int sc) {
+    if (_mm512_cmp_ps_mask(_mm512_loadu_ps(ss), _mm512_set1_ps(FLT_MAX), _CMP_GT_OQ)) note_overflow(); /* too_big */
     if (sc != COLU_SCALING_SOFT && sc != COLU_SCALING_FIRM) {
         _Pragma("omp simd") for (int j = 0; j < 16; ++j) w[j] = weight_f32(t[j] / (sqrtf(ss[j]) + eps), sc);
         return;
@@ -369,17 +370,20 @@ ALWAYS_INLINE void avz_bwd_chunk(const float* x, const float* gr, float* gi, con
         if (S == 4) avz_bstats4(x + o, gr + o, kind, t + c, ss + c, q + c, mu + c, gm + c);
         else avz_bstats8(x + o, gr + o, kind, t + c, ss + c, q + c, mu + c, gm + c);
     }
+    int over = 0;
     if (kind == COLU_KIND_COLU) {
-        _Pragma("omp simd") for (int j = 0; j < 16 * nb; ++j) bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, b + j, coef + j);
+        _Pragma("omp simd reduction(|:over)") for (int j = 0; j < 16 * nb; ++j)
+            over |= bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, b + j, coef + j);
     } else {
         const float inv_rs = S == 4 ? 0.5f : 1.0f / sqrtf(8.0f);
         /* as cone_bwd */
-        _Pragma("omp simd") for (int j = 0; j < 16 * nb; ++j) {
+        _Pragma("omp simd reduction(|:over)") for (int j = 0; j < 16 * nb; ++j) {
             float k;
-            bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
+            over |= bwd_scalars_f32(ss[j], q[j], t[j], eps, sc, w + j, &k, coef + j);
             b[j] = gm[j] + k * inv_rs - w[j] * gm[j] + coef[j] * mu[j];
         }
     }
+    if (over) note_overflow();
     for (int j = 0; j < nb; ++j) {
         const i64 o = j * 16 * S;
         const int c = 16 * j;

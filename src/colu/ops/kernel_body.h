@@ -46,17 +46,26 @@ ALWAYS_INLINE T SFX(slope)(T r, T w, int scaling) {
     return r <= 0 ? (T)0 : (T)1 / ((T)1 + r);
 }
 
+/* 1 where a squared section norm nn is infinite while the float32 instance computes it: a section value
+ * above about 1.8e19 / sqrt(S - 1) squares past FLT_MAX although the value itself is finite, and the norm,
+ * the weight and the output that follow are wrong (or the input holds an infinity). Every loop that
+ * computes norms ORs this over its cones (an OR reduction, which vectorises with the loop) and calls
+ * note_overflow once at its end; colu_run then computes the call again in float64 (cpu_kernel.c). The
+ * float64 instance has nothing to redo it in: its check is the constant 0 and compiles away. */
+ALWAYS_INLINE int SFX(too_big)(const T nn) { return NORM_CHECKED && nn > NORM_MAX; }
+
 /* The backward's per-cone scalars, shared by every loop below: from the
  * section's squared norm nn, q = <section of grad, section> and the activated
  * axis value ap (r = ap / den, den = |s| + eps): the weight w, the term
  * k = q w'(r) / den that the axis' gradient gains, and coef = k r / |s|, the
- * section's coefficient on x. */
-ALWAYS_INLINE void SFX(bwd_scalars)(const T nn, const T q, const T ap, const T eps, const int sc, T* w, T* k,
-                                    T* coef) {
+ * section's coefficient on x. Returns too_big(nn). */
+ALWAYS_INLINE int SFX(bwd_scalars)(const T nn, const T q, const T ap, const T eps, const int sc, T* w, T* k,
+                                   T* coef) {
     const T n = SQRT(nn), den = n + eps, r = ap / den;
     *w = SFX(weight)(r, sc);
     *k = q * SFX(slope)(r, *w, sc) / den;
     *coef = *k * r / (n > 0 ? n : (T)1);
+    return SFX(too_big)(nn);
 }
 
 /* ------------------------------------------------------------ rows path */
@@ -78,16 +87,22 @@ ALWAYS_INLINE void SFX(bwd_scalars)(const T nn, const T q, const T ap, const T e
 
 ALWAYS_INLINE void SFX(fwd_mid)(const i64 nb, const T* restrict nn, T* restrict ap, T* restrict w, const T eps,
                                 const int sc, const int act) {
+    int over = 0;
     for (i64 j = 0; j < nb; ++j) {
         const T a = SFX(act)(ap[j], act);
         ap[j] = a;
         w[j] = SFX(weight)(a / (SQRT(nn[j]) + eps), sc);
+        over |= SFX(too_big)(nn[j]);
     }
+    if (over) note_overflow();
 }
 
 ALWAYS_INLINE void SFX(bwd_mid)(const i64 nb, const T* restrict nn, const T* restrict q, const T* restrict av,
                                 T* restrict w, T* restrict coef, T* restrict kk, const T eps, const int sc, const int act) {
-    for (i64 j = 0; j < nb; ++j) SFX(bwd_scalars)(nn[j], q[j], SFX(act)(av[j], act), eps, sc, w + j, kk + j, coef + j);
+    int over = 0;
+    for (i64 j = 0; j < nb; ++j)
+        over |= SFX(bwd_scalars)(nn[j], q[j], SFX(act)(av[j], act), eps, sc, w + j, kk + j, coef + j);
+    if (over) note_overflow();
 }
 
 /* The axis entries of a block's input gradient: each cone's own axis (g + k through phi'), or, for a shared
@@ -336,8 +351,9 @@ static int SFX(split_range)(const T* x, const T* g, T* out, const i64 outer, con
 
 /* one cone of S contiguous values (no restrict on these pointers: inlined
  * into the loops below, restrict-qualified per-cone pointers made the
- * compiler vectorise the RCoLU loops badly, about 2x slower) */
-ALWAYS_INLINE void SFX(cone_fwd)(const T* xc, T* yc, const i64 S, const int kind, const int sc,
+ * compiler vectorise the RCoLU loops badly, about 2x slower); both return too_big of the cone's norm, for
+ * their loop to OR */
+ALWAYS_INLINE int SFX(cone_fwd)(const T* xc, T* yc, const i64 S, const int kind, const int sc,
                                  const int act, const T eps) {
     if (kind == COLU_KIND_COLU) {
         T ss = 0;
@@ -346,7 +362,7 @@ ALWAYS_INLINE void SFX(cone_fwd)(const T* xc, T* yc, const i64 S, const int kind
         const T w = SFX(weight)(a / (SQRT(ss) + eps), sc);
         yc[0] = a;
         for (i64 k = 1; k < S; ++k) yc[k] = w * xc[k];
-        return;
+        return SFX(too_big)(ss);
     }
     const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
     T sum = 0, ss = 0;
@@ -358,19 +374,20 @@ ALWAYS_INLINE void SFX(cone_fwd)(const T* xc, T* yc, const i64 S, const int kind
     /* tp e in each channel; mu itself for the identity axis (one multiply less) */
     const T base = act != COLU_ACT_IDENTITY ? tp * inv_rs : mu;
     for (i64 k = 0; k < S; ++k) yc[k] = base + w * (xc[k] - mu);
+    return SFX(too_big)(ss);
 }
 
-ALWAYS_INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const int kind,
+ALWAYS_INLINE int SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, const int kind,
                                  const int sc, const int act, const T eps) {
     if (kind == COLU_KIND_COLU) {
         T ss = 0, q = 0;
         for (i64 k = 1; k < S; ++k) { ss += xc[k] * xc[k]; q += gc[k] * xc[k]; }
         T w, kk, coef;
-        SFX(bwd_scalars)(ss, q, SFX(act)(xc[0], act), eps, sc, &w, &kk, &coef);
+        const int over = SFX(bwd_scalars)(ss, q, SFX(act)(xc[0], act), eps, sc, &w, &kk, &coef);
         const T ga = gc[0] + kk;
         oc[0] = act != COLU_ACT_IDENTITY ? ga * SFX(act_grad)(xc[0], act) : ga;
         for (i64 k = 1; k < S; ++k) oc[k] = w * gc[k] - coef * xc[k];
-        return;
+        return over;
     }
     const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
     T sx = 0, sg = 0, ss = 0, q = 0;
@@ -379,12 +396,13 @@ ALWAYS_INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, c
     for (i64 k = 0; k < S; ++k) { const T p = xc[k] - mu; ss += p * p; q += gc[k] * p; }
     const T t = mu * rs;
     T w, kk, coef;
-    SFX(bwd_scalars)(ss, q, SFX(act)(t, act), eps, sc, &w, &kk, &coef);
+    const int over = SFX(bwd_scalars)(ss, q, SFX(act)(t, act), eps, sc, &w, &kk, &coef);
     T gt = gm + kk * inv_rs;
     if (act != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, act);
     /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded */
     const T add = gt - w * gm + coef * mu;
     for (i64 k = 0; k < S; ++k) oc[k] = w * gc[k] - coef * xc[k] + add;
+    return over;
 }
 
 /* The parallel loop over cones is written out in each function below, not
@@ -395,15 +413,17 @@ ALWAYS_INLINE void SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, c
     static __attribute__((noinline)) void SFX(flat_fwd_##NAME)(const T* restrict x, T* restrict y,             \
                                                                const i64 n, const colu_cfg* c, const int nt) { \
         const T eps = (T)c->eps;                                                                               \
-        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                             \
-                         SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps));                   \
+        PAR_SPANS(n, int over = 0; for (i64 i = lo; i < hi; ++i)                                               \
+                 over |= SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps);                    \
+                 if (over) note_overflow());                                                                    \
     }                                                                                                          \
     static __attribute__((noinline)) void SFX(flat_bwd_##NAME)(const T* restrict x, const T* restrict gr,      \
                                                                T* restrict gi, const i64 n,                    \
                                                                const colu_cfg* c, const int nt) {              \
         const T eps = (T)c->eps;                                                                               \
-        PAR_SPANS(n, for (i64 i = lo; i < hi; ++i)                                                             \
-                         SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps));   \
+        PAR_SPANS(n, int over = 0; for (i64 i = lo; i < hi; ++i)                                               \
+                 over |= SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);    \
+                 if (over) note_overflow());                                                                    \
     }
 
 /* run-time configuration: any S, axis activation, scaling and dtype */

@@ -56,7 +56,12 @@ ALWAYS_INLINE i64 plane_fwd_avx(const float* restrict xa, const float* restrict 
             }
             _mm256_storeu_ps(nn + 8 * j, acc);
         }
-        _Pragma("omp simd") for (int j = 0; j < n; ++j) w[j] = weight_f32(xa[i + j] / (sqrtf(nn[j]) + eps), sc);
+        int over = 0;
+        _Pragma("omp simd reduction(|:over)") for (int j = 0; j < n; ++j) {
+            w[j] = weight_f32(xa[i + j] / (sqrtf(nn[j]) + eps), sc);
+            over |= too_big_f32(nn[j]);
+        }
+        if (over) note_overflow();
         for (int j = 0; j < nv; ++j) {
             const __m256 bw = _mm256_loadu_ps(w + 8 * j);
             for (i64 k = 0; k < m; ++k)
@@ -86,8 +91,10 @@ ALWAYS_INLINE i64 plane_bwd_avx(const float* restrict xa, const float* restrict 
             _mm256_storeu_ps(nn + 8 * j, an);
             _mm256_storeu_ps(q + 8 * j, aq);
         }
-        _Pragma("omp simd") for (int j = 0; j < n; ++j)
-            bwd_scalars_f32(nn[j], q[j], xa[i + j], eps, sc, w + j, kk + j, cf + j);
+        int over = 0;
+        _Pragma("omp simd reduction(|:over)") for (int j = 0; j < n; ++j)
+            over |= bwd_scalars_f32(nn[j], q[j], xa[i + j], eps, sc, w + j, kk + j, cf + j);
+        if (over) note_overflow();
         for (int j = 0; j < nv; ++j) {
             const __m256 bw = _mm256_loadu_ps(w + 8 * j), bc = _mm256_loadu_ps(cf + 8 * j);
             for (i64 k = 0; k < m; ++k) {
@@ -114,6 +121,7 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
                                   const colu_cfg* c, const i64 g0, const i64 g1, const i64 S, const int kind,
                                   const int sc, const int act) {
     const T eps = (T)c->eps;
+    int over = 0;
     if (kind == COLU_KIND_RCOLU) {
         const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
         T wv[PT], mv[PT], bv[PT], nv[PT];
@@ -133,10 +141,12 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
                 wv[i] = SFX(weight)(tp / (SQRT(nv[i]) + eps), sc);
                 /* tp e in each channel; mu itself for the identity axis (as cone_fwd) */
                 bv[i] = ACTC != COLU_ACT_IDENTITY ? tp * inv_rs : mv[i];
+                over |= SFX(too_big)(nv[i]);
             });
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i) yg[k * cs + i] = bv[i] + wv[i] * (xg[k * cs + i] - mv[i]);
         }
+        if (over) note_overflow();
         return;
     }
     const i64 m = S - 1, ab = c->axis_base, as = c->axis_step, sb = c->sec_base, sst = c->sec_step;
@@ -157,12 +167,14 @@ ALWAYS_INLINE void SFX(plane_fwd)(const T* restrict x, T* restrict y, const i64 
             const T a = SFX(act)(xa[i], ACTC);
             av[i] = a;
             wv[i] = SFX(weight)(a / (SQRT(nv[i]) + eps), sc);
+            over |= SFX(too_big)(nv[i]);
         });
         for (i64 k = 0; k < m; ++k)
             for (i64 i = i0; i < nb; ++i) ys[k * cs + i] = wv[i] * s[k * cs + i];
         /* a shared axis is the same channel for every cone and gets the same value each time */
         for (i64 i = i0; i < nb; ++i) ya[i] = av[i];
     }
+    if (over) note_overflow();
 }
 
 ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 cs,
@@ -170,6 +182,7 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
                                   const int kind, const int sc,
                                   const int act) {
     const T eps = (T)c->eps;
+    int over = 0;
     if (kind == COLU_KIND_RCOLU) {
         const T rs = SQRT((T)S), inv_rs = (T)1 / rs, inv_s = (T)1 / (T)S;
         T wv[PT], cv[PT], dv[PT], mv[PT], gv[PT], nv[PT], qv[PT];
@@ -191,7 +204,7 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
             PLANE_WITH_ACT(act, for (i64 i = 0; i < nb; ++i) {
                 const T mu = mv[i], gm = gv[i], t = mu * rs;
                 T w, kk, coef;
-                SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(t, ACTC), eps, sc, &w, &kk, &coef);
+                over |= SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(t, ACTC), eps, sc, &w, &kk, &coef);
                 T gt = gm + kk * inv_rs;
                 if (ACTC != COLU_ACT_IDENTITY) gt *= SFX(act_grad)(t, ACTC);
                 /* w (g - gm) - coef (x - mu) + gt, with the per-cone terms folded (as cone_bwd) */
@@ -202,6 +215,7 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
             for (i64 k = 0; k < S; ++k)
                 for (i64 i = 0; i < nb; ++i) og[k * cs + i] = wv[i] * gg[k * cs + i] - cv[i] * xg[k * cs + i] + dv[i];
         }
+        if (over) note_overflow();
         return;
     }
     const i64 m = S - 1, ab = c->axis_base, as = c->axis_step, sb = c->sec_base, sst = c->sec_step;
@@ -221,7 +235,7 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
                 qv[i] += gs[k * cs + i] * s[k * cs + i];
             }
         PLANE_WITH_ACT(act, for (i64 i = i0; i < nb; ++i)
-            SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], ACTC), eps, sc, wv + i, kv + i, cv + i););
+            over |= SFX(bwd_scalars)(nv[i], qv[i], SFX(act)(x[ao + i], ACTC), eps, sc, wv + i, kv + i, cv + i););
         for (i64 k = 0; k < m; ++k)
             for (i64 i = i0; i < nb; ++i) os[k * cs + i] = wv[i] * gs[k * cs + i] - cv[i] * s[k * cs + i];
         if (c->shared) {
@@ -240,6 +254,7 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
             gi[ao + i] = act != COLU_ACT_IDENTITY ? v * SFX(act_grad)(x[ao + i], act) : v;
         }
     }
+    if (over) note_overflow();
 }
 
 /* Work items are (outer index, cone) pairs, each running through its plane a tile at a time: S streams per

@@ -44,8 +44,9 @@
                     BLK_FWD(x + b * step, y + b * step, BLK_CHUNK(BN, SS, SC), SS, KIND, SC, ACT, eps);            \
             for (; b < hi; ++b) BLK_FWD(x + b * step, y + b * step, 1, SS, KIND, SC, ACT, eps);                    \
         });                                                                                                        \
-        for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
-            cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps);                                      \
+        int over = 0;                                                                                              \
+        for (i64 i = nblk * (BN); i < n; ++i) over |= cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps); \
+        if (over) note_overflow();                                                                                 \
     }                                                                                                              \
     static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr,        \
                                                          float* restrict gi, const i64 n, const colu_cfg* c,       \
@@ -60,8 +61,10 @@
                             eps);                                                                                  \
             for (; b < hi; ++b) BLK_BWD(x + b * step, gr + b * step, gi + b * step, 1, SS, KIND, SC, ACT, eps);    \
         });                                                                                                        \
+        int over = 0;                                                                                              \
         for (i64 i = nblk * (BN); i < n; ++i)                                                                      \
-            cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);                      \
+            over |= cone_bwd_f32(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);              \
+        if (over) note_overflow();                                                                                 \
     }
 
 /* S = 4, 8, 16 in AVX-512 blocks of 16 cones (in AVX2 blocks of 8 without AVX-512); larger

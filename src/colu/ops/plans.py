@@ -83,7 +83,8 @@ class CpuPlan(Plan):
         args[cpu.ARG_X] = x.data_ptr()
         args[cpu.ARG_OUT] = y.data_ptr()
         args[cpu.ARG_THREADS] = torch.get_num_threads()
-        self.run(self.args_addr)
+        if not self.run(self.args_addr):  # a half plan's configuration is one the kernel takes: no memory
+            raise MemoryError(cpu.OVERFLOW_NO_MEMORY)
         return y
 
     def backward(self, x, grad):

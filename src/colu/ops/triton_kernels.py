@@ -128,6 +128,22 @@ def _slope(r, w, SCALING: tl.constexpr):
 
 
 @triton.jit
+def _norm(v):
+    """Each cone's section norm over axis 2 of a tile. The squares of section values above about 1e19
+    overflow float32 (1e154 float64) while the values do not: where any cone's sum is infinite, those
+    cones take the norm of v / max|v| times max|v| (an infinite value keeps its infinite norm)."""
+    ss = tl.sum(v * v, axis=2)
+    n = tl.sqrt(ss)
+    big = ss == float("inf")
+    if tl.sum(big.to(tl.int32)) > 0:
+        m = tl.max(tl.abs(v), axis=2)
+        m = tl.where(big & (m < float("inf")), m, 1.0)
+        u = v / m[:, :, None]
+        n = tl.where(big, m * tl.sqrt(tl.sum(u * u, axis=2)), n)
+    return n
+
+
+@triton.jit
 def _tile(lane0, g0, lanes, C, inner, G, axis_base, axis_step, sec_base, sec_step,
           BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, RCOLU: tl.constexpr,
           LINEAR: tl.constexpr):
@@ -169,14 +185,14 @@ def _forward_kernel(x_ptr, y_ptr, lanes, C, inner, G, axis_base, axis_step, sec_
         if RCOLU:
             mean = tl.sum(x, axis=2) * inv_s
             p = tl.where(mask, x - mean[:, :, None], 0.0)
-            n = tl.sqrt(tl.sum(p * p, axis=2))
+            n = _norm(p)
             tp = _act(mean * rs, ACT)
             w = _weight(tp / (n + eps), SCALING)
             y = (tp / rs)[:, :, None] + w[:, :, None] * p
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:
             sec = tl.where(is_axis, 0.0, x)
-            n = tl.sqrt(tl.sum(sec * sec, axis=2))
+            n = _norm(sec)
             ap = _act(tl.sum(tl.where(is_axis, x, 0.0), axis=2), ACT)
             w = _weight(ap / (n + eps), SCALING)
             y = tl.where(is_axis, ap[:, :, None], w[:, :, None] * x)
@@ -207,7 +223,7 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
             mean = tl.sum(x, axis=2) * inv_s
             gmean = tl.sum(gr, axis=2) * inv_s
             p = tl.where(mask, x - mean[:, :, None], 0.0)
-            n = tl.sqrt(tl.sum(p * p, axis=2))
+            n = _norm(p)
             q = tl.sum(gr * p, axis=2)
             den = n + eps
             t = mean * rs
@@ -222,7 +238,7 @@ def _backward_kernel(x_ptr, g_ptr, out_ptr, lanes, C, inner, G, axis_base, axis_
             tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             sec = tl.where(is_axis, 0.0, x)
-            n = tl.sqrt(tl.sum(sec * sec, axis=2))
+            n = _norm(sec)
             q = tl.sum(tl.where(is_axis, 0.0, gr * x), axis=2)
             a = tl.sum(tl.where(is_axis, x, 0.0), axis=2)
             den = n + eps
