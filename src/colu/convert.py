@@ -51,7 +51,7 @@ from torch.overrides import TorchFunctionMode
 
 from colu import functional
 from colu.modules import CoLU, RCoLU
-from colu.spec import LAYOUTS, SCALINGS, ConeSpec, check_choice, validate_cone_args
+from colu.spec import LAYOUTS, SCALINGS, ConeSpec, check_choice, check_flag, validate_cone_args
 
 __all__ = [
     "convert", "ConversionReport", "Replacement", "Skip", "FunctionalUse", "MultiSiteCoLU",
@@ -95,6 +95,7 @@ class MultiSiteCoLU(CoLU):
         return functional.colu(
             x, self.cone_dim, self.num_cones, share_axis=self.share_axis, scaling=self.scaling,
             dim=self.dims[x.dim()], eps=self.eps, layout=self.layout, axis_activation=self.axis_activation,
+            componentwise=self.componentwise,
         )
 
     def extra_repr(self) -> str:
@@ -155,7 +156,11 @@ class ConversionReport:
                 f"  replaced {r.name} ({r.old_type}) C={r.channels} dim={r.dim} -> CoLU "
                 f"G={cfg['num_cones']} S={cfg['cone_dim']} scaling={cfg['scaling']}"
                 + (" shared axis" if cfg["share_axis"] else "")
-                + (" (S=2: the component-wise activation)" if cfg["cone_dim"] == 2 else "")
+                + (
+                    (" (S=2: the component-wise activation)" if cfg.get("componentwise", True)
+                     else " (S=2: two-dimensional cones)")
+                    if cfg["cone_dim"] == 2 else ""
+                )
             )
         for s in self.skipped:
             lines.append(f"  skipped  {s.name}: {s.reason}")
@@ -278,6 +283,7 @@ def convert(
     scaling: str = "hard",
     share_axis: bool = False,
     layout: str = "grouped",
+    componentwise: bool = True,
     replace: Sequence[Union[type, str]] = (nn.ReLU, nn.GELU, nn.SiLU),
     example_input: Any = None,
     dim: Optional[int] = None,
@@ -291,9 +297,12 @@ def convert(
 
     Args:
         model: any ``nn.Module``; modified in place.
-        cone_dim, num_cones, scaling, share_axis, layout: the CoLU config for
-            every site (as in :class:`colu.CoLU`); the paper fine-tunes a
-            Stable Diffusion UNet with ``num_cones=32, scaling="soft"``.
+        cone_dim, num_cones, scaling, share_axis, layout, componentwise: the
+            CoLU config for every site (as in :class:`colu.CoLU`); the paper
+            fine-tunes a Stable Diffusion UNet with ``num_cones=32,
+            scaling="soft"``. ``componentwise=False`` makes sites whose cones
+            have dimension 2 two-dimensional cones instead of the
+            component-wise activation.
         replace: module classes or class names (e.g. ``"NewGELUActivation"``
             for transformers' GPT-2) to replace; subclasses match too.
         example_input: a tensor, a tuple of positional arguments or a dict of
@@ -313,6 +322,8 @@ def convert(
     check_choice("layout", layout, LAYOUTS)
     check_choice("on_mismatch", on_mismatch, ON_MISMATCH)
     validate_cone_args(cone_dim, num_cones)
+    check_flag("componentwise", componentwise)
+    componentwise = bool(componentwise)
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
         raise TypeError(f"dim must be an int or None, got {dim!r}")
     match = _matcher(replace)
@@ -365,7 +376,8 @@ def convert(
         specs, problem = [], None
         for _, channels, d in site_set:
             try:
-                specs.append(ConeSpec.resolve(channels, cone_dim, num_cones, share_axis=share_axis, layout=layout))
+                specs.append(ConeSpec.resolve(channels, cone_dim, num_cones, share_axis=share_axis, layout=layout,
+                                              componentwise=componentwise))
             except ValueError as err:
                 problem = f"C={channels} at dim={d} does not fit the cone spec: {err}"
                 break
@@ -379,7 +391,8 @@ def convert(
                 problem += f" (one module object used at {len(site_set)} sites, so it is kept at all of them)"
             _mismatch(report, on_mismatch, label, problem)
             continue
-        kwargs = dict(cone_dim=cone_dim, num_cones=num_cones, share_axis=share_axis, scaling=scaling, layout=layout)
+        kwargs = dict(cone_dim=cone_dim, num_cones=num_cones, share_axis=share_axis, scaling=scaling, layout=layout,
+                      componentwise=componentwise)
         distinct_dims = {d for _, _, d in site_set}
         if len(distinct_dims) == 1:
             new = CoLU(dim=distinct_dims.pop(), **kwargs)
@@ -391,7 +404,7 @@ def convert(
         for (_, channels, d), spec in zip(site_set, specs):
             config = dict(
                 num_cones=spec.num_cones, cone_dim=spec.cone_dim, scaling=scaling,
-                share_axis=share_axis, layout=layout,
+                share_axis=share_axis, layout=layout, componentwise=componentwise,
             )
             report.replaced.append(Replacement(label, old_type, channels, d, config))
     return report

@@ -12,7 +12,7 @@ import torch
 
 from colu import reference
 from colu.ops import plans
-from colu.spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps
+from colu.spec import AXIS_ACTIVATIONS, SCALINGS, ConeSpec, check_choice, check_eps, check_flag
 
 __all__ = ["colu", "rcolu", "potential", "bregman_divergence"]
 
@@ -63,6 +63,7 @@ def colu(
     eps: float = 1e-7,
     layout: str = "grouped",
     axis_activation: str = "identity",
+    componentwise: bool = True,
     backend: str = "auto",
     angle_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -103,12 +104,20 @@ def colu(
     (eq. 4), which is output once.
 
     Special cases (Section 3.2): ``num_cones=0`` returns the input unchanged
-    (the identity); ``cone_dim=2`` is the component-wise activation applied to
+    (the identity); ``cone_dim=2`` (also when ``num_cones`` splits C into
+    cones of 2) is by default the component-wise activation applied to
     every channel: ReLU for ``"hard"``, SiLU for ``"soft"`` and
     :math:`x\,\mathrm{sigmoid}(4x)` for ``"firm"`` (the component-wise
     analogue, as SiLU's :math:`\mathrm{sigmoid}(x)` is to
     :math:`\mathrm{sigmoid}(r-1/2)`); ``axis_activation`` has no effect there. The paper defines no
-    component-wise form for the other weightings, so they need ``cone_dim >= 3``.
+    component-wise form for the other weightings, so they need ``cone_dim >= 3`` or the
+    two-dimensional cone. ``componentwise=False`` makes ``cone_dim=2`` that **two-dimensional cone**
+    (the JAX package's ``dim=2``): each pair of one axis channel :math:`a` and one section channel
+    :math:`s` is a cone like any other, with :math:`|s|` for :math:`\lVert s \rVert`, so
+    :math:`r = a' / (|s| + \varepsilon)` and the output is :math:`(a', w(r)\, s)`; every weighting
+    (``"exact"`` projects onto :math:`\{|s| \le a\}`), layout, ``share_axis``,
+    ``axis_activation`` and ``angle_scale`` apply, and its symmetry group is
+    :math:`\mathrm{Perm}(G) \times O(1)^G` (permute the pairs, flip the sign of a section).
 
     The output satisfies :math:`\lVert s' \rVert \le \max(a', 0)` for hard
     scaling, hard CoLU is idempotent, and the op is equivariant under
@@ -140,6 +149,10 @@ def colu(
         axis_activation: ``"identity"`` (the paper), ``"relu"`` or ``"silu"``
             (the JAX package's convention) applied to the axis before the
             projection. Default: ``"identity"``.
+        componentwise: how to read cones of dimension 2: ``True`` is the
+            paper's component-wise activation, ``False`` the two-dimensional
+            cone (see the special cases). No effect when :math:`S \ge 3`.
+            Default: ``True``.
         backend: ``"auto"`` or a backend name from
             :mod:`colu.ops.dispatch` to force one (``COLU_BACKEND`` does the
             same from the environment). Default: ``"auto"``.
@@ -164,26 +177,33 @@ def colu(
         >>> img = torch.randn(2, 16, 5, 5)
         >>> y = colu.colu(img, num_cones=4, scaling="soft", dim=1)
         >>> y = colu.colu(x, cone_dim=4, scaling="sqrt", layout="axes_first", axis_activation="relu")  # jax-colu
+        >>> y = colu.colu(x, cone_dim=2, componentwise=False)  # 6 two-dimensional cones, not ReLU
     """
     if angle_scale is not None:
         _check_input(x, "colu")
         check_options(scaling, eps, axis_activation)
         dim = _channel_dim(x, dim)
-        spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
+        spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout,
+                                componentwise=componentwise)
         return _with_angle_scale(x, dim, spec, scaling, eps, axis_activation, backend, angle_scale)
     call = (
-        "colu", cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation,
-        type(cone_dim), type(num_cones), type(share_axis), type(dim), type(eps),
+        "colu", cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, componentwise,
+        type(cone_dim), type(num_cones), type(share_axis), type(dim), type(eps), type(componentwise),
     )  # fmt: skip
     y, key = plans.replay(x, backend, call)
     if y is not None:
         return y
     _check_input(x, "colu")
     check_options(scaling, eps, axis_activation)
-    return _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend)
+    check_flag("componentwise", componentwise)
+    componentwise = bool(componentwise)
+    return _resolve_and_run_colu(
+        x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, componentwise, backend
+    )
 
 
-def colu_for_module(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation):
+def colu_for_module(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation,
+                    componentwise=True):
     """:func:`colu` with ``backend="auto"`` for argument values validated beforehand (a :class:`~colu.CoLU`
     checks its own at construction): only what depends on ``x`` is checked.
 
@@ -194,14 +214,19 @@ def colu_for_module(x, call, cone_dim, num_cones, share_axis, scaling, dim, eps,
     if y is not None:
         return y
     _check_input(x, "colu")
-    return _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, "auto")
+    return _resolve_and_run_colu(
+        x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, componentwise, "auto"
+    )
 
 
-def _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, backend):
+def _resolve_and_run_colu(
+    x, key, cone_dim, num_cones, share_axis, scaling, dim, eps, layout, axis_activation, componentwise, backend
+):
     """The rest of a cache miss once ``x`` and the option values are valid: the channel axis and the
     cone spec, which depend on ``x``'s shape."""
     dim = _channel_dim(x, dim)
-    spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
+    spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout,
+                            componentwise=componentwise)
     if spec.is_identity:
         return x
     check_scaling_fits(spec.componentwise, spec.share_axis, scaling)
@@ -212,11 +237,12 @@ def _resolve_and_run_colu(x, key, cone_dim, num_cones, share_axis, scaling, dim,
 
 def check_scaling_fits(componentwise: bool, share_axis: bool, scaling: str, angle: bool = False) -> None:
     """The weightings and cone angles that exist only for some cone configurations (``componentwise``: CoLU
-    with ``cone_dim=2``; ``angle``: an angle scale is given). :class:`colu.CoLU` checks the same when built."""
+    with ``cone_dim=2`` read component-wise, :attr:`ConeSpec.componentwise`; ``angle``: an angle scale is
+    given). :class:`colu.CoLU` checks the same when built."""
     if componentwise and scaling not in _COMPONENTWISE_SCALINGS:
         raise ValueError(
             f"cone_dim=2 is the component-wise activation, defined for scaling 'hard', 'soft' or 'firm'; "
-            f"scaling={scaling!r} needs cone_dim >= 3"
+            f"scaling={scaling!r} needs cone_dim >= 3, or componentwise=False for two-dimensional cones"
         )
     if scaling == "exact" and share_axis:
         raise ValueError(
@@ -224,7 +250,10 @@ def check_scaling_fits(componentwise: bool, share_axis: bool, scaling: str, angl
             "use share_axis=False (or another scaling)"
         )
     if angle and componentwise:
-        raise ValueError("cone_dim=2 is component-wise and has no cone angle; an angle scale needs cone_dim >= 3")
+        raise ValueError(
+            "cone_dim=2 is component-wise and has no cone angle; an angle scale needs cone_dim >= 3, or "
+            "componentwise=False for two-dimensional cones"
+        )
     if angle and scaling == "exact":
         raise ValueError("an angle scale multiplies the weighting's r; scaling='exact' has none (use another scaling)")
 

@@ -10,7 +10,10 @@ by their ``kind``:
   the rotations fixing its all-ones axis (``ConeSpec.homogeneous_basis``).
 * ``"permutation"``: Perm(C), the group of every component-wise activation
   (paper Corollary 4.6), CoLU with S = 2 included (``ConeSpec.componentwise``).
-  Also named ``"relu"``, ``"componentwise"`` or ``"perm"``.
+  Also named ``"relu"``, ``"componentwise"`` or ``"perm"``. CoLU with S = 2
+  and ``componentwise=False`` (two-dimensional cones, ``ConeSpec.pair_cones``)
+  has the ``"colu"`` group with S - 1 = 1: Perm(G) x O(1)^G, permutations of
+  the cones and a sign flip of each one-channel section.
 * ``"orthogonal"``: O(C), the group of the identity (no activation,
   ``nn.Identity``, ``num_cones=0``). Also named ``"identity"``.
 
@@ -379,7 +382,8 @@ def group_of(activation: Any, channels: int, *, training: bool = False) -> Group
         try:
             if isinstance(activation, CoLU):
                 cone = ConeSpec.resolve(channels, activation.cone_dim, activation.num_cones,
-                                        share_axis=activation.share_axis, layout=activation.layout)
+                                        share_axis=activation.share_axis, layout=activation.layout,
+                                        componentwise=activation.componentwise)
             else:
                 cone = ConeSpec.resolve(channels, activation.cone_dim, activation.num_cones, kind="rcolu")
         except ValueError as err:

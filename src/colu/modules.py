@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from colu import functional
-from colu.spec import LAYOUTS, ConeSpec, check_choice, check_share_axis, validate_cone_args
+from colu.spec import LAYOUTS, ConeSpec, check_choice, check_flag, check_share_axis, validate_cone_args
 
 LEARNABLE_ANGLES = (False, True, "per_cone", "shared")
 
@@ -42,27 +42,35 @@ class _ConeActivation(nn.Module):
 
     _KIND = ""  # names the module type in plan keys
     _OPTIONS: tuple = ()
+    # options added after the first release -> the value that keeps what a module pickled without them computed
+    _LATER_OPTIONS: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in cls._OPTIONS:
             setattr(cls, name, _Option(name))
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        missing = {name: value for name, value in self._LATER_OPTIONS.items() if name not in self._options}
+        if missing:  # a module pickled (torch.save of a whole model) before these options existed
+            self._configure(**self._options, **missing)
+
     def _configure(self, **options):
         """Check every argument (all of ``_OPTIONS``, by name) and keep them."""
         validate_cone_args(options["cone_dim"], options["num_cones"])
         functional.check_options(options["scaling"], options["eps"], options["axis_activation"])
         functional.check_dim(options["dim"])
-        functional.check_scaling_fits(self._componentwise(options["cone_dim"]), bool(options.get("share_axis")),
+        functional.check_scaling_fits(self._componentwise(options), bool(options.get("share_axis")),
                                        options["scaling"], angle=getattr(self, "log_angle_scale", None) is not None)
         self._options = {name: options[name] for name in self._OPTIONS}
         self._args = tuple(self._options.values())
         self._call = (self._KIND, *self._args)
 
-    def _componentwise(self, cone_dim) -> bool:
-        """Whether this is CoLU's component-wise case (``cone_dim=2``; a ``num_cones`` split is known only
-        with the input)."""
-        return self._KIND == "CoLU" and cone_dim == 2
+    def _componentwise(self, options) -> bool:
+        """Whether these options make CoLU's component-wise case (``cone_dim=2`` without
+        ``componentwise=False``; a ``num_cones`` split is known only with the input)."""
+        return self._KIND == "CoLU" and options["cone_dim"] == 2 and bool(options.get("componentwise", True))
 
     def _init_angle(self, learnable_angle, channels) -> None:
         """The learnable cone angle: ``log_angle_scale`` (theta, one per cone or one shared), or ``None``."""
@@ -75,13 +83,14 @@ class _ConeActivation(nn.Module):
         if learnable_angle is False:
             self.register_parameter("log_angle_scale", None)
             return
-        functional.check_scaling_fits(self._componentwise(self.cone_dim), False, self.scaling, angle=True)
+        functional.check_scaling_fits(self._componentwise(self._options), False, self.scaling, angle=True)
         if learnable_angle == "shared":
             self.log_angle_scale = nn.Parameter(torch.zeros(()))
             return
         if channels is not None:
             kind = "rcolu" if self._KIND == "RCoLU" else "colu"
-            extra = {} if kind == "rcolu" else {"share_axis": self.share_axis, "layout": self.layout}
+            extra = {} if kind == "rcolu" else {"share_axis": self.share_axis, "layout": self.layout,
+                                                "componentwise": self.componentwise}
             num_cones = ConeSpec.resolve(channels, self.cone_dim, self.num_cones, kind=kind, **extra).num_cones
         elif self.num_cones is not None:
             num_cones = self.num_cones
@@ -121,7 +130,8 @@ class CoLU(_ConeActivation):
     :math:`\mathrm{sigmoid}(r - 1/2)` (``"soft"``) or
     :math:`\mathrm{sigmoid}(4r - 2)` (``"firm"``), the JAX package's
     ``"sqrt"``/``"log"``, or the exact Lorentz-cone projection (``"exact"``).
-    See :func:`colu.colu` for the layouts, axis sharing and the special cases.
+    See :func:`colu.colu` for the layouts, axis sharing and the special cases
+    (``cone_dim=2`` is component-wise unless ``componentwise=False``).
 
     The arguments are checked here; those that depend on the input (``dim``
     against its number of dimensions, the cone split against its width) are
@@ -144,6 +154,11 @@ class CoLU(_ConeActivation):
         layout: ``"grouped"`` or ``"axes_first"``. Default: ``"grouped"``.
         axis_activation: ``"identity"``, ``"relu"`` or ``"silu"``.
             Default: ``"identity"``.
+        componentwise: ``True``: ``cone_dim=2`` is the paper's component-wise
+            activation (ReLU, SiLU, :math:`x\,\mathrm{sigmoid}(4x)`);
+            ``False``: it is the two-dimensional cone over pairs of one axis
+            and one section channel, which takes every scaling and a learnable
+            angle. No effect when :math:`S \ge 3`. Default: ``True``.
         learnable_angle: ``False``; ``True`` (or ``"per_cone"``): a parameter
             :math:`\theta_g` per cone, ``log_angle_scale``, that scales each
             cone's :math:`r` by :math:`e^{\theta_g}` (the cone's half-angle
@@ -166,10 +181,14 @@ class CoLU(_ConeActivation):
         >>> y = m(torch.randn(32, 512))
         >>> conv_act = colu.CoLU(num_cones=8, scaling="soft", dim=1)
         >>> y = conv_act(torch.randn(2, 64, 8, 8))
+        >>> pairs = colu.CoLU(cone_dim=2, componentwise=False)  # 256 two-dimensional cones
+        >>> y = pairs(torch.randn(32, 512))
     """
 
     _KIND = "CoLU"
-    _OPTIONS = ("cone_dim", "num_cones", "share_axis", "scaling", "dim", "eps", "layout", "axis_activation")
+    _OPTIONS = ("cone_dim", "num_cones", "share_axis", "scaling", "dim", "eps", "layout", "axis_activation",
+                "componentwise")
+    _LATER_OPTIONS = {"componentwise": True}
 
     def __init__(
         self,
@@ -182,20 +201,23 @@ class CoLU(_ConeActivation):
         eps: float = 1e-7,
         layout: str = "grouped",
         axis_activation: str = "identity",
+        componentwise: bool = True,
         learnable_angle: bool | str = False,
         channels: int | None = None,
     ):
         super().__init__()
         self._configure(
             cone_dim=cone_dim, num_cones=num_cones, share_axis=share_axis, scaling=scaling, dim=dim, eps=eps,
-            layout=layout, axis_activation=axis_activation,
+            layout=layout, axis_activation=axis_activation, componentwise=componentwise,
         )
         self._init_angle(learnable_angle, channels)
 
     def _configure(self, **options):
         check_share_axis(options["share_axis"])
+        check_flag("componentwise", options["componentwise"])
         check_choice("layout", options["layout"], LAYOUTS)
-        super()._configure(**{**options, "share_axis": bool(options["share_axis"])})
+        super()._configure(**{**options, "share_axis": bool(options["share_axis"]),
+                              "componentwise": bool(options["componentwise"])})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.log_angle_scale is not None:
@@ -208,6 +230,8 @@ class CoLU(_ConeActivation):
             parts.append(f"num_cones={self.num_cones}")
         else:
             parts.append(f"cone_dim={self.cone_dim if self.cone_dim is not None else 4}")
+        if not self.componentwise:
+            parts.append("componentwise=False")
         if self.share_axis:
             parts.append("share_axis=True")
         parts.append(f"scaling={self.scaling!r}")

@@ -8,7 +8,9 @@ Function, the fused CPU and Triton kernels) is tested against it.
 
 The functions here take the same arguments as :func:`colu.colu` and
 :func:`colu.rcolu` and follow the same special cases (``num_cones=0`` is the
-identity, ``cone_dim=2`` is component-wise for CoLU).
+identity, ``cone_dim=2`` is component-wise for CoLU unless
+``componentwise=False``, which makes it the two-dimensional cone: the general
+formulas below with a one-channel section).
 """
 
 from __future__ import annotations
@@ -93,7 +95,14 @@ def componentwise(x: torch.Tensor, scaling: str) -> torch.Tensor:
         return F.silu(x)
     if scaling == "firm":
         return x * torch.sigmoid(4.0 * x)
-    raise ValueError(f"cone_dim=2 is component-wise only for 'hard', 'soft' and 'firm', not scaling={scaling!r}")
+    raise ValueError(
+        f"cone_dim=2 is component-wise only for 'hard', 'soft' and 'firm', not scaling={scaling!r}; "
+        f"componentwise=False makes it the two-dimensional cone, which takes every scaling"
+    )
+
+
+# reference.colu's argument ``componentwise`` hides the function of that name inside it
+_componentwise_activation = componentwise
 
 
 def _to_channels_last(x: torch.Tensor, dim: int):
@@ -112,16 +121,20 @@ def colu(
     eps=1e-7,
     layout="grouped",
     axis_activation="identity",
+    componentwise=True,
     angle_scale=None,
 ):
     """Reference CoLU; same arguments and semantics as :func:`colu.colu`."""
     check_choice("scaling", scaling, SCALINGS)
     check_choice("axis_activation", axis_activation, AXIS_ACTIVATIONS)
-    spec = ConeSpec.resolve(x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout)
+    spec = ConeSpec.resolve(
+        x.shape[dim], cone_dim, num_cones, share_axis=share_axis, layout=layout, componentwise=componentwise
+    )
     if spec.is_identity:
         return x
     if spec.componentwise:
-        return componentwise(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, scaling).to(x.dtype)
+        work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return _componentwise_activation(work, scaling).to(x.dtype)
     xl = _to_channels_last(x, dim)
     axis_idx, section_idx = spec.axis_channels(), spec.section_channels()
     a = _axis_activation(xl[..., axis_idx], axis_activation)  # (..., G)

@@ -18,6 +18,12 @@ Layouts (``S`` = cone dimension, ``G`` = number of cones):
 ``kind="rcolu"`` (paper Section 3.4) has no axis channel: cone ``g`` is the
 ``S`` contiguous channels ``g*S ... g*S+S-1`` and its axis is the all-ones
 direction inside them.
+
+CoLU with ``S = 2`` has two readings: the paper's component-wise activation
+(Section 3.2, the default; :attr:`ConeSpec.componentwise`) or, with
+``componentwise=False`` (:attr:`ConeSpec.pair_cones`), two-dimensional cones
+``{|s| <= a}`` over pairs of one axis and one section channel, as every other
+cone (the JAX package's ``dim=2``).
 """
 
 from __future__ import annotations
@@ -58,11 +64,16 @@ def check_eps(eps) -> None:
         raise ValueError(f"eps must be a finite number >= 0, got eps={eps!r}")
 
 
+def check_flag(name: str, value) -> None:
+    """A yes/no argument ``name`` must be a bool (numpy's too) or the int 1 or 0."""
+    if not (isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1))):
+        # a truthiness check would read share_axis="no" as True
+        raise ValueError(f"{name} must be True or False (or 1/0), got {name}={value!r}")
+
+
 def check_share_axis(share_axis) -> None:
     """``share_axis`` must be a bool (numpy's too) or the int 1 or 0."""
-    if not (isinstance(share_axis, (bool, np.bool_)) or (_is_int(share_axis) and share_axis in (0, 1))):
-        # a truthiness check would read share_axis="no" as True
-        raise ValueError(f"share_axis must be True or False (or 1/0), got share_axis={share_axis!r}")
+    check_flag("share_axis", share_axis)
 
 
 def _nearby_widths(channels: int, step: int, offset: int = 0) -> str:
@@ -88,6 +99,11 @@ class ConeSpec:
         layout: ``"grouped"`` or ``"axes_first"``.
         kind: ``"colu"`` (axis is a channel) or ``"rcolu"`` (axis is the
             all-ones direction of each group).
+        pair_cones: CoLU with ``S = 2`` computed as two-dimensional cones
+            (pairs of one axis and one section channel) instead of the
+            component-wise activation. :meth:`resolve` sets it only for CoLU
+            with ``S = 2`` and ``componentwise=False``; it is ``False`` for
+            every other spec, where it would change nothing.
     """
 
     channels: int
@@ -96,6 +112,7 @@ class ConeSpec:
     share_axis: bool = False
     layout: str = "grouped"
     kind: str = "colu"
+    pair_cones: bool = False
 
     # ------------------------------------------------------------------ build
     @staticmethod
@@ -107,15 +124,20 @@ class ConeSpec:
         share_axis: bool = False,
         layout: str = "grouped",
         kind: str = "colu",
+        componentwise: bool = True,
     ) -> "ConeSpec":
         """Validate a cone configuration for ``channels`` channels.
 
         Exactly one of ``cone_dim`` and ``num_cones`` may be given; with neither,
-        ``cone_dim=4``. Raises ``ValueError`` naming the offending values and a
-        valid alternative.
+        ``cone_dim=4``. ``componentwise`` chooses the reading of CoLU cones with
+        ``S = 2``: the paper's component-wise activation (``True``) or
+        two-dimensional cones (``False``, :attr:`pair_cones`); it has no effect
+        for ``S >= 3`` and for RCoLU. Raises ``ValueError`` naming the offending
+        values and a valid alternative.
         """
         check_share_axis(share_axis)
-        args = (channels, cone_dim, num_cones, bool(share_axis), layout, kind)
+        check_flag("componentwise", componentwise)
+        args = (channels, cone_dim, num_cones, bool(share_axis), layout, kind, bool(componentwise))
         # torch.compile traces the plain function (the cache would only draw a warning there)
         return _resolve(*args) if torch.compiler.is_compiling() else _resolve_cached(*args)
 
@@ -140,8 +162,9 @@ class ConeSpec:
     def componentwise(self) -> bool:
         """CoLU with S = 2, which the paper (Section 3.2) defines as the component-wise activation
         (ReLU for hard, SiLU for soft scaling): every path computes it channel by channel and its
-        symmetry group is Perm(C), not Perm(G) x O(1)^G."""
-        return self.kind == "colu" and self.cone_dim == 2
+        symmetry group is Perm(C), not Perm(G) x O(1)^G. ``False`` for :attr:`pair_cones`, the
+        two-dimensional cones that ``componentwise=False`` asks for."""
+        return self.kind == "colu" and self.cone_dim == 2 and not self.pair_cones
 
     @property
     def contiguous(self) -> bool:
@@ -229,7 +252,7 @@ class ConeSpec:
     def __str__(self) -> str:
         if self.is_identity:
             return f"ConeSpec(C={self.channels}, identity)"
-        extra = ", shared axis" if self.share_axis else ""
+        extra = (", shared axis" if self.share_axis else "") + (", 2-D cones" if self.pair_cones else "")
         layout = "" if self.kind == "rcolu" else f", {self.layout}"
         return f"ConeSpec({self.kind}: C={self.channels}, G={self.num_cones}, S={self.cone_dim}{layout}{extra})"
 
@@ -259,8 +282,8 @@ def validate_cone_args(cone_dim, num_cones) -> None:
         if cone_dim < 2:
             raise ValueError(
                 f"cone_dim={cone_dim} is too small: a cone needs an axis and at least one section "
-                f"channel, so cone_dim >= 2 (cone_dim=2 is the component-wise activation; "
-                f"use num_cones=0 for the identity)"
+                f"channel, so cone_dim >= 2 (cone_dim=2 is the component-wise activation, or the "
+                f"two-dimensional cone with componentwise=False; use num_cones=0 for the identity)"
             )
     if num_cones is not None:
         if not _is_int(num_cones):
@@ -269,7 +292,7 @@ def validate_cone_args(cone_dim, num_cones) -> None:
             raise ValueError(f"num_cones={num_cones} is negative; use num_cones >= 0 (0 is the identity)")
 
 
-def _resolve(channels, cone_dim, num_cones, share_axis, layout, kind) -> ConeSpec:
+def _resolve(channels, cone_dim, num_cones, share_axis, layout, kind, componentwise=True) -> ConeSpec:
     check_choice("kind", kind, KINDS)
     check_choice("layout", layout, LAYOUTS)
     validate_cone_args(cone_dim, num_cones)
@@ -283,7 +306,9 @@ def _resolve(channels, cone_dim, num_cones, share_axis, layout, kind) -> ConeSpe
         cone_dim = DEFAULT_CONE_DIM
 
     def make(G, S):
-        return ConeSpec(channels, G, S if G > 0 else None, share_axis, layout, kind)
+        # pair_cones only where it changes something, so equal activations have equal specs
+        pairs = not componentwise and kind == "colu" and G > 0 and S == 2
+        return ConeSpec(channels, G, S if G > 0 else None, share_axis, layout, kind, pairs)
 
     if num_cones == 0:
         return make(0, None)

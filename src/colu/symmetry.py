@@ -63,6 +63,7 @@ def group_element(
     kind: str = "colu",
     dtype: torch.dtype = torch.float64,
     angles=None,
+    componentwise: bool = True,
 ) -> torch.Tensor:
     """A random ``C x C`` orthogonal matrix from the activation's isometric symmetry group.
 
@@ -72,7 +73,9 @@ def group_element(
     * ``kind="colu"`` (default): a random permutation of the cones and a
       Haar-random orthogonal matrix on each section (Perm(G) x O(S-1)^G).
       With a shared axis the axis stays fixed. ``cone_dim=2`` is
-      component-wise, so its group is the permutations of all channels.
+      component-wise, so its group is the permutations of all channels;
+      with ``componentwise=False`` it is the two-dimensional cone, whose
+      group is Perm(G) x O(1)^G (permute the cones, flip section signs).
     * ``kind="rcolu"``: a random permutation of the groups and, inside each,
       a random orthogonal matrix fixing the all-ones axis.
     * ``kind="permutation"`` (or ``"relu"``): a random permutation matrix;
@@ -91,10 +94,13 @@ def group_element(
         angles: per-cone angles (e.g. a learnable angle's ``log_angle_scale``,
             shape ``(G,)``): only cones of equal angle are permuted. Default
             ``None``: all cones alike.
+        componentwise: how CoLU cones of dimension 2 are read, as in
+            :func:`colu.colu`. Default: ``True``.
     """
     kind = group_kind(kind)
     if kind in CONE_KINDS:
-        spec = ConeSpec.resolve(C, cone_dim, num_cones, share_axis=share_axis, layout=layout, kind=kind)
+        spec = ConeSpec.resolve(C, cone_dim, num_cones, share_axis=share_axis, layout=layout, kind=kind,
+                                componentwise=componentwise)
         group = group_of(spec, C)
         if angles is not None and not spec.is_identity and group.cone is not None:
             if torch.as_tensor(angles).numel() != spec.num_cones:

@@ -49,7 +49,8 @@ module name -> the layers before and after it), which is also read from a
 model's ``HIDDEN_STATES`` class attribute when no spec is given.
 
 **Groups.** Component-wise activations (ReLU, GELU, SiLU, ..., and CoLU with
-``cone_dim=2``) get permutations (Hungarian algorithm). CoLU gets cone
+``cone_dim=2``, unless ``componentwise=False`` makes its two-dimensional
+cones) get permutations (Hungarian algorithm). CoLU gets cone
 permutations times section rotations: the score of matching cone ``g`` of A to
 cone ``h`` of B is their axis correlation plus the nuclear norm of their
 section cross-correlation (the value of the best rotation, orthogonal

@@ -26,8 +26,9 @@ How things are counted:
   the difference between a CoLU and a ReLU model slightly overstates CoLU's
   extra arithmetic (by one FLOP per value).
 
-A cone dimension of 2 (component-wise ReLU/SiLU) and 0 cones (identity) stay
-with their element-wise ops and count 0, like ReLU.
+A cone dimension of 2 read component-wise (ReLU/SiLU) and 0 cones (identity) stay
+with their element-wise ops and count 0, like ReLU; two-dimensional cones
+(``componentwise=False``) are counted as cones.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def _as_custom_op(module: nn.Module, kind: str):
         C = x.shape[dim]
         spec = ConeSpec.resolve(C, module.cone_dim, module.num_cones,
                                 share_axis=getattr(module, "share_axis", False),
-                                layout=getattr(module, "layout", "grouped"), kind=kind)
-        if spec.is_identity or (kind == "colu" and spec.cone_dim == 2):
+                                layout=getattr(module, "layout", "grouped"), kind=kind,
+                                componentwise=getattr(module, "componentwise", True))
+        if spec.is_identity or spec.componentwise:
             return original(x)  # identity or component-wise: element-wise ops, counted like ReLU
         outer, inner = math.prod(x.shape[:dim]), math.prod(x.shape[dim + 1:])
         y = torch.ops.colu.cone_forward(
