@@ -36,8 +36,8 @@ _COLUMNS = {
 }
 _JSON_KEYS = {"fwd_ms": "fwd_ms", "fwdbwd_ms": "fb_ms", "fwd_vs_relu": "f_relu", "fwd_vs_silu": "f_silu",
               "fwdbwd_vs_relu": "fb_relu", "fwdbwd_vs_silu": "fb_silu"}
-_MODEL = re.compile(r"^# (?:run \d+: )?(?P<model>.+? train step): (?P<act>.+?)\s+(?P<ms>[\d.]+) ms\s+"
-                    r"x(?P<ratio>[\d.]+) vs (?P<base>\w+)\s*$")
+_MODEL = re.compile(r"^# (?:run \d+: )?(?P<model>.+? (?:train step|fwd\+bwd, compiled)): (?P<act>.+?)\s+"
+                    r"(?P<ms>[\d.]+) ms\s+x(?P<ratio>[\d.]+) vs (?P<base>\w+)(?P<compiled> compiled)?\s*$")
 _BASELINES = ("relu", "silu", "gelu")
 
 
@@ -65,7 +65,8 @@ def parse(root, name) -> dict:
         base_ms = {(m["model"], m.get("baseline", "relu")): m["step_ms"] for m in data.get("model_rows", [])
                    if m["activation"] == m.get("baseline", "relu")}
         models = [dict(model=m["model"], activation=m["activation"], ms=m["step_ms"], base=m.get("baseline", "relu"),
-                       ratio=m["step_ms"] / base_ms[(m["model"], m.get("baseline", "relu"))])
+                       ratio=m["step_ms"] / base_ms[(m["model"], m.get("baseline", "relu"))],
+                       compiled=bool(data.get("compiled")))
                   for m in data.get("model_rows", [])]
         return {"rows": rows, "models": models}
     rows, models, keys = [], [], None
@@ -73,7 +74,8 @@ def parse(root, name) -> dict:
         match = _MODEL.match(line)
         if match:
             models.append(dict(model=match["model"], activation=match["act"].strip(), ms=float(match["ms"]),
-                               ratio=float(match["ratio"]), base=match["base"].lower()))
+                               ratio=float(match["ratio"]), base=match["base"].lower(),
+                               compiled=bool(match["compiled"])))
             continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -164,11 +166,13 @@ def model_steps(root, *names):
             if m["activation"] != m["base"] and key not in keys:
                 keys.append(key)
     body = []
+    compiled = any(m.get("compiled") for models in runs for m in models)
     for model, act, base in keys:
         ratios = [next((m["ratio"] for m in models if (m["model"], m["activation"], m["base"]) == (model, act, base)),
                        None) for models in runs]
         known = [r for r in ratios if r is not None]
-        row = [model.removesuffix(" train step"), f"`{act}` vs {'ReLU' if base == 'relu' else 'SiLU'}"]
+        against = ("compiled " if compiled else "") + ("ReLU" if base == "relu" else "SiLU")
+        row = [model.removesuffix(" train step"), f"`{act}` vs {against}"]
         row += [f"{r:.3f}" if r is not None else "–" for r in ratios]
         if len(runs) > 1:
             row.append(f"{statistics.median(known):.3f}")

@@ -129,3 +129,24 @@ def test_bench_layouts_and_axis_activations_add_named_rows(tmp_path, capsys):
     assert not any("rcolu" in n and "axes_first" in n for n in names)  # RCoLU has no layout
     assert bench.main(["--quick", "--axis-activations", "tanh"]) == 2
     assert "'tanh'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_compile_quick_rows(tmp_path, capsys):
+    """--compile times the two blocks under torch.compile: per block, the baseline eager and compiled, CoLU as
+    dispatch chooses and with the fusible backend, each against the compiled baseline (--quick: ReLU's group
+    only; SiLU's is built the same way); no tensor rows."""
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--compile", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rows"] == [] and result["compiled"]
+    by_block = {}
+    for r in result["model_rows"]:
+        by_block.setdefault(r["model"], {})[r["activation"]] = r
+        assert r["step_ms"] > 0
+    assert sorted(name.split()[0] for name in by_block) == ["Conv", "MLP"], sorted(by_block)
+    for acts in by_block.values():
+        assert set(acts) == {"relu (eager)", "relu", "colu S=4 hard", "colu S=4 hard fusible"}
+        assert acts["relu"]["ratio"] == 1.0
+        assert all(r["baseline"] == "relu" for r in acts.values())
+    assert "vs ReLU compiled" in capsys.readouterr().out

@@ -37,7 +37,7 @@ from colu.reference import exact_projection
 from colu.spec import ConeSpec
 
 
-def _weight_and_slope(r: torch.Tensor, scaling: str):
+def weight_and_slope(r: torch.Tensor, scaling: str):
     """``w(r)`` and ``w'(r)`` (see :func:`colu.reference.weighting`)."""
     if scaling == "hard":
         w = torch.clamp(r, 0.0, 1.0)
@@ -61,7 +61,7 @@ def _weight_and_slope(r: torch.Tensor, scaling: str):
     return torch.where(off, zero, torch.log1p(r_on)), torch.where(off, zero, 1.0 / (1.0 + r_on))
 
 
-def _axis_act(a: torch.Tensor, name: str) -> torch.Tensor:
+def axis_act(a: torch.Tensor, name: str) -> torch.Tensor:
     if name == "identity":
         return a
     if name == "relu":
@@ -69,7 +69,7 @@ def _axis_act(a: torch.Tensor, name: str) -> torch.Tensor:
     return torch.nn.functional.silu(a)
 
 
-def _axis_act_grad(a: torch.Tensor, name: str):
+def axis_act_grad(a: torch.Tensor, name: str):
     if name == "relu":
         return (a > 0).to(a.dtype)
     sig = torch.sigmoid(a)
@@ -82,13 +82,13 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     ``torch.linalg.vector_norm`` over a short strided dimension took 80% of the whole forward (about 100x
     ReLU's time on NCHW activations); a product and a sum are the fast, vectorised kernels. Neither
     rescales against overflow: squares of section values above about 1e19 (1e154 in float64) are infinite
-    where the values are not, so cones whose norm comes out infinite take :func:`_scaled_norm` instead: in
+    where the values are not, so cones whose norm comes out infinite take :func:`scaled_norm` instead: in
     eager mode only when there is one; compiled (where Inductor fuses the select) or under ``vmap`` and the
     other functorch transforms (which cannot branch on data), always.
     """
     n = _dot(t, t).sqrt()
     if torch.compiler.is_compiling() or _transforms_active() or bool(torch.isinf(n).any()):
-        n = torch.where(torch.isinf(n), _scaled_norm(t), n)
+        n = torch.where(torch.isinf(n), scaled_norm(t), n)
     return n
 
 
@@ -96,7 +96,7 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def _scaled_norm(t: torch.Tensor) -> torch.Tensor:
+def scaled_norm(t: torch.Tensor) -> torch.Tensor:
     """The norm over dimension 2 as ``m * ||t / m||`` with ``m = max |t|``: no square exceeds 1 (an
     infinite or NaN value keeps its infinite or NaN norm)."""
     m = t.abs().amax(2, keepdim=True)
@@ -189,7 +189,7 @@ def cone_forward(
     if spec.kind == "rcolu":
         return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
-    axes_out, w = _projected(_axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
+    axes_out, w = _projected(axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
     if _in_place_ok():
         out = torch.empty_like(x)
         out_axes, out_sections = _split(out, spec)
@@ -206,7 +206,7 @@ def _projected(a, n, eps, scaling, scale):
         return exact_projection(a, n)
     r = a / (n + eps)
     c = _per_cone(scale, r)
-    w, _ = _weight_and_slope(r if c is None else r * c, scaling)
+    w, _ = weight_and_slope(r if c is None else r * c, scaling)
     return a, w
 
 
@@ -217,7 +217,7 @@ def _weighted_terms(a, n, q, eps, scaling, scale):
     denom = n + eps
     r = a / denom
     c = _per_cone(scale, r)
-    w, slope = _weight_and_slope(r if c is None else r * c, scaling)
+    w, slope = weight_and_slope(r if c is None else r * c, scaling)
     k = q * slope / denom
     g_c = None
     if c is not None:
@@ -256,7 +256,7 @@ def cone_backward(
         return (g_in, _scale_grad(g_c, scale)) if scale_grad else g_in
     axes, sections = _split(x, spec)
     g_axes, g_sections = _split(grad.contiguous(), spec)
-    axes_out = _axis_act(axes, axis_activation)
+    axes_out = axis_act(axes, axis_activation)
     norm = _norm(sections)
     q = _dot(g_sections, sections)
     g_c = None
@@ -269,7 +269,7 @@ def cone_backward(
         sec_terms = (w, -coef)
         g_ax = g_axes + (k.sum(1, keepdim=True) if spec.share_axis else k)
     if axis_activation != "identity":
-        g_ax = g_ax * _axis_act_grad(axes, axis_activation)
+        g_ax = g_ax * axis_act_grad(axes, axis_activation)
     on_g, on_s = (t.unsqueeze(2) for t in sec_terms)
     if _in_place_ok():
         g_in = torch.empty_like(x)
@@ -295,7 +295,7 @@ def _rcolu_parts(x, spec, scaling, eps, axis_activation):
     perp = groups - mean
     norm = _norm(perp)
     t = mean.squeeze(2) * math.sqrt(S)
-    t_out = _axis_act(t, axis_activation)
+    t_out = axis_act(t, axis_activation)
     return perp, norm, t, t_out
 
 
@@ -324,6 +324,6 @@ def _rcolu_backward(x, grad, spec, scaling, eps, axis_activation, scale):
         g_t = g_mean + k / math.sqrt(S)
         g_perp = w.unsqueeze(2) * (g - g_mean.unsqueeze(2)) - coef.unsqueeze(2) * perp
     if axis_activation != "identity":
-        g_t = g_t * _axis_act_grad(t, axis_activation)
+        g_t = g_t * axis_act_grad(t, axis_activation)
     g_in = g_perp + g_t.unsqueeze(2)
     return g_in.view(x.shape), g_c

@@ -13,6 +13,9 @@ layouts) upcasts around itself. Backends:
 * ``"cpu"``: the fused C kernel (:mod:`colu.ops.cpu`), CPU tensors.
 * ``"triton"``: the fused Triton kernel (:mod:`colu.ops.triton_kernels`),
   CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, for testing).
+* ``"fusible"``: torch ops written for ``torch.compile`` (:mod:`colu.ops.fusible`),
+  any device; compiled, Inductor fuses them with the neighbouring ops. Only when forced:
+  ``"auto"`` keeps the kernels, measured faster on CPU (``docs/kernels.md``).
 
 ``"auto"`` (the default) picks ``"cpu"`` for CPU tensors when the C kernel
 builds, ``"triton"`` for CUDA tensors when triton is installed, and
@@ -34,10 +37,10 @@ import os
 
 import torch
 
-from colu.ops import closed_form, cpu
+from colu.ops import closed_form, cpu, fusible
 from colu.spec import KERNEL_SCALINGS
 
-BACKENDS = ("auto", "closed_form", "cpu", "triton")
+BACKENDS = ("auto", "closed_form", "cpu", "triton", "fusible")
 HALF_DTYPES = cpu.HALF_DTYPES
 KERNEL_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 
@@ -89,6 +92,8 @@ def select(x: torch.Tensor, backend: str = "auto", scaling: str = "hard") -> str
         raise ValueError(f"unknown {where}={backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
     if backend == "closed_form" or _exporting():
         return "closed_form"
+    if backend == "fusible":
+        return "fusible" if scaling in KERNEL_SCALINGS else "closed_form"
     if scaling not in KERNEL_SCALINGS:
         if backend != "auto":
             raise RuntimeError(
@@ -142,6 +147,10 @@ def kernel_backward(x, grad, spec, scaling, eps, axis_activation, backend):
 
 
 def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
+    if backend == "fusible":
+        if not torch.compiler.is_compiling():
+            calls["fusible"] += 1
+        return fusible.cone_forward(x, spec, scaling, eps, axis_activation)
     if backend == "closed_form":
         if x.dtype in HALF_DTYPES:
             return forward(x.float(), spec, scaling, eps, axis_activation).to(x.dtype)
@@ -155,6 +164,10 @@ def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
 
 
 def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"):
+    if backend == "fusible":
+        if not torch.compiler.is_compiling():
+            calls["fusible"] += 1
+        return fusible.cone_backward(x, grad, spec, scaling, eps, axis_activation)
     if backend == "closed_form":
         if x.dtype in HALF_DTYPES:
             return backward(x.float(), grad.float(), spec, scaling, eps, axis_activation).to(x.dtype)

@@ -76,6 +76,12 @@ def _parse(argv):
                    "at batch 128 in NCHW and channels_last, the Table 7 GPT at batch 64 and a small diffusers "
                    "UNet2DModel (if diffusers is installed), CoLU S=4 against ReLU and, for the UNet, soft CoLU "
                    "against SiLU; needs colu[experiments]")
+    p.add_argument("--compile", action="store_true",
+                   help="instead of the tensor and MLP rows, time forward+backward of two blocks under "
+                   "torch.compile: an MLP 512-1024-1024-10 at batch 256 and two 3x3 convolutions 16-32-32 with "
+                   "batch norm on 32x16x32x32 (CoLU over dim 1), CoLU S=4 against ReLU and soft CoLU against "
+                   "SiLU, each also with the fusible backend, the eager baseline beside; with --models the "
+                   "training steps are compiled too")
     p.add_argument("--quick", action="store_true",
                    help="a tiny shape and few repeats, for tests (options given explicitly still apply)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -302,14 +308,16 @@ class _Backend:
             os.environ["COLU_BACKEND"] = self.saved
 
 
-def _train_step(model, loss_fn, optimizer="sgd"):
-    """One optimiser step of ``model`` on the fixed batch that ``loss_fn(model)`` evaluates."""
-    params = model.parameters()
+def _train_step(model, loss_fn, optimizer="sgd", compiled=False):
+    """One optimiser step of ``model`` on the fixed batch that ``loss_fn(model)`` evaluates; with ``compiled``,
+    the model runs under ``torch.compile`` (the optimiser does not)."""
+    params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=1e-4) if optimizer == "adam" else torch.optim.SGD(params, lr=1e-3)
+    run = torch.compile(model, dynamic=False) if compiled else model
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model).backward()
+        loss_fn(run).backward()
         opt.step()
 
     return step
@@ -351,6 +359,65 @@ def _model_rows(args, device, dtype, timer, dropped=None):
     S = fitting[0]
     return _time_steps(model_name, {"relu": mlp(torch.nn.ReLU()), f"colu S={S} hard": mlp(colu.CoLU(cone_dim=S))},
                        args, timer)
+
+
+# the blocks of --compile: (name, build(act), input shape, dim of the activation's channels)
+COMPILE_BLOCKS = dict(
+    paper=dict(mlp=(512, 1024, 256), conv=(16, 32, (32, 16, 32, 32))),
+    quick=dict(mlp=(16, 32, 8), conv=(4, 8, (2, 4, 8, 8))),
+)
+
+
+def _compiled_block_rows(args, device, dtype, timer):
+    """Forward+backward of an MLP block and a convolution block under ``torch.compile``, per activation: the
+    baseline eager and compiled, CoLU compiled as dispatch chooses (``backend="auto"``: the kernels as custom
+    ops) and with the fusible backend (:mod:`colu.ops.fusible`, which Inductor fuses with its neighbours)."""
+    S = MODEL_CONE_DIM
+    size = COMPILE_BLOCKS["quick" if args.quick else "paper"]
+    n_in, width, batch = size["mlp"]
+    c_in, c_mid, conv_shape = size["conv"]
+
+    class Cone(torch.nn.Module):
+        def __init__(self, scaling, backend, dim):
+            super().__init__()
+            self.scaling, self.backend, self.dim = scaling, backend, dim
+
+        def forward(self, x):
+            return colu.colu(x, S, scaling=self.scaling, dim=self.dim, backend=self.backend)
+
+    blocks = {
+        f"MLP {n_in}-{width}-{width}-10 batch {batch} fwd+bwd": (
+            lambda act: torch.nn.Sequential(torch.nn.Linear(n_in, width), act(), torch.nn.Linear(width, width), act(),
+                                            torch.nn.Linear(width, 10)),
+            (batch, n_in), -1),
+        f"Conv {c_in}-{c_mid}-{c_mid} + BatchNorm {'x'.join(map(str, conv_shape))} fwd+bwd": (
+            lambda act: torch.nn.Sequential(torch.nn.Conv2d(c_in, c_mid, 3, padding=1), torch.nn.BatchNorm2d(c_mid), act(),
+                                            torch.nn.Conv2d(c_mid, c_mid, 3, padding=1), torch.nn.BatchNorm2d(c_mid), act()),
+            conv_shape, 1),
+    }
+    rows = []
+    for name, (build, shape, dim) in blocks.items():
+        x = torch.randn(shape, device=device, dtype=dtype)
+
+        def step(act, compiled=True):
+            torch.manual_seed(0)
+            model = build(act).to(device=device, dtype=dtype)
+            run = torch.compile(model, dynamic=False) if compiled else model
+            return lambda: run(x).sum().backward()
+
+        groups = (("relu", "hard", torch.nn.ReLU), ("silu", "soft", torch.nn.SiLU))
+        for base, scaling, base_act in groups[:1] if args.quick else groups:  # --quick: compile half as much
+            cases = {
+                f"{base} (eager)": step(base_act, compiled=False),
+                base: step(base_act),
+                f"colu S={S} {scaling}": step(lambda: Cone(scaling, args.backend, dim)),
+                f"colu S={S} {scaling} fusible": step(lambda: Cone(scaling, "fusible", dim)),
+            }
+            rows += _time_steps(f"{name}, compiled", cases, args, timer, baseline=base)
+            # the models share their forward's code; dynamo keeps at most 8 compilations of one and runs the
+            # rest eagerly, so each group starts afresh
+            torch._dynamo.reset()
+    return rows
 
 
 MODEL_CONE_DIM = 4  # the paper's S for ResNet-56 and the GPT MLP
@@ -396,10 +463,12 @@ def _paper_model_rows(args, device, dtype, timer, dropped):
             def step(act, row=row):
                 torch.manual_seed(0)
                 model = row.build(act).to(device=device, dtype=dtype, memory_format=row.memory_format)
-                return _train_step(model, row.loss, "adam")
+                return _train_step(model, row.loss, "adam", args.compile)
 
             conic = step(lambda channels, row=row: colu.CoLU(cone_dim=S, dim=row.dim))
             rows += _time_steps(row.name, {"relu": step(None), hard: conic}, args, timer)
+            if args.compile:
+                torch._dynamo.reset()  # as in _compiled_block_rows
     rows += _unet_rows(QUICK_UNET if args.quick else PAPER_UNET, S, args, device, dtype, timer, dropped)
     return rows
 
@@ -431,9 +500,11 @@ def _unet_rows(size, S, args, device, dtype, timer, dropped):
                         up_block_types=("AttnUpBlock2D", "UpBlock2D")).to(device=device, dtype=dtype)
         if scaling is not None:
             colu.convert(m, cone_dim=S, scaling=scaling, example_input=(x, t), on_mismatch="raise")
-        return _train_step(m, lambda m: F.mse_loss(m(x, t).sample, noise), "adam")
+        return _train_step(m, lambda m: F.mse_loss(m(x, t).sample, noise), "adam", args.compile)
 
     rows = _time_steps(name, {"relu": unet("relu"), f"colu S={S} hard": unet("relu", "hard")}, args, timer)
+    if args.compile:
+        torch._dynamo.reset()  # as in _compiled_block_rows
     rows += _time_steps(name, {"silu": unet("silu"), f"colu S={S} soft": unet("silu", "soft")}, args, timer,
                         baseline="silu")
     return rows
@@ -453,21 +524,24 @@ def _print_table(result):
         print(f"# device copy bandwidth {result['copy_gbs']:.0f} GB/s")
     if result.get("malloc_keeps_freed_buffers"):
         print("# glibc malloc keeps freed buffers (mallopt), so no row pays for fresh page faults")
-    wide = max([20] + [len(r["activation"]) for r in result["rows"]])
-    hdr = f"{'shape':>10} {'activation':<{wide}} {'fwd ms':>8} {'f/ReLU':>6} {'f/SiLU':>6} {'f+b ms':>8} {'fb/ReLU':>7} {'fb/SiLU':>7} {'fwd GB/s':>8} {'f+b GB/s':>8} {'saved B':>10}"
-    if result.get("copy_gbs"):
-        hdr += f" {'f/copy':>6}"
-    print(hdr)
-    for r in result["rows"]:
-        line = (f"{'x'.join(map(str, r['shape'])):>10} {r['activation']:<{wide}} {r['fwd_ms']:8.3f} {r['fwd_vs_relu']:6.2f} "
-                f"{r['fwd_vs_silu']:6.2f} {r['fwdbwd_ms']:8.3f} {r['fwdbwd_vs_relu']:7.2f} {r['fwdbwd_vs_silu']:7.2f} "
-                f"{r['fwd_gbs']:8.1f} {r['fwdbwd_gbs']:8.1f} {r['saved_bytes']:10d}")
+    if result["rows"]:
+        wide = max([20] + [len(r["activation"]) for r in result["rows"]])
+        hdr = f"{'shape':>10} {'activation':<{wide}} {'fwd ms':>8} {'f/ReLU':>6} {'f/SiLU':>6} {'f+b ms':>8} {'fb/ReLU':>7} {'fb/SiLU':>7} {'fwd GB/s':>8} {'f+b GB/s':>8} {'saved B':>10}"
         if result.get("copy_gbs"):
-            line += f" {r['fwd_gbs'] / result['copy_gbs']:6.2f}"
-        print(line)
+            hdr += f" {'f/copy':>6}"
+        print(hdr)
+        for r in result["rows"]:
+            line = (f"{'x'.join(map(str, r['shape'])):>10} {r['activation']:<{wide}} {r['fwd_ms']:8.3f} {r['fwd_vs_relu']:6.2f} "
+                    f"{r['fwd_vs_silu']:6.2f} {r['fwdbwd_ms']:8.3f} {r['fwdbwd_vs_relu']:7.2f} {r['fwdbwd_vs_silu']:7.2f} "
+                    f"{r['fwd_gbs']:8.1f} {r['fwdbwd_gbs']:8.1f} {r['saved_bytes']:10d}")
+            if result.get("copy_gbs"):
+                line += f" {r['fwd_gbs'] / result['copy_gbs']:6.2f}"
+            print(line)
     for r in result.get("model_rows", []):
         baseline = {"relu": "ReLU", "silu": "SiLU"}[r["baseline"]]
-        print(f"# {r['model']}: {r['activation']:<14} {r['step_ms']:8.2f} ms  x{r['ratio']:.3f} vs {baseline}")
+        if result.get("compiled"):
+            baseline += " compiled"
+        print(f"# {r['model']}: {r['activation']:<20} {r['step_ms']:8.2f} ms  x{r['ratio']:.3f} vs {baseline}")
     for d in result.get("dropped", []):
         print(f"# dropped {', '.join(d['activations'])} at {d['where']}: {d['reason']}")
 
@@ -517,9 +591,13 @@ def main(argv=None) -> int:
         rows=[],
         dropped=[],
     )
-    for shape in shapes:
-        result["rows"] += _shape_rows(shape, args, device, dtype, timer, result["dropped"])
-    if not args.no_model:
+    if args.compile:
+        result["compiled"] = True
+        result["model_rows"] = _compiled_block_rows(args, device, dtype, timer)
+    else:
+        for shape in shapes:
+            result["rows"] += _shape_rows(shape, args, device, dtype, timer, result["dropped"])
+    if not args.no_model and not args.compile:
         result["model_rows"] = _model_rows(args, device, dtype, timer, result["dropped"])
     if args.models:
         result["model_rows"] = result.get("model_rows", []) + _paper_model_rows(args, device, dtype, timer,
