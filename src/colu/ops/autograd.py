@@ -128,14 +128,56 @@ def tracing() -> bool:
     return _is_compiling() or _is_exporting() or _transforming()
 
 
+class CompiledKernelFunction(torch.autograd.Function):
+    """The kernels under ``torch.compile``: the custom ops ``colu::cone_forward``/``colu::cone_backward``
+    (:mod:`colu.ops.custom`) on the activation's own tensor and channel ``dim``, so that Inductor may hand
+    them its buffers in the layout it chose (see there). Saves the input, as :class:`ConeFunction`; a double
+    backward takes the closed form."""
+
+    @staticmethod
+    def forward(x, dim, spec, scaling, eps, axis_activation):
+        return torch.ops.colu.cone_forward(x, dim, *_op_args(spec, scaling, eps, axis_activation))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dim, spec, scaling, eps, axis_activation = inputs
+        ctx.save_for_backward(x)
+        ctx.config = (dim, spec, scaling, eps, axis_activation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dim, spec, scaling, eps, axis_activation = ctx.config
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            return _closed_form_grad(x, grad, dim, spec, scaling, eps, axis_activation), None, None, None, None, None
+        g = torch.ops.colu.cone_backward(x, grad.to(x.dtype), dim, *_op_args(spec, scaling, eps, axis_activation))
+        return g, None, None, None, None, None
+
+
+def _op_args(spec, scaling, eps, axis_activation):
+    return (spec.channels, spec.num_cones, spec.cone_dim, spec.share_axis, spec.layout, spec.kind, scaling, eps,
+            axis_activation)
+
+
+def _closed_form_grad(x, grad, dim, spec, scaling, eps, axis_activation):
+    C = x.shape[dim]
+    outer = math.prod(x.shape[:dim])
+    g = dispatch.backward(x.contiguous().reshape(outer, C, -1), grad.to(x.dtype).contiguous().reshape(outer, C, -1),
+                          spec, scaling, eps, axis_activation, "closed_form")
+    return g.reshape(x.shape)
+
+
 def apply_cones(x, dim, spec, scaling, eps, axis_activation, backend):
     """Run the cone activation on ``x`` along ``dim`` with the already selected ``backend``.
 
     The Function sees an ``(outer, C, inner)`` view: ``(rows, C, 1)`` where the
     channels are the innermost axis in memory (``(..., C)`` rows, and
     channels-last ``NCHW`` with ``dim=1``), else a contiguous copy of ``x``.
-    The result has the shape and memory format of ``x``.
+    The result has the shape and memory format of ``x``. Compiled, the kernels
+    take ``x`` itself (:class:`CompiledKernelFunction`).
     """
+    if backend in ("cpu", "triton") and _is_compiling():
+        return CompiledKernelFunction.apply(x, dim % x.dim(), spec, scaling, float(eps), axis_activation)
     fn = ConeFunction if tracing() else EagerConeFunction
     C = x.shape[dim]
     moved = x.movedim(dim, -1)

@@ -22,7 +22,8 @@ builds, ``"triton"`` for CUDA tensors when triton is installed, and
 ``"closed_form"`` otherwise, and always while ``torch.export`` (and so
 ``torch.onnx.export(dynamo=True)``) traces, so exported graphs contain only
 aten ops. Under ``torch.compile`` the kernels run as the custom ops
-``colu::cone_forward``/``colu::cone_backward`` (:mod:`colu.ops.custom`).
+``colu::cone_forward``/``colu::cone_backward`` (:mod:`colu.ops.custom`, through
+:class:`colu.ops.autograd.CompiledKernelFunction`).
 
 Set ``COLU_BACKEND`` (or pass ``backend=`` to :func:`colu.colu`) to force a
 backend; a forced kernel that cannot run raises ``RuntimeError`` naming why.
@@ -157,8 +158,6 @@ def forward(x, spec, scaling, eps, axis_activation, backend="closed_form"):
         if not torch.compiler.is_compiling():
             calls["closed_form"] += 1
         return closed_form.cone_forward(x, spec, scaling, eps, axis_activation)
-    if torch.compiler.is_compiling():
-        return torch.ops.colu.cone_forward(x, *_op_args(spec, scaling, eps, axis_activation))
     calls[backend] += 1
     return kernel_forward(x, spec, scaling, eps, axis_activation, backend)
 
@@ -174,11 +173,5 @@ def backward(x, grad, spec, scaling, eps, axis_activation, backend="closed_form"
         if not torch.compiler.is_compiling():
             calls["closed_form"] += 1
         return closed_form.cone_backward(x, grad, spec, scaling, eps, axis_activation)
-    if torch.compiler.is_compiling():
-        return torch.ops.colu.cone_backward(x, grad, *_op_args(spec, scaling, eps, axis_activation))
     calls[backend] += 1
     return kernel_backward(x, grad.contiguous(), spec, scaling, eps, axis_activation, backend)
-
-
-def _op_args(spec, scaling, eps, axis_activation):
-    return (spec.channels, spec.num_cones, spec.cone_dim, spec.share_axis, spec.layout, spec.kind, scaling, eps, axis_activation)
