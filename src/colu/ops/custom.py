@@ -1,13 +1,14 @@
 """The kernels as torch custom ops, so that ``torch.compile(fullgraph=True)`` can keep them.
 
 Eager calls skip these (dispatch calls the kernels directly: a custom op
-costs tens of microseconds of Python per call). Under ``torch.compile`` the
-autograd Function in :mod:`colu.ops.autograd` is traced and its forward and
-backward become ``colu::cone_forward``/``colu::cone_backward`` nodes, which
-the compiled graph calls as opaque kernels; ``register_fake`` gives their
-output shapes. Autograd stays with the Function, so no autograd formula is
-registered here. The ops take the cone spec as plain fields because custom
-op schemas allow only simple types.
+costs tens of microseconds of Python per call). Under ``torch.compile``
+:class:`colu.ops.autograd.CompiledKernelFunction` is traced and its forward
+and backward become ``colu::cone_forward``/``colu::cone_backward`` nodes,
+which the compiled graph calls as opaque kernels on the activation's own
+tensor and channel ``dim``; ``register_fake`` gives their outputs (shaped and
+laid out as the input). Autograd stays with the Function, so no autograd
+formula is registered here. The ops take the cone spec as plain fields
+because custom op schemas allow only simple types.
 
 Each op picks its kernel when it runs, through :func:`colu.ops.dispatch.select`
 on the tensor it gets (so a compiled graph follows ``COLU_BACKEND`` and the
