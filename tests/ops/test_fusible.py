@@ -141,3 +141,17 @@ def test_inductor_resnet_block_and_gpt_mlp(backend):
         torch.testing.assert_close(y, ye, rtol=1e-4, atol=1e-5)
         for a, b in zip(grads, grads_e):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_compiled_kernels_keep_the_layout_they_are_given(memory_format):
+    # the custom ops take the activation's own tensor in any layout and return it in the same one
+    torch._dynamo.reset()
+    x = torch.randn(2, 8, 5, 3).contiguous(memory_format=memory_format)
+    g = torch.randn(2, 8, 5, 3)
+    fn = lambda t: colu.colu(t, 4, dim=1, scaling="soft")  # noqa: E731
+    y, gx = _grad(torch.compile(fn, backend="aot_eager", fullgraph=True), x, g)
+    ye, ge = _grad(fn, x, g)
+    assert y.stride() == ye.stride() == x.stride()
+    torch.testing.assert_close(y, ye, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx, ge, rtol=1e-6, atol=1e-6)
