@@ -293,7 +293,21 @@ def align_verdicts(root, path) -> str:
     return "\n".join(verdict_lines(_load(root, path)))
 
 
+def readings(root, name) -> str:
+    """The readings an experiment declares (its ``READINGS``, what ``--show-config`` prints), as a list: the setting
+    and our value, the paper's sentence, why, and how to switch. ``name``: an experiment of the registry, or
+    ``finetune-diffusers`` (the Stable Diffusion fine-tune, a command without a run contract)."""
+    from colu_lab.framework.readings import readings_markdown
+
+    if name == "finetune-diffusers":
+        from colu_lab.experiments.sd_finetune.command import READINGS
+
+        return readings_markdown(READINGS)
+    return readings_markdown(EXPERIMENTS[name].readings, EXPERIMENTS[name].Config)
+
+
 RENDERERS = {
+    "readings": readings,
     "run-table": run_table,
     "run-settings": run_settings,
     "run-claims": run_claims,

@@ -112,7 +112,8 @@ def test_bias_switch_and_the_report_calls_it_a_deviation():
     record = {"experiment": "mnist-vae", "data": {}, "runs": [{"steps": 4690}]}
     paper_cfg = {**mnist_vae.PAPER_SETTINGS}
     assert comparability(EXPERIMENTS["mnist-vae"], {**record, "config": paper_cfg}) == []
-    assert comparability(EXPERIMENTS["mnist-vae"], {**record, "config": {**paper_cfg, "bias": True}}) == ["bias = True (paper: False)"]
+    assert comparability(EXPERIMENTS["mnist-vae"], {**record, "config": {**paper_cfg, "bias": True}}) == [
+        "bias = True (our reading of the paper: False)"]
 
 
 @pytest.mark.parametrize("values, examples, total", [

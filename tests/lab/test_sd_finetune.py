@@ -151,7 +151,7 @@ def test_finetuning_lowers_the_fixed_batch_loss(colu_run):
     assert loss["converted"] != loss["original"]
     assert loss["final"] < 0.9 * loss["converted"], loss
     assert [e["step"] for e in results["curve"]] == [2, 4]
-    assert results["optimizer"] == "Adam lr 0.001, weight decay 0.01 (l2)"
+    assert results["optimizer"] == "AdamW lr 0.001, weight decay 0.01 (decoupled)"  # the shared reading
     assert results["gradient_checkpointing"] is True and results["precision"] == "fp32"
     m = results["memory_estimate"]
     assert m["estimate"] is True and m["weights_and_optimizer_gb"] * 1024 ** 3 == 16 * m["params_trainable"]

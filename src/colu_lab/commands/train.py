@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -9,6 +10,7 @@ import sys
 from colu.files import WriteError
 from colu_lab.framework import ablation, report
 from colu_lab.framework.config import command_error, parse_cli
+from colu_lab.framework.readings import show_config
 from colu_lab.framework.rundir import RunFolder
 from colu_lab.framework.runner import Halted, Interrupted, diverged_message, run_all
 from colu_lab.registry import EXPERIMENTS
@@ -23,6 +25,9 @@ def _train(argv, sweep: bool) -> int:
     request = None
     try:
         request = parse_cli(argv, prog, description, EXPERIMENTS, sweep=sweep)
+        if request.show_config:
+            print(_settings_text(request, prog))
+            return 0
         if request.ablation:
             return _ablation(request, prog, argv)
         results = run_all(request.exp, request.cfg, request.out, resume=request.resume,
@@ -55,6 +60,19 @@ def _train(argv, sweep: bool) -> int:
             if record.get("diverged"):
                 print(f"{prog}: {diverged_message(record)}", file=sys.stderr)
     return 1 if any(r.get("diverged") for r in results["runs"]) else 0
+
+
+def _settings_text(request, prog) -> str:
+    """``--show-config``: the settings a run of ``request`` would train with, readings marked; nothing is run."""
+    exp, cfg, origins = request.exp, request.cfg, dict(request.origins)
+    if request.ablation and not cfg.activations:  # every variant trains the ablation's own activations
+        cfg = dataclasses.replace(cfg, activations=list(exp.ablation.activations))
+        origins["activations"] = "default (the ablation's activations)"
+    what = ("the base settings of its ablation grid (each variant changes some of them)" if request.ablation
+            else "the resolved settings")
+    preset = f", preset {cfg.preset}" if cfg.preset else ""
+    title = f"{prog} {exp.name}{preset}: {what}; nothing is trained (drop --show-config to train into {request.out})"
+    return show_config(exp, cfg, origins, title=title)
 
 
 def _ablation(request, prog, argv) -> int:

@@ -57,9 +57,13 @@ class TrainConfig:
     exactly): ``schedule`` constant (default), cosine (from ``lr`` down to
     ``lr * min_lr_ratio`` at the last step, default ratio 0) or step
     (``lr`` times ``step_gamma``, default 0.1, at each step in
-    ``step_milestones``); ``warmup_steps`` (default 0) ramps the learning rate
-    linearly up to ``lr`` first. ``grad_clip`` (default 0: off) clips the
-    global gradient norm.
+    ``step_milestones``, or where none are given at each fraction in
+    ``step_fractions`` of the run's total steps: ``0.5,0.75`` is He et al.'s
+    CIFAR schedule whatever the budget); ``warmup_steps`` (default 0) ramps
+    the learning rate linearly up to ``lr`` first. An experiment may give
+    ``step_fractions`` a default of its own (the shape its step schedule
+    takes); any other value needs ``schedule=step``. ``grad_clip`` (default
+    0: off) clips the global gradient norm.
 
     ``autocast``: off (default, float32), bf16 (bfloat16 autocast for the
     training forward pass; CUDA only) or auto (bf16 on CUDA, off on CPU).
@@ -83,6 +87,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine: the last step's lr as a fraction of lr
     step_milestones: list[int] = field(default_factory=list)  # step: global steps at which lr is multiplied
+    step_fractions: list[float] = field(default_factory=list)  # step, without milestones: fractions of the run
     step_gamma: float = 0.1  # step: the factor applied at each milestone
     grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
     eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch (at most MAX_EVALS per run)
@@ -133,12 +138,25 @@ class TrainConfig:
         if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
             raise ValueError(f"step_milestones {milestones!r}: need increasing steps >= 1, e.g. "
                              "step_milestones=32000,48000")
-        if self.schedule == "step" and not milestones:
+        fractions = list(self.step_fractions)
+        if any(not 0 < f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError(f"step_fractions {fractions!r}: need increasing fractions of the run's steps, each "
+                             "strictly between 0 and 1, e.g. step_fractions=0.5,0.75")
+        if self.schedule == "step" and not milestones and not fractions:
             raise ValueError("schedule=step needs step_milestones (the global steps at which lr is multiplied "
-                             "by step_gamma), e.g. --set step_milestones=32000,48000")
+                             "by step_gamma), e.g. --set step_milestones=32000,48000, or step_fractions (the same "
+                             "as fractions of the run's steps), e.g. --set step_fractions=0.5,0.75")
         if milestones and self.schedule != "step":
             raise ValueError(f"step_milestones {milestones!r} apply to schedule=step only (schedule is "
                              f"{self.schedule}); drop them or set schedule=step")
+        # the class's own default is the shape this experiment's step schedule takes; another value is a request
+        own = type(self).__dataclass_fields__["step_fractions"].default_factory()
+        if fractions != own and self.schedule != "step":
+            raise ValueError(f"step_fractions {fractions!r} apply to schedule=step only (schedule is "
+                             f"{self.schedule}); drop them or set schedule=step")
+        if fractions != own and milestones:
+            raise ValueError(f"step_milestones {milestones!r} and step_fractions {fractions!r} both place the "
+                             "steps of schedule=step; give one of them")
 
 
 # Settings that may differ between a run and its --resume without changing any number it computes.
@@ -192,9 +210,12 @@ def optimizer_description(cfg: dict) -> str:
     warmup = cfg.get("warmup_steps", 0)
     if schedule == "cosine":
         text += f"; cosine schedule down to {cfg.get('min_lr_ratio', 0.0)} × lr"
-    elif schedule == "step":
+    elif schedule == "step" and cfg.get("step_milestones"):
         text += (f"; lr × {cfg.get('step_gamma')} at steps "
                  f"{', '.join(str(m) for m in cfg.get('step_milestones', []))}")
+    elif schedule == "step":
+        text += (f"; lr × {cfg.get('step_gamma')} at "
+                 f"{', '.join(f'{f:.0%}' for f in cfg.get('step_fractions', []))} of the steps")
     else:
         text += "; constant learning rate"
     if warmup:
@@ -264,10 +285,10 @@ def _convert(kind, key: str, value, source: str):
                     return False
                 raise ValueError(value)
             return bool(value)
-        if typing.get_args(kind) == (int,) and typing.get_origin(kind) is list:
+        if typing.get_args(kind) in ((int,), (float,)) and typing.get_origin(kind) is list:
             items = value.replace(";", ",").split(",") if isinstance(value, str) else value
             items = [v.strip() if isinstance(v, str) else v for v in items]
-            return [_convert(int, key, v, source) for v in items if v != ""]
+            return [_convert(typing.get_args(kind)[0], key, v, source) for v in items if v != ""]
         if kind in (list, typing.List) or typing.get_origin(kind) is list:
             if isinstance(value, str):
                 return [v for v in (s.strip() for s in value.split(";")) if v]
@@ -276,6 +297,9 @@ def _convert(kind, key: str, value, source: str):
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
+        if kind is bool:
+            raise ValueError(f"{source}: {key}={value!r} is not one of true, false (or yes/no, on/off, 1/0)"
+                             ) from None
         raise ValueError(f"{source}: {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
 
@@ -415,6 +439,11 @@ def _parser(prog: str, description: str, experiments) -> argparse.ArgumentParser
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (command-line options win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set width=256 (repeatable; see the config dataclass)")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved settings (after the preset, the dataset's own settings and your "
+                        "options), one per line, and stop without training; each setting that reads the paper "
+                        "where it is silent or ambiguous is marked, with the sentence it reads and the --set that "
+                        "switches it")
     p.add_argument("--ablation", action="store_true",
                    help="colu sweep only: train the experiment's ablation grid (each variant of its settings in "
                         "OUT/VARIANT, over its ablation activations) and write OUT/ablation.md, which sets the "
@@ -526,6 +555,8 @@ class RunRequest:
     resume_command: str = ""  # the exact command that continues this run after an interruption
     ablation: bool = False  # colu sweep --ablation: cfg is the base config of the experiment's ablation grid
     explicit: set = field(default_factory=set)  # the config keys given explicitly (the ablation may not vary them)
+    show_config: bool = False  # --show-config: print the resolved settings and stop
+    origins: dict = field(default_factory=dict)  # setting -> where its value came from (for --show-config)
 
 
 def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool = False) -> RunRequest:
@@ -557,7 +588,9 @@ def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool 
         given = [a for a in (argv if argv is not None else sys.argv[2:]) if a != "--overwrite"]
         resume_command = " ".join(["colu sweep", *map(shlex.quote, given), *([] if args.resume else ["--resume"])])
         return RunRequest(exp, cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                          resume_command=resume_command, ablation=True, explicit=explicit)
+                          resume_command=resume_command, ablation=True, explicit=explicit,
+                          show_config=args.show_config,
+                          origins=setting_origins(exp, cfg, yaml_values, cli, sources, args.config))
     if args.resume:
         saved = read_saved_config(saved_path, out)
         if saved.get("experiment") != exp.name:
@@ -579,16 +612,44 @@ def parse_cli(argv, prog: str, description: str, experiments: dict, sweep: bool 
                              "settings it started with: resume without those options, or start a fresh run in "
                              "another --out")
         cfg = dataclasses.replace(cfg, halt_after=cli.get("halt_after"))
+        origins = {key: "the saved run (config.json)" for key in saved["config"]}
+        given = setting_origins(exp, cfg, yaml_values, cli, sources, args.config, preset=False)
+        origins.update({key: where for key, where in given.items() if key in {**yaml_values, **cli}})
     else:
         cfg, explicit = build_config(exp.Config, preset_table(exp), yaml_values, cli, args.config or "config",
                                      sources)
         resolve_dataset(exp, cfg, explicit)
+        origins = setting_origins(exp, cfg, yaml_values, cli, sources, args.config)
         if sweep and "activations" not in explicit:
             cfg.activations = exp.sweep_grid(cfg)
+            origins["activations"] = "default (the experiment's sweep grid)"
     command = "colu sweep" if sweep else "colu run"
     resume_command = " ".join([command, shlex.quote(exp.name), "--out", shlex.quote(out), "--resume"])
     return RunRequest(exp, cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                      resume_command=resume_command)
+                      resume_command=resume_command, show_config=args.show_config, origins=origins)
+
+
+def setting_origins(exp, cfg, yaml_values: dict, cli: dict, sources: dict, config_file, preset: bool = True) -> dict:
+    """Setting -> where ``cfg``'s value came from, for ``--show-config``: the option or ``--set`` as written,
+    the YAML file, the preset (when its value is the one kept) or, for settings left out, nothing (default)."""
+    origins = {}
+    chosen = {**yaml_values, **cli}.get("preset")
+    if preset and chosen is not None and chosen in exp.presets:
+        for key, value in exp.presets[chosen].settings.items():
+            if getattr(cfg, key, None) == coerce(type(cfg), key, value, f"preset {chosen}"):
+                origins[key] = f"preset {chosen}"
+    for key in yaml_values:
+        origins[key] = f"--config {config_file}"
+    for key in cli:
+        origins[key] = sources.get(key) or f"{option_name(key, 'command line')} (command line)"
+    if cfg.steps is None and "epochs" in {**yaml_values, **cli}:
+        origins["steps"] = "unset: --epochs decides the budget"
+    if cfg.steps is not None and cfg.epochs is not None:
+        origins["epochs"] = origins.get("epochs", "default") + " (unused: steps decides the budget)"
+    origins.pop("preset", None)
+    if cfg.preset is not None:
+        origins["preset"] = "--preset (a label; its settings are marked)"
+    return origins
 
 
 def read_saved_config(path: str, out: str) -> dict:

@@ -71,6 +71,14 @@ Optional fields (defaults in brackets)
 ``paper``
     :class:`colu_lab.framework.paper.PaperReference`: the paper's numbers,
     claims and settings the report compares with [nothing to compare].
+``readings``
+    :class:`colu_lab.framework.readings.Reading` s: the settings whose value
+    interprets the paper where it is silent or ambiguous, each with the
+    sentence it reads, our value, why, and the values a user may switch to.
+    ``colu run NAME --show-config`` prints them under their settings, the
+    report marks a reading apart from the paper's own settings, and an
+    experiment whose reading names a setting its ``Config`` lacks (or a value
+    the setting does not take) is refused when it is built [none].
 ``report_note``
     a paragraph added to the report [""].
 ``batches(data, cfg, seed, step) -> tuple of tensors``
@@ -144,8 +152,9 @@ from typing import Callable, Optional
 import torch
 
 from colu.tools.cli import Command
-from colu_lab.framework.config import TrainConfig
+from colu_lab.framework.config import TrainConfig, coerce
 from colu_lab.framework.paper import PaperReference
+from colu_lab.framework.readings import check_readings
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,7 @@ class Experiment:
     data_is_file: bool = False
     presets: dict = field(default_factory=dict)
     paper: PaperReference = field(default_factory=PaperReference)
+    readings: tuple = ()
     report_note: str = ""
     batches: Callable = permutation_batch
     train_examples: Callable = _all_examples
@@ -313,6 +323,15 @@ class Experiment:
         for key, preset in self.presets.items():
             if not isinstance(preset, Preset):
                 raise ValueError(f"{where}: preset {key!r} must be a Preset(settings, about)")
+        check_readings(self.Config, self.readings, where)
+        for reading in self.readings:
+            if "paper" in self.presets and reading.setting in self.presets["paper"].settings:
+                preset = coerce(self.Config, reading.setting, self.presets["paper"].settings[reading.setting],
+                                f"{where}: preset 'paper'")
+                if preset != coerce(self.Config, reading.setting, reading.value, where):
+                    raise ValueError(f"{where}: preset 'paper' sets {reading.setting}={preset!r}, but the "
+                                     f"reading of {reading.setting} is {reading.value!r}; the paper preset holds "
+                                     "our readings: change one of them")
         if self.ablation is not None and not isinstance(self.ablation, Ablation):
             raise ValueError(f"{where}: ablation must be an Ablation(variants, activations, ...)")
         for key, command in self.commands.items():

@@ -82,10 +82,10 @@ def cone_flops(channels: int, num_cones: int, cone_dim: int, share_axis: bool, k
     return num_cones * per + axes * axis
 
 
-def _cone_forward_flops(x_shape, channels, num_cones, cone_dim, share_axis, layout, kind, scaling, eps,
+def _cone_forward_flops(x_shape, dim, channels, num_cones, cone_dim, share_axis, layout, kind, scaling, eps,
                         axis_activation, *args, out_shape=None, **kwargs) -> int:
-    outer, _, inner = x_shape
-    return outer * inner * cone_flops(channels, num_cones, cone_dim, share_axis, kind, scaling, axis_activation)
+    positions = math.prod(x_shape) // x_shape[dim]
+    return positions * cone_flops(channels, num_cones, cone_dim, share_axis, kind, scaling, axis_activation)
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -113,11 +113,9 @@ def _as_custom_op(module: nn.Module, kind: str):
                                 componentwise=getattr(module, "componentwise", True))
         if spec.is_identity or spec.componentwise:
             return original(x)  # identity or component-wise: element-wise ops, counted like ReLU
-        outer, inner = math.prod(x.shape[:dim]), math.prod(x.shape[dim + 1:])
-        y = torch.ops.colu.cone_forward(
-            x.contiguous().reshape(outer, C, inner), spec.channels, spec.num_cones, spec.cone_dim,
-            spec.share_axis, spec.layout, spec.kind, module.scaling, float(module.eps), module.axis_activation)
-        return y.reshape(x.shape)
+        return torch.ops.colu.cone_forward(
+            x, dim, spec.channels, spec.num_cones, spec.cone_dim, spec.share_axis, spec.layout, spec.kind,
+            module.scaling, float(module.eps), module.axis_activation)
 
     return forward
 

@@ -8,6 +8,7 @@ here names an experiment either: what to compare, plot and note comes from its
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -82,15 +83,24 @@ def budget_line(results) -> str:
 def comparability(exp, results) -> list[str]:
     """Why these numbers cannot be set beside the paper's (empty list: they can)."""
     cfg = results["config"]
+    readings = {r.setting for r in getattr(exp, "readings", ())}
+    defaults = {f.name: f for f in dataclasses.fields(exp.Config)}
     reasons = []
     for key, want in exp.paper.settings.items():
-        have = cfg.get(key)
+        if key in cfg:
+            have = cfg[key]
+        elif key in defaults and defaults[key].default is not dataclasses.MISSING:
+            have = defaults[key].default  # a setting added after this run was saved: the run had its default
+        else:
+            have = None
         if key == "steps":  # the budget actually trained, however it was asked for (--epochs or --steps)
             have = _steps_per_run(results) or have
         if key == "weight_decay_mode" and not cfg.get("weight_decay"):
             continue  # no decay: how it would have been applied changes nothing
         if have != want:
-            reasons.append(f"{key} = {have!r} (paper: {want!r})")
+            # a reading is ours, not the paper's: say so, so that the line is not read as a quote
+            source = "our reading of the paper" if key in readings else "paper"
+            reasons.append(f"{key} = {have!r} ({source}: {want!r})")
     if cfg.get("split_from_test"):
         reasons.append(f"trained on {results['data']['train_examples']} examples carved from the test set "
                        "(--split-from-test), not the full training set")

@@ -146,9 +146,9 @@ def lr_factor(cfg, step: int, total: int) -> float:
     ``warmup_steps`` W: ``(step + 1) / W`` for the first W updates. Then
     ``constant``: 1; ``cosine``: from 1 at step W down to ``min_lr_ratio`` at
     step ``total`` along half a cosine; ``step``: ``step_gamma`` to the power
-    of the number of ``step_milestones`` <= ``step``. A pure function of its
-    arguments, so a resumed run sets exactly the rates an uninterrupted one
-    does.
+    of the number of :func:`step_milestones` <= ``step``. A pure function of
+    its arguments, so a resumed run sets exactly the rates an uninterrupted
+    one does.
     """
     factor = 1.0
     if cfg.schedule == "cosine":
@@ -156,10 +156,19 @@ def lr_factor(cfg, step: int, total: int) -> float:
         progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
         factor = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     elif cfg.schedule == "step":
-        factor = cfg.step_gamma ** sum(1 for m in cfg.step_milestones if step >= m)
+        factor = cfg.step_gamma ** sum(1 for m in step_milestones(cfg, total) if step >= m)
     if step < cfg.warmup_steps:
         factor *= (step + 1) / cfg.warmup_steps
     return factor
+
+
+def step_milestones(cfg, total: int) -> list[int]:
+    """The global steps at which schedule=step multiplies the rate by ``step_gamma`` in a run of ``total`` steps:
+    ``step_milestones`` when given, else each of ``step_fractions`` times ``total``, rounded (at least step 1).
+    With fractions 0.5, 0.75 and He et al.'s 64000 steps these are their 32000 and 48000."""
+    if cfg.step_milestones:
+        return list(cfg.step_milestones)
+    return [max(1, round(f * total)) for f in cfg.step_fractions]
 
 
 def build_optimizer(exp, model, cfg) -> torch.optim.Optimizer:

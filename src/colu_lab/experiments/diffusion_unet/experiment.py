@@ -27,7 +27,23 @@ learning rate 1e-4 (constant), batch 128 (CIFAR-10) or 16 (Flowers),
 100 000 steps; weight decay 1e-2 is read as decoupled (AdamW), as in
 diffusers' own training scripts, where ``torch.optim.AdamW`` takes the
 paper's "Adam ... weight decay coefficient 1e-2" (``--set
-weight_decay_mode=l2`` for the other reading).
+weight_decay_mode=l2`` for the other reading). The Stable Diffusion
+fine-tune (``colu finetune-diffusers``), whose "training details are the
+same as above", reads the sentence the same way: both list the one shared
+reading :data:`colu_lab.framework.readings.DIFFUSION_WEIGHT_DECAY`, so they
+cannot drift apart. Its strongest support is the fine-tune's: the paper takes
+the pretrained model and the Pokémon data from diffusers, whose text-to-image
+script trains with ``torch.optim.AdamW`` and ``--adam_weight_decay 1e-2`` by
+default; nothing in Table 5 speaks for the L2 reading.
+
+The readings (:data:`READINGS`; ``colu run diffusion-unet --show-config``
+prints them under their settings): the weight decay above; the constant
+learning rate (the paper names one rate; diffusers' text-to-image script
+keeps its rate constant too); self-attention at every level but the coarsest
+(``attention_levels``, where Stable Diffusion has its cross-attention) and
+32 channels per head (``attention_head_dim``; the paper gives neither); the
+smoothing of Table 5's training loss (``loss_smoothing``) and no moving
+average of the weights (``ema_decay``), both described below.
 
 Metrics, at every evaluation point:
 
@@ -41,6 +57,21 @@ Metrics, at every evaluation point:
   there are fewer), timesteps evenly spread over the 1000, noise from a
   fixed generator, the same for every run, so the points of every curve
   are comparable.
+
+``--preset palettes`` sets up Appendix D.5's Figure 15 as far as this UNet
+allows: the paper's palette run is "based on (Salimans & Ho, 2022)", whose
+network it does not describe further, with "the activation function ...
+conic with G = 32 without axis sharing", "a global batch size of 128 and a
+learning rate of 10^-4", and images "perceptually visible" after "around
+5K steps"; its palettes are the last convolution, "of dimension 256 x 3 x 3
+x 3". The preset keeps Appendix D.3's UNet with every level 256 wide
+(``PALETTES_WIDTHS``; the last convolution then reads 256 channels at 3 x 3
+into 3 colours), trains SiLU against soft CoLU G = 32 (``colu:G=32,soft``:
+cones of 8 channels on the feature maps, of 32 on the time embedding) for
+5000 steps at batch 128, lr 1e-4, two seeds each (the figure shows two
+initialisations per activation), on CIFAR-10; the weight decay, which D.5
+does not mention, stays D.3's. ``colu palettes DIR`` then draws and matches
+the two seeds' palettes.
 
 With ``ema_decay > 0`` an exponential moving average of the weights is kept
 (decay ``min(ema_decay, (1 + k) / (10 + k))`` at step ``k``, diffusers'
@@ -85,12 +116,15 @@ from colu_lab.framework.config import TrainConfig
 from colu_lab.framework.contract import Experiment, Preset
 from colu_lab.framework.image_folder import load_image_folder
 from colu_lab.framework.paper import Cited, Claim, PaperReference
+from colu_lab.framework.readings import DIFFUSION_WEIGHT_DECAY, PAPER_SILENT, Reading
 from colu_lab.framework.runner import run_slug
 
 NAME = "diffusion-unet"
 metrics = {"train_loss": False, "heldout_loss": False}
 PALETTE_KEY = "unet.conv_out.weight"  # the last convolution (after the last activation) in a checkpoint's model
 PAPER_WIDTHS = [128, 256, 256, 256]
+# Appendix D.5's palettes are 256 x 3 x 3 x 3: the last convolution reads 256 channels, the first level's width
+PALETTES_WIDTHS = [256, 256, 256, 256]
 # streams of derived_seed; batches.py uses 1-4 for its own draws
 _NOISE_STREAM, _HELDOUT_STREAM = 21, 22
 EVAL_CHUNK = {"cpu": 250, "cuda": 1000}  # held-out triples per forward pass
@@ -177,6 +211,38 @@ PAPER_SETTINGS = {"dataset": "cifar10", "image_size": 32, "block_channels": PAPE
                   "optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-2, "weight_decay_mode": "decoupled",
                   "schedule": "constant", "warmup_steps": 0, "grad_clip": 0.0}
 
+READINGS = (
+    DIFFUSION_WEIGHT_DECAY,
+    Reading("schedule", "constant",
+            'App. D.3: "All runs last 100K steps and use the Adam optimizer with ... a learning rate of 10^-4" '
+            '(no schedule named)',
+            {"cosine": "from 1e-4 down to lr * min_lr_ratio along half a cosine (diffusers' "
+                       "train_unconditional.py default, after 500 warm-up steps: add --set warmup_steps=500)"},
+            "the paper names one rate and no schedule, and diffusers' text-to-image script, whose optimiser the "
+            "fine-tune's reading follows, keeps its rate constant by default."),
+    Reading("attention_levels", "0,1,2",
+            'App. D.3: "The UNet structure follows the Stable Diffusion model (LDM) ... For unconditional '
+            'generation, the cross-attention function is replaced with the self-attention function."',
+            {"1,2": "self-attention at 16x16 and 8x8 only (on CIFAR-10), not at the full 32x32",
+             "": "no attention in the levels, only in the mid block"},
+            "Stable Diffusion's UNet has cross-attention at every level but the coarsest; self-attention takes "
+            "its place there."),
+    Reading("attention_head_dim", "32", PAPER_SILENT + " (Stable Diffusion 1.x uses 8 heads per layer)",
+            {"64": "64 channels per head (2 to 4 heads at these widths)",
+             "8": "8 channels per head (16 to 32 heads)"},
+            "32 channels per head gives 4 heads at width 128 and 8 at 256; the paper gives no head count."),
+    Reading("loss_smoothing", "0.99",
+            'Table 5: "Train Loss (CIFAR10) ... ReLU 0.1606, CoLU 0.1593" (how it is smoothed is not stated)',
+            {"0.9": "about the last 10 steps' losses", "0.999": "about the last 1000 steps' losses"},
+            "a bias-corrected moving average over about the last 100 steps, as a training log shows a loss; a "
+            "single step's loss at batch 128 varies more than Table 5's difference."),
+    Reading("ema_decay", "0.0", PAPER_SILENT + " (no moving average of the weights is mentioned)",
+            {"0.9999": "diffusers' train_unconditional.py default; the sample grids and heldout_loss_ema use it",
+             "0.999": "a shorter average, for runs of a few thousand steps"},
+            "the paper mentions no average of the weights, and Table 5 reports a training loss, which an average "
+            "would not change."),
+)
+
 presets = {
     "paper": Preset({**PAPER_SETTINGS, "eval_every": 5000, "seeds": 3, "activations": ["relu", "colu:S=4"]},
                     "Appendix D.3, CIFAR-10 (needs --data DIR): UNet 128-256-256-256, 1 ResNet block per level, "
@@ -188,6 +254,13 @@ presets = {
                             "Appendix D.3, Flowers (--dataset folder --data DIR of the images): as paper with 2 "
                             "ResNet blocks per level and batch 16, images at 64x64 (the paper gives no size); "
                             "meant for a GPU"),
+    "palettes": Preset({"dataset": "cifar10", "image_size": 32, "block_channels": PALETTES_WIDTHS,
+                        "layers_per_block": 1, "attention_levels": [0, 1, 2], "steps": 5000, "batch_size": 128,
+                        "lr": 1e-4, "eval_every": 1000, "seeds": 2, "activations": ["silu", "colu:G=32,soft"]},
+                       "Appendix D.5, Figure 15 (needs --data DIR with CIFAR-10): the UNet 256 wide at every "
+                       "level, so that the last convolution is 256 -> 3 at 3x3, SiLU and soft CoLU "
+                       "G=32 without a shared axis, 2 seeds each, 5000 steps at batch 128, Adam lr 1e-4; then "
+                       "colu palettes DIR. Meant for a GPU"),
     "cpu": Preset({"dataset": "mnist", "split_from_test": 2000, "block_channels": [16, 32, 64],
                    "attention_levels": [2], "norm_groups": 8, "attention_head_dim": 16, "steps": 300,
                    "batch_size": 32, "eval_every": 100, "heldout_examples": 256, "seeds": 2,
@@ -530,6 +603,7 @@ EXPERIMENT = Experiment(
     sweep_grid=sweep_grid, check_activation=check_activation, datasets=("cifar10", "folder", "mnist", "digits"),
     data_help="Images (diffusion-unet): CIFAR-10's python batches, a folder of images of any size (--dataset folder), or "
               "the MNIST t10k files (--dataset mnist --split-from-test K).",
-    presets=presets, paper=paper, report_note=report_note, batches=batches, probe=probe, extra_plots=extra_plots,
+    presets=presets, paper=paper, readings=READINGS, report_note=report_note, batches=batches, probe=probe,
+    extra_plots=extra_plots,
     after_step=after_step, evaluation_files=evaluation_files,
 )

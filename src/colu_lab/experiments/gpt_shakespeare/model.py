@@ -1,10 +1,13 @@
 """A small decoder-only Transformer (GPT) for character-level language modelling.
 
-The layout is GPT-2's: token and learned position embeddings, ``n_layer``
-blocks of pre-LayerNorm causal self-attention and MLP, each added back to
-the residual stream, a final LayerNorm, and a linear head to the vocabulary
-(by default sharing the token embedding's weights, as Vaswani et al. 2017
-do). The MLP's activation comes from a factory, so the experiment can swap
+The layout is GPT-2's by default: token and learned position embeddings,
+``n_layer`` blocks of pre-LayerNorm causal self-attention and MLP, each added
+back to the residual stream, a final LayerNorm, and a linear head to the
+vocabulary (by default sharing the token embedding's weights, as Vaswani et
+al. 2017 do). ``norm_placement="post"`` lays the blocks out as Vaswani et
+al. do instead: each sub-layer's output is added to the residual stream and
+then normalised, ``LayerNorm(x + sublayer(x))``, and there is no final
+LayerNorm (the last block's output is already normalised). The MLP's activation comes from a factory, so the experiment can swap
 ReLU for CoLU in that one place; ``act`` is called with the MLP's hidden
 width (``4 * n_embd``) and acts on the last axis of ``(B, T, 4 * n_embd)``.
 
@@ -40,6 +43,9 @@ class GPTConfig:
             output, MLP output and embeddings (default 0.0).
         tie_weights: share the token embedding with the output head
             (default True).
+        norm_placement: ``"pre"`` (default, GPT-2's: ``x + sublayer(LN(x))``
+            and a final LayerNorm) or ``"post"`` (Vaswani et al.'s:
+            ``LN(x + sublayer(x))``, no final LayerNorm).
     """
 
     vocab_size: int
@@ -50,6 +56,9 @@ class GPTConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     tie_weights: bool = True
+    norm_placement: str = "pre"
+
+    NORM_PLACEMENTS = ("pre", "post")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
@@ -61,6 +70,10 @@ class GPTConfig:
                              "choose a head count that divides the embedding width")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r}: must be in [0, 1)")
+        if self.norm_placement not in self.NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement={self.norm_placement!r} is not one of "
+                             f"{', '.join(self.NORM_PLACEMENTS)} (pre: GPT-2's x + f(LN(x)); post: Vaswani et "
+                             "al.'s LN(x + f(x)))")
 
 
 class CausalSelfAttention(nn.Module):
@@ -99,16 +112,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+    """Pre-norm: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``; post-norm: ``ln1(x + attn(x))`` then
+    ``ln2(x + mlp(x))``."""
 
     def __init__(self, cfg: GPTConfig, act: ActFactory):
         super().__init__()
+        self.post_norm = cfg.norm_placement == "post"
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            x = self.ln1(x + self.attn(x))
+            return self.ln2(x + self.mlp(x))
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -136,7 +154,8 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, act) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        # post-norm blocks end normalised: Vaswani et al. have no final LayerNorm
+        self.ln_f = nn.Identity() if cfg.norm_placement == "post" else nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.apply(self._init)
         # GPT-2's scaling: each block adds two projections to the residual

@@ -10,6 +10,19 @@ image-caption folder with the DDPM noise-prediction loss in the VAE's latent
 space. ``--baseline`` fine-tunes the unconverted (SiLU) UNet the same way, for
 the paper's comparison. The VAE and the text encoder stay frozen.
 
+Appendix D.3 gives the fine-tune's training as "the same as above" (the
+diffusion UNets': Adam, lr 1e-4, weight decay 1e-2, 100K steps, batch 128 or
+16). Where that needs a reading, ``command.READINGS`` declares it and
+``--show-config`` prints it: the weight decay is decoupled
+(``torch.optim.AdamW``), the one reading
+:data:`colu_lab.framework.readings.DIFFUSION_WEIGHT_DECAY` that ``colu run
+diffusion-unet`` lists too (diffusers' text-to-image script, whose model and
+Pokémon data the paper uses, trains with AdamW and weight decay 1e-2;
+``--weight-decay-mode l2`` for ``torch.optim.Adam``'s L2); 15000 steps,
+that script's budget on the same captions (``--steps 100000`` for the
+literal "same as above"); batch 16, the Flowers batch (``--batch-size 128``
+for CIFAR-10's).
+
 The fine-tuned pipeline is saved with ``save_pretrained`` (safetensors) and a
 JSON record of the conversion beside the UNet's weights
 (``unet/colu_conversion.json``); :func:`load_converted` loads it back with its

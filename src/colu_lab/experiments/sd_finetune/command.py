@@ -7,6 +7,7 @@ Listing the command imports nothing heavy: ``diffusers``, ``transformers`` and P
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -30,8 +31,28 @@ from colu_lab.experiments.sd_finetune.pipeline import (
 )
 from colu_lab.experiments.sd_finetune.sampling import initial_noise, sample_images, save_grid
 from colu_lab.experiments.sd_finetune.training import finetune, fixed_batch, fixed_batch_loss
+from colu_lab.framework.readings import DIFFUSION_WEIGHT_DECAY, Reading, reading_lines, setting_text
 
-__all__ = ["COMMANDS", "parse_args", "run", "compare", "main"]
+__all__ = ["COMMANDS", "READINGS", "parse_args", "show_config", "run", "compare", "main"]
+
+_SAME_AS_ABOVE = ('App. D.3, fine-tuning: "The training details are the same as above." (above: "All runs last '
+                  '100K steps and use the Adam optimizer with a batch size of 128 for CIFAR10 (16 for Flowers)")')
+READINGS = (
+    # the diffusion UNet's reading of the same sentence, the one object both list; here set by an option
+    dataclasses.replace(DIFFUSION_WEIGHT_DECAY, option="--weight-decay-mode"),
+    Reading("steps", "15000", _SAME_AS_ABOVE,
+            {"100000": "the UNets' 100K steps, the literal reading of 'the same as above' (about 1900 passes "
+                       "over the 833 Pokémon images at batch 16)"},
+            "the fine-tune takes its model and Pokémon captions from diffusers' text-to-image example, which "
+            "trains them for 15000 steps; 100K steps of a pretrained model on 833 images would be a guess at "
+            "what 'the same' meant for a data set seventy times smaller than CIFAR-10.", option="--steps"),
+    Reading("batch_size", "16", _SAME_AS_ABOVE,
+            {"128": "the CIFAR-10 UNet's batch (about 8 times the memory; --grad-accum splits it)"},
+            "the batch of the paper's higher-resolution data set (Flowers), and one that fits one GPU at 512 px "
+            "(about 19 GB by the command's memory estimate, bf16 and gradient checkpointing on).",
+            option="--batch-size"),
+)
+"""The settings of ``colu finetune-diffusers`` that read the paper (``--show-config`` prints them)."""
 
 COMMANDS = {
     "finetune-diffusers": Command("colu_lab.experiments.sd_finetune.command:main",
@@ -48,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "activations replaced by soft CoLU (G=32, no axis sharing), or unconverted with --baseline; "
                     "--compare draws the same prompts and noise through several such pipelines.",
     )
-    p.add_argument("--model", required=True, help="local folder of the pretrained diffusers pipeline (model_index.json); "
-                                                   "nothing is downloaded")
+    p.add_argument("--model", help="local folder of the pretrained diffusers pipeline (model_index.json); "
+                                    "nothing is downloaded (required, except with --show-config)")
     p.add_argument("--data", help="image-caption folder: images and metadata.jsonl (Hugging Face imagefolder layout); "
                                   "required for fine-tuning; with --compare its first captions are the default prompts")
     p.add_argument("--out", help="output folder: the fine-tuned pipeline, results.json, samples.png "
@@ -76,9 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s, the paper's)")
     p.add_argument("--weight-decay", type=float, default=1e-2,
                    help="weight decay (default: %(default)s, the paper's)")
-    p.add_argument("--weight-decay-mode", choices=("l2", "decoupled"), default="l2",
-                   help="l2: added to the gradient, as torch.optim.Adam does (the paper's 'Adam with weight decay'); "
-                        "decoupled: AdamW (default: %(default)s)")
+    p.add_argument("--weight-decay-mode", choices=("l2", "decoupled"), default=DIFFUSION_WEIGHT_DECAY.value,
+                   help="decoupled: torch.optim.AdamW, as diffusers' text-to-image script applies 'Adam with weight "
+                        "decay', and as colu run diffusion-unet reads the same sentence; l2: added to the gradient, "
+                        "as torch.optim.Adam does (default: %(default)s; --show-config explains the reading)")
     p.add_argument("--max-grad-norm", type=float, default=0.0,
                    help="clip the gradient norm to this; 0 does not clip (default: %(default)s, as the paper states "
                         "no clipping)")
@@ -114,7 +136,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="print the memory estimate for these options and exit without training (it runs the UNet "
                         "twice on a small latent on --device: seconds on a GPU, minutes for bf16 on a CPU)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved settings, one per line, each reading of the paper marked with the "
+                        "sentence it reads and the option that switches it, and exit (loads nothing)")
     args = p.parse_args(argv)
+    if args.model is None and not args.show_config:
+        p.error("the following arguments are required: --model")
     positive = {"--num-cones": args.num_cones, "--steps": args.steps, "--batch-size": args.batch_size,
                 "--grad-accum": args.grad_accum, "--lr": args.lr, "--log-every": args.log_every,
                 "--eval-size": args.eval_size, "--sample-steps": args.sample_steps}
@@ -138,11 +165,29 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--compare needs --out DIR for comparison.png")
     elif args.finetuned:
         p.error("--finetuned is read only with --compare")
-    elif not args.estimate_memory and not (args.data and args.out):
+    elif not args.estimate_memory and not args.show_config and not (args.data and args.out):
         p.error("fine-tuning needs --data DIR (images and metadata.jsonl) and --out DIR")
     if args.resolution is not None and args.resolution < 8:
         p.error(f"--resolution must be >= 8, got {args.resolution}")
     return args
+
+
+def show_config(args: argparse.Namespace) -> str:
+    """``--show-config``: the options as resolved, one per line, each reading marked and explained beneath it."""
+    readings = {r.setting: r for r in READINGS}
+    values = {k: v for k, v in vars(args).items() if k != "show_config"}
+    shown = {k: f"{k} = {setting_text(v)}" for k, v in values.items()}
+    width = max(map(len, shown.values())) + 3
+    lines = ["colu finetune-diffusers: the resolved settings; nothing is loaded or trained (drop --show-config to "
+             "run)", f"Settings marked 'reading' interpret the paper where it is silent or ambiguous: beneath each, "
+             f"the sentence it reads, our value and why, and the option that switches it ({len(readings)} here).",
+             ""]
+    for key, value in values.items():
+        reading = readings.get(key)
+        lines.append(f"  {shown[key]:<{width}}" + ("reading" if reading else "").rstrip())
+        if reading is not None:
+            lines += reading_lines(reading, value)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _device(args) -> torch.device:
@@ -300,6 +345,9 @@ def compare(args: argparse.Namespace, log=print) -> Dict[str, Any]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.show_config:
+        print(show_config(args))
+        return 0
     try:
         if args.compare:
             compare(args)

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from colu_lab.experiments.sd_finetune.data import ImageCaptionFolder
 from colu_lab.experiments.sd_finetune.pipeline import precision_autocast
+from colu_lab.framework.readings import DIFFUSION_WEIGHT_DECAY
 
-__all__ = ["encode_prompts", "encode_images", "denoising_loss", "fixed_batch", "fixed_batch_loss", "finetune"]
+__all__ = ["encode_prompts", "encode_images", "denoising_loss", "fixed_batch", "fixed_batch_loss", "make_optimizer",
+           "finetune"]
 
 
 def encode_prompts(pipe, captions: Sequence[str]) -> torch.Tensor:
@@ -109,8 +111,19 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
             pending = pending[batch_size:]
 
 
+def make_optimizer(params, *, lr: float, weight_decay: float,
+                   weight_decay_mode: str = DIFFUSION_WEIGHT_DECAY.value) -> torch.optim.Optimizer:
+    """The fine-tune's optimiser: ``torch.optim.AdamW`` for decoupled decay (the reading the diffusion UNet
+    shares), ``torch.optim.Adam`` with its own L2 ``weight_decay`` for ``"l2"``."""
+    if weight_decay_mode not in ("decoupled", "l2"):
+        raise ValueError(f"weight_decay_mode={weight_decay_mode!r} is not one of decoupled, l2")
+    optimizer_class = torch.optim.AdamW if weight_decay_mode == "decoupled" else torch.optim.Adam
+    return optimizer_class(params, lr=lr, weight_decay=weight_decay)
+
+
 def finetune(pipe, dataset: ImageCaptionFolder, *, steps: int, batch_size: int, grad_accum: int = 1,
-             lr: float = 1e-4, weight_decay: float = 1e-2, weight_decay_mode: str = "l2", precision: str = "fp32",
+             lr: float = 1e-4, weight_decay: float = 1e-2, weight_decay_mode: str = DIFFUSION_WEIGHT_DECAY.value,
+             precision: str = "fp32",
              max_grad_norm: float = 0.0, seed: int = 0, log_every: int = 50, on_log=None,
              on_save=None, save_every: int = 0) -> List[Dict[str, float]]:
     """Fine-tune ``pipe.unet`` on ``dataset`` with the denoising loss; the VAE and text encoder stay frozen.
@@ -121,9 +134,11 @@ def finetune(pipe, dataset: ImageCaptionFolder, *, steps: int, batch_size: int, 
         steps: optimiser steps.
         batch_size: images per step, in ``grad_accum`` micro-batches of
             ``batch_size // grad_accum`` (it must divide) whose gradients add up.
-        lr, weight_decay: Adam's; ``weight_decay_mode`` ``"l2"`` adds
-            ``weight_decay * w`` to the gradient (``torch.optim.Adam``'s own),
-            ``"decoupled"`` shrinks the weights apart from it (``AdamW``).
+        lr, weight_decay: Adam's; ``weight_decay_mode`` ``"decoupled"``
+            (default, the reading :data:`colu_lab.framework.readings.DIFFUSION_WEIGHT_DECAY`
+            that the diffusion UNet shares) shrinks the weights apart from the
+            gradient (``torch.optim.AdamW``), ``"l2"`` adds ``weight_decay * w``
+            to the gradient (``torch.optim.Adam``'s own).
         precision: ``"bf16"`` runs the forward passes under bfloat16
             autocast (the weights and Adam's state stay float32), ``"fp32"`` does not.
         max_grad_norm: clip the gradient's norm to this; 0 does not clip.
@@ -144,8 +159,8 @@ def finetune(pipe, dataset: ImageCaptionFolder, *, steps: int, batch_size: int, 
     text_encoder.requires_grad_(False).eval()
     unet.requires_grad_(True).train()
     scheduler = _training_scheduler(pipe)
-    optimizer_class = torch.optim.AdamW if weight_decay_mode == "decoupled" else torch.optim.Adam
-    optimizer = optimizer_class(unet.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(unet.parameters(), lr=lr, weight_decay=weight_decay,
+                               weight_decay_mode=weight_decay_mode)
     g = torch.Generator().manual_seed(seed)
     order = _batches(len(dataset), micro, g)
     curve: List[Dict[str, float]] = []
