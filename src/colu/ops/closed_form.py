@@ -76,27 +76,23 @@ def axis_act_grad(a: torch.Tensor, name: str):
     return sig * (1 + a * (1 - sig))
 
 
-def _norm(t: torch.Tensor) -> torch.Tensor:
+def section_norm(t: torch.Tensor) -> torch.Tensor:
     """The Euclidean norm over dimension 2 (a cone's section), as ``sqrt(sum(t * t))``.
 
     ``torch.linalg.vector_norm`` over a short strided dimension took 80% of the whole forward (about 100x
     ReLU's time on NCHW activations); a product and a sum are the fast, vectorised kernels. Neither
     rescales against overflow: squares of section values above about 1e19 (1e154 in float64) are infinite
-    where the values are not, so cones whose norm comes out infinite take :func:`scaled_norm` instead: in
+    where the values are not, so cones whose norm comes out infinite take :func:`_scaled_norm` instead: in
     eager mode only when there is one; compiled (where Inductor fuses the select) or under ``vmap`` and the
     other functorch transforms (which cannot branch on data), always.
     """
     n = _dot(t, t).sqrt()
-    if torch.compiler.is_compiling() or _transforms_active() or bool(torch.isinf(n).any()):
-        n = torch.where(torch.isinf(n), scaled_norm(t), n)
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or bool(torch.isinf(n).any()):
+        n = torch.where(torch.isinf(n), _scaled_norm(t), n)
     return n
 
 
-# whether a functorch transform (vmap, grad, jvp) is running; where torch lacks the query, assume one is
-_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-
-
-def scaled_norm(t: torch.Tensor) -> torch.Tensor:
+def _scaled_norm(t: torch.Tensor) -> torch.Tensor:
     """The norm over dimension 2 as ``m * ||t / m||`` with ``m = max |t|``: no square exceeds 1 (an
     infinite or NaN value keeps its infinite or NaN norm)."""
     m = t.abs().amax(2, keepdim=True)
@@ -189,7 +185,7 @@ def cone_forward(
     if spec.kind == "rcolu":
         return _own(_rcolu_forward(x, spec, scaling, eps, axis_activation, scale))
     axes, sections = _split(x, spec)
-    axes_out, w = _projected(axis_act(axes, axis_activation), _norm(sections), eps, scaling, scale)
+    axes_out, w = _projected(axis_act(axes, axis_activation), section_norm(sections), eps, scaling, scale)
     if _in_place_ok():
         out = torch.empty_like(x)
         out_axes, out_sections = _split(out, spec)
@@ -257,7 +253,7 @@ def cone_backward(
     axes, sections = _split(x, spec)
     g_axes, g_sections = _split(grad.contiguous(), spec)
     axes_out = axis_act(axes, axis_activation)
-    norm = _norm(sections)
+    norm = section_norm(sections)
     q = _dot(g_sections, sections)
     g_c = None
     if scaling == "exact":
@@ -293,7 +289,7 @@ def _rcolu_parts(x, spec, scaling, eps, axis_activation):
     groups = x.reshape(outer, spec.num_cones, S, inner)
     mean = groups.mean(2, keepdim=True)
     perp = groups - mean
-    norm = _norm(perp)
+    norm = section_norm(perp)
     t = mean.squeeze(2) * math.sqrt(S)
     t_out = axis_act(t, axis_activation)
     return perp, norm, t, t_out

@@ -4,10 +4,11 @@ norm a reduction over the cone's channels, and everything else pointwise, forwar
 Under ``torch.compile`` the fused kernels are custom ops (:mod:`colu.ops.custom`), which Inductor calls as
 opaque kernels: it cannot fuse a batch norm, a bias or a residual add into them, as it does into ReLU. These
 functions are the same math (:mod:`colu.ops.closed_form`'s formulas) written with no ``out=``, no in-place
-update, no ``torch.cat`` where a select does, and no branch on the data, so that Inductor makes one loop
-nest of the activation and its neighbours. :func:`colu.ops.dispatch.select` picks them while compiling where
-they measure faster than the kernels (see ``docs/kernels.md``); they also run eagerly, as plain torch ops
-(``backend="fusible"``), which is how the tests compare them.
+update, no ``torch.cat`` where a select does, and, compiled, no branch on the data (the section norm's
+overflow check is a select there, :func:`colu.ops.closed_form.section_norm`), so that Inductor makes one
+loop nest of the activation and its neighbours. They run where ``backend="fusible"`` asks for them:
+``"auto"`` keeps the kernels, measured faster on CPU (see ``docs/kernels.md``). They also run eagerly, as
+plain torch ops, which is how the tests compare them.
 
 Both take and return ``(outer, C, inner)`` tensors, like every backend; float16/bfloat16 are computed in
 float32 (casts Inductor fuses too).
@@ -19,15 +20,8 @@ import math
 
 import torch
 
-from colu.ops.closed_form import axis_act, axis_act_grad, scaled_norm, weight_and_slope
+from colu.ops.closed_form import axis_act, axis_act_grad, section_norm, weight_and_slope
 from colu.spec import ConeSpec
-
-
-def _norm(t: torch.Tensor) -> torch.Tensor:
-    """The norm over dimension 2; cones whose squares overflow (section values above about 1e19 in float32)
-    take the rescaled norm, selected without a branch (see :func:`colu.ops.closed_form._norm`)."""
-    n = (t * t).sum(2).sqrt()
-    return torch.where(torch.isinf(n), scaled_norm(t), n)
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +60,7 @@ def cone_forward(x: torch.Tensor, spec: ConeSpec, scaling: str, eps: float, axis
     else:
         cones, axes, sections = _parts(x, spec)
         a = axis_act(axes, axis_activation)
-        w, _ = weight_and_slope(a / (_norm(sections) + eps), scaling)
+        w, _ = weight_and_slope(a / (section_norm(sections) + eps), scaling)
         y = _assemble(x, spec, cones, a, lambda s: w.unsqueeze(2) * s)
     return y.to(dtype)
 
@@ -80,7 +74,7 @@ def cone_backward(
     cones, axes, sections = _parts(x, spec)
     g_cones, g_axes, g_sections = _parts(grad, spec)
     a = axis_act(axes, axis_activation)
-    n = _norm(sections)
+    n = section_norm(sections)
     q = (g_sections * sections).sum(2)
     den = n + eps
     r = a / den
@@ -107,7 +101,7 @@ def _rcolu_parts(x, spec, axis_activation):
     mean = groups.mean(2, keepdim=True)
     perp = groups - mean
     t = mean.squeeze(2) * math.sqrt(S)
-    return groups, perp, _norm(perp), t, axis_act(t, axis_activation)
+    return groups, perp, section_norm(perp), t, axis_act(t, axis_activation)
 
 
 def _rcolu_forward(x, spec, scaling, eps, axis_activation):
