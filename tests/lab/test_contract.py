@@ -352,7 +352,7 @@ def test_no_experiment_is_named_in_the_generic_modules():
 
 def test_contract_defaults_and_checks():
     assert TOY.curve_metrics == ("test_mse",) and TOY.sweep_grid is TOY.default_activations
-    assert TOY.final_metrics([{"test_mse": 2.0}, {"test_mse": 1.0, "lr": 0.1}]) == {"test_mse": 1.0}
+    assert TOY.final_metrics([{"test_mse": 2.0}, {"test_mse": 1.0, "lr": 0.1}], None) == {"test_mse": 1.0}
     with pytest.raises(ValueError, match="Config must be a dataclass subclassing TrainConfig"):
         dataclasses.replace(TOY, Config=dict)
     with pytest.raises(ValueError, match="already registered"):

@@ -19,6 +19,7 @@ from colu_lab.framework.paper import Cited
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 METRICS = list(gpt.metrics)
+ALWAYS = [m for m in METRICS if m != "eval_at_train_loss"]  # read only at a matched_train_loss the run reaches
 
 # a short play-like text: every part of the 90/10 split holds several windows of the quick preset's 16 characters
 TEXT = "".join(f"{who}:\n{line}\n\n" for who, line in [
@@ -54,17 +55,48 @@ def quick_run(corpus_file, tmp_path_factory):
 def test_final_metrics_follow_their_definitions():
     losses = [3.0, 2.5, 2.0, 1.8, 1.7, 1.75, 1.9, 2.0]  # falls, bottoms out at step 50, climbs back
     curve = [{"step": 10 * (i + 1), "train_loss": 1.0 - 0.01 * i, "eval_loss": v} for i, v in enumerate(losses)]
-    m = gpt.final_metrics(curve)
-    assert set(m) == set(METRICS)
+    m = gpt.final_metrics(curve, gpt.Config())
+    assert set(m) == set(METRICS) - {"eval_at_train_loss"}  # no matched_train_loss: not read
     assert m["eval_loss"] == 2.0 and m["train_loss"] == pytest.approx(0.93)
     assert m["best_eval_loss"] == 1.7 and m["best_eval_step"] == 50
     assert m["early_eval_loss"] == pytest.approx((3.0 + 2.5) / 2)  # ceil(8 / 4) = 2 points
     assert m["eval_rise"] == pytest.approx(0.3)
-    tie = gpt.final_metrics([{"step": s, "train_loss": 1.0, "eval_loss": 1.0} for s in (5, 10, 15)])
+    tie = gpt.final_metrics([{"step": s, "train_loss": 1.0, "eval_loss": 1.0} for s in (5, 10, 15)], None)
     assert tie["best_eval_step"] == 5 and tie["eval_rise"] == 0 and tie["early_eval_loss"] == 1.0
     diverged = gpt.final_metrics([{"step": 1, "train_loss": 1.0, "eval_loss": 2.0},
-                                  {"step": 2, "train_loss": math.nan, "eval_loss": math.nan}])
+                                  {"step": 2, "train_loss": math.nan, "eval_loss": math.nan}], None)
     assert diverged["best_eval_loss"] == 2.0 and math.isnan(diverged["eval_loss"]) and math.isnan(diverged["eval_rise"])
+
+
+def test_eval_at_train_loss_interpolates_where_the_train_loss_reaches_the_level():
+    curve = [{"step": 10, "train_loss": 2.0, "eval_loss": 2.2}, {"step": 20, "train_loss": 1.6, "eval_loss": 1.9},
+             {"step": 30, "train_loss": 1.2, "eval_loss": 1.7}, {"step": 40, "train_loss": 1.0, "eval_loss": 1.8}]
+    # 1.5 lies a quarter of the way from train 1.6 to 1.2: eval 1.9 + 0.25 * (1.7 - 1.9)
+    assert gpt.eval_at_train_loss(curve, 1.5) == pytest.approx(1.85)
+    assert gpt.eval_at_train_loss(curve, 2.5) == 2.2  # reached at the first point already
+    assert gpt.eval_at_train_loss(curve, 0.5) is None  # never reached
+    cfg = gpt.Config(matched_train_loss=1.5)
+    assert gpt.final_metrics(curve, cfg)["eval_at_train_loss"] == pytest.approx(1.85)
+    assert "eval_at_train_loss" not in gpt.final_metrics(curve, gpt.Config(matched_train_loss=0.5))
+    diverged = [curve[0], {"step": 20, "train_loss": math.nan, "eval_loss": math.nan}]
+    assert gpt.eval_at_train_loss(diverged, 1.5) is None
+
+
+def test_train_chars_cuts_the_training_text_and_says_so(tmp_path, capsys):
+    corpus = tmp_path / "input.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    data = gpt.load_data(gpt.Config(data=str(corpus), block_size=16, batch_size=4, eval_batches=1,
+                                    eval_batch_size=4, train_chars=100))
+    whole = int(len(TEXT) * 0.9)
+    assert data.train.numel() == 100 and data.val.numel() == len(TEXT) - whole
+    summary = data.summary()
+    assert summary["train_examples"] == 100 - 16 and f"the first 100 of the {whole}" in " ".join(summary["notes"])
+    assert f"the first 90% ({whole}) for training, of which the first 100" in summary["description"]
+    base = ["gpt-shakespeare", "--quick", "--quiet", "--data", str(corpus), "--out", str(tmp_path / "a")]
+    assert run_main([*base, "--set", f"train_chars={whole + 1}"]) == 2
+    err = capsys.readouterr().err
+    assert f"train_chars={whole + 1}" in err and f"16 < N <= {whole}" in err and "Traceback" not in err
+    assert not (tmp_path / "a" / "config.json").exists()
 
 
 def test_train_loss_is_the_per_character_mean_split_across_processes():
@@ -201,12 +233,13 @@ def test_quick_run_end_to_end(quick_run):
     assert res["experiment"] == "gpt-shakespeare" and len(res["runs"]) == 4
     assert res["data"]["vocab"] == "".join(sorted(set(TEXT)))  # saved for colu sample
     for run in res["runs"]:
-        assert set(METRICS) <= set(run["metrics"]) and all(math.isfinite(run["metrics"][m]) for m in METRICS)
+        assert set(ALWAYS) <= set(run["metrics"]) and all(math.isfinite(run["metrics"][m]) for m in ALWAYS)
         assert [p["step"] for p in run["curve"]] == [4, 8, 12]
         assert all({"train_loss", "eval_loss"} <= set(p) for p in run["curve"])
         assert run["width"] == 128
     for per_metric in res["summary"].values():
-        assert all(per_metric[m]["n"] == 2 for m in METRICS)
+        assert all(per_metric[m]["n"] == 2 for m in ALWAYS)
+        assert per_metric["eval_at_train_loss"] == {"mean": None, "std": None, "n": 0, "diverged": 0}
     # the same fixed eval windows for every seed: seeds differ only in their models
     assert len((quick_run / "metrics.jsonl").read_text().splitlines()) == 4 * 3
     assert all((quick_run / f"curve_{m}.png").stat().st_size > 1000 for m in ("eval_loss", "train_loss"))

@@ -60,6 +60,17 @@ def test_threshold_and_none_readings_of_the_pixels():
         _cfg(binarize="gray")
 
 
+def test_train_images_keeps_the_first_images_and_the_test_set(tmp_path, capsys):
+    whole = mnist_vae.load_data(_cfg(binarize="threshold"))
+    cut = mnist_vae.load_data(_cfg(binarize="threshold", train_images=100))
+    assert torch.equal(cut.x_train, whole.x_train[:100]) and torch.equal(cut.x_test, whole.x_test)
+    have = whole.x_train.shape[0]
+    assert f"the first 100 of its {have} training images" in " ".join(cut.summary()["notes"])
+    assert run_main(["mnist-vae", *TINY, "--set", f"train_images={have + 1}", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"train_images={have + 1}" in err and f"N <= {have}" in err and "Traceback" not in err
+
+
 def test_sampled_pixels_are_fresh_per_batch_and_a_function_of_seed_and_step():
     cfg = _cfg(binarize="sample", batch_size=1438)  # one batch = the whole training set, so steps share images
     data = mnist_vae.load_data(cfg)

@@ -46,9 +46,9 @@ Optional fields (defaults in brackets)
     curve metrics plotted on a log scale when all their values are positive [none].
 ``curve_x``
     ``"epoch"`` or ``"step"``: the x axis of the curve plots ["epoch"].
-``final_metrics(curve) -> dict``
-    the run's final metrics from its evaluation points [the last point's
-    values of ``metrics``].
+``final_metrics(curve, cfg) -> dict``
+    the run's final metrics from its evaluation points and its config [the
+    last point's values of ``metrics``].
 ``sweep_grid(cfg) -> list[str]``
     the activations ``colu sweep`` runs [``default_activations``].
 ``check_activation(cfg, act, data)``
@@ -345,7 +345,7 @@ class Experiment:
             fill(self, "curve_metrics", tuple(self.metrics))
         if self.final_metrics is None:
             names = tuple(self.metrics)
-            fill(self, "final_metrics", lambda curve: {k: curve[-1][k] for k in names})
+            fill(self, "final_metrics", lambda curve, cfg: {k: curve[-1][k] for k in names})
         if self.sweep_grid is None:
             fill(self, "sweep_grid", self.default_activations)
         if self.check_activation is None:

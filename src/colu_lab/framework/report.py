@@ -23,13 +23,17 @@ from colu_lab.framework.paper import MIN_SEEDS, format_number
 
 
 def summarize(runs, metrics) -> dict:
-    """activation -> metric -> {mean, std (sample, 0 for one run), n (finite runs), diverged}."""
+    """activation -> metric -> {mean, std (sample, 0 for one run), n (finite runs), diverged}.
+
+    A metric a run does not report (its key is absent, e.g. a level its curve never reached) counts in
+    neither ``n`` nor ``diverged``; ``None`` or a non-finite value counts as diverged.
+    """
     out = {}
     for act in dict.fromkeys(r["activation"] for r in runs):
         rows = [r for r in runs if r["activation"] == act]
         out[act] = {}
         for m in metrics:
-            values = [r["metrics"].get(m) for r in rows]
+            values = [r["metrics"][m] for r in rows if m in r["metrics"]]
             finite = [v for v in values if v is not None and math.isfinite(v)]
             out[act][m] = {
                 "mean": statistics.fmean(finite) if finite else None,

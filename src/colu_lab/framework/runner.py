@@ -428,7 +428,7 @@ def train_run(exp, cfg, act, seed: int, data, *, device, info: DistInfo, ckpt_pa
         bar.close()
     record = {"activation": act.label(), "seed": seed, "width": width, "steps": step,
               "batch_size": batch, "train_examples": n, "fingerprint": fp, "settings": settings,
-              "metrics": clean(exp.final_metrics(curve)), "curve": clean(curve)}
+              "metrics": clean(exp.final_metrics(curve, cfg)), "curve": clean(curve)}
     if exp.stop_when is not None:
         record["budget_steps"] = total  # "steps" may end below it, where the stop criterion held
     if seed == cfg.seed_offset and exp.probe is not None:
@@ -709,4 +709,4 @@ def load_final(exp, cfg, act, data, path: str, seed: int):
     model, width = exp.build_model(cfg, act, data)
     model.load_state_dict(state["model"])
     model.eval()
-    return model, width, clean(exp.final_metrics(list(state["curve"])))
+    return model, width, clean(exp.final_metrics(list(state["curve"]), cfg))

@@ -80,6 +80,7 @@ values are quoted with no std and it counts as one seed per configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -105,7 +106,7 @@ TINY_SHAKESPEARE_VOCAB = 65
 
 # final metric -> higher is better. A later best step and a smaller rise both mean slower overfitting.
 metrics = {"train_loss": False, "eval_loss": False, "best_eval_loss": False, "best_eval_step": True,
-           "early_eval_loss": False, "eval_rise": False}
+           "early_eval_loss": False, "eval_rise": False, "eval_at_train_loss": False}
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Config(TrainConfig):
     n_head: int = 8
     n_embd: int = 256
     block_size: int = 64
+    train_chars: Optional[int] = None  # train on the first N characters of the training text; None: all of it
     dropout: float = 0.0  # after the embeddings, the attention weights and each sub-layer's output
     tie_weights: bool = True  # the output head shares the token embedding
     norm_placement: str = "pre"  # pre: x + f(LN(x)) and a final LN (GPT-2); post: LN(x + f(x)) (Vaswani et al.)
@@ -129,10 +131,12 @@ class Config(TrainConfig):
     eval_every: int = 500
     eval_batches: int = 20  # fixed windows per evaluation set: eval_batches x eval_batch_size
     eval_batch_size: int = 512
+    matched_train_loss: Optional[float] = None  # the train loss at which eval_at_train_loss is read; None: not read
 
     LIMITS: ClassVar[dict] = {**TrainConfig.LIMITS, "n_layer": (">=", 1), "n_head": (">=", 1), "n_embd": (">=", 1),
-                              "block_size": (">=", 1), "dropout": (">=", 0.0), "eval_batches": (">=", 1),
-                              "eval_batch_size": (">=", 1)}
+                              "block_size": (">=", 1), "train_chars": (">=", 2), "dropout": (">=", 0.0),
+                              "eval_batches": (">=", 1), "eval_batch_size": (">=", 1),
+                              "matched_train_loss": (">", 0.0)}
     CHOICES: ClassVar[dict] = {**TrainConfig.CHOICES, "norm_placement": GPTConfig.NORM_PLACEMENTS}
 
     def __post_init__(self):
@@ -189,6 +193,13 @@ presets = {
                   "a smaller GPT (4 layers x 128, 4 heads of 32, block 64), batch 32, lr 1e-3, 300 steps, "
                   "10 evaluations on 256 fixed windows, 2 seeds; about 11 min on a 2-core CPU (with "
                   "OMP_NUM_THREADS=1: on a busy machine two threads are several times slower)"),
+    "claim": Preset({"n_layer": 4, "n_embd": 128, "n_head": 4, "batch_size": 32, "lr": 1e-3, "steps": 800,
+                     "train_chars": 20000, "eval_every": 20, "eval_batches": 4, "eval_batch_size": 64, "seeds": 5,
+                     "matched_train_loss": 1.5},
+                    "the text's claims under the condition they are about: the cpu preset's GPT trained on only the "
+                    "first 20000 characters of the training text, so that both activations overfit within 800 "
+                    "steps (40 evaluations, as the paper's 20K steps have); eval loss read at train loss 1.5; "
+                    "5 seeds; about 25 min of one core"),
     "quick": Preset({"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16, "batch_size": 8, "lr": 1e-3,
                      "steps": 12, "eval_every": 4, "eval_batches": 2, "eval_batch_size": 8, "seeds": 2},
                     "a smoke test (1 layer x 32, 12 steps); seconds on a 2-core CPU"),
@@ -207,6 +218,8 @@ paper = PaperReference(
               "the evaluations)", "Sec. 5.6, App. D.4 text", "early_eval_loss", "colu:S=4", ("relu",), False),
         Claim("CoLU S=4 overfits more slowly than ReLU (its eval loss climbs back less from its minimum)",
               "Sec. 5.6, App. D.4 text", "eval_rise", "colu:S=4", ("relu",), False),
+        Claim("CoLU S=4 has a lower eval loss than ReLU at the same train loss (read at matched_train_loss)",
+              "Sec. 5.6 text", "eval_at_train_loss", "colu:S=4", ("relu",), False),
     ),
     settings=PAPER_SETTINGS,
     seeds=1,  # one number per row of Table 7, no spread
@@ -246,7 +259,10 @@ class TextData:
             text, fixed for the whole run.
     """
 
-    def __init__(self, corpus: data_mod.CharCorpus, block: int, eval_batches: int, eval_batch_size: int):
+    def __init__(self, corpus: data_mod.CharCorpus, block: int, eval_batches: int, eval_batch_size: int,
+                 full_train_tokens: Optional[int] = None):
+        # the whole training text's length, where train_chars cut the corpus's training text
+        self.full_train_tokens = int(corpus.train.numel()) if full_train_tokens is None else full_train_tokens
         self.corpus = corpus
         self.train, self.val, self.block = corpus.train, corpus.val, block
         self.eval_sets = {
@@ -274,7 +290,8 @@ class TextData:
     def summary(self) -> dict:
         """The corpus summary (vocabulary string included, for ``colu sample``) plus the contract's keys."""
         base = self.corpus.summary()
-        chars = base["train_tokens"] + base["val_tokens"]
+        chars = self.full_train_tokens + base["val_tokens"]
+        cut = base["train_tokens"] < self.full_train_tokens
         n_eval = sum(int(x.shape[0]) for x, _ in self.eval_sets["eval_loss"])
         differs = []
         if (chars, self.vocab_size) != (TINY_SHAKESPEARE_CHARS, TINY_SHAKESPEARE_VOCAB):
@@ -282,11 +299,15 @@ class TextData:
                            f"({TINY_SHAKESPEARE_CHARS} characters, vocabulary {TINY_SHAKESPEARE_VOCAB})")
         notes = [f"train_loss and eval_loss are means over {n_eval} fixed windows of {self.block} characters of "
                  "the training and of the validation text, the same at every evaluation point"]
+        if cut:
+            differs.append(f"only the first {base['train_tokens']} of the {self.full_train_tokens} characters of "
+                           "the training text are trained on (train_chars)")
         notes += [d[0].upper() + d[1:] for d in differs]
+        train_part = f", of which the first {base['train_tokens']} are trained on" if cut else ""
         return {**base, "block_size": self.block,
                 "description": (f"character-level corpus {os.path.basename(self.corpus.path)} ({chars} characters, "
-                                f"vocabulary {self.vocab_size}): the first 90% ({base['train_tokens']}) for "
-                                f"training, the last 10% ({base['val_tokens']}) for validation, in windows of "
+                                f"vocabulary {self.vocab_size}): the first 90% ({self.full_train_tokens}) for "
+                                f"training{train_part}, the last 10% ({base['val_tokens']}) for validation, in windows of "
                                 f"{self.block} characters"),
                 "train_examples": self.windows(self.train), "test_examples": self.windows(self.val),
                 "input_dim": self.vocab_size, "notes": notes, "differs_from_paper": differs}
@@ -303,8 +324,15 @@ def load_data(cfg) -> TextData:
                 else data_mod.CHAR_CORPUS_SOURCE)
         raise data_mod.DataError(f"--data {cfg.data!r} is a directory; {NAME} reads one text file: {hint}")
     corpus = data_mod.load_char_corpus(cfg.data, block_size=cfg.block_size)
+    have = int(corpus.train.numel())
+    if cfg.train_chars is not None:
+        if not cfg.block_size < cfg.train_chars <= have:
+            raise ValueError(f"train_chars={cfg.train_chars} does not fit: the training text of {cfg.data} holds "
+                             f"{have} characters and a window needs block_size + 1 = {cfg.block_size + 1}; use "
+                             f"--set train_chars=N with {cfg.block_size} < N <= {have}, or drop it to train on all")
+        corpus = dataclasses.replace(corpus, train=corpus.train[:cfg.train_chars])
     check_batch_sizes(cfg, corpus)
-    return TextData(corpus, cfg.block_size, cfg.eval_batches, cfg.eval_batch_size)
+    return TextData(corpus, cfg.block_size, cfg.eval_batches, cfg.eval_batch_size, full_train_tokens=have)
 
 
 def check_batch_sizes(cfg, corpus: data_mod.CharCorpus) -> None:
@@ -385,15 +413,37 @@ def evaluate(model, data: TextData, cfg, device) -> dict:
     return out
 
 
-def final_metrics(curve) -> dict:
+def eval_at_train_loss(curve, level: float) -> Optional[float]:
+    """The eval loss where the train loss first falls to ``level``, interpolated linearly in the train loss
+    between the two evaluation points around it; ``None`` if it never does (or only at a diverged point)."""
+    previous = None
+    for p in curve:
+        train, held = p["train_loss"], p["eval_loss"]
+        if train is None or held is None or not (math.isfinite(train) and math.isfinite(held)):
+            return None
+        if train <= level:
+            if previous is None or previous[0] == train:
+                return held
+            t = (previous[0] - level) / (previous[0] - train)
+            return previous[1] + t * (held - previous[1])
+        previous = (train, held)
+    return None
+
+
+def final_metrics(curve, cfg) -> dict:
     """The final metrics from the evaluation points (definitions in the module documentation)."""
     evals = [math.nan if p["eval_loss"] is None else p["eval_loss"] for p in curve]  # None: a diverged point
     finite = [(v, p["step"]) for v, p in zip(evals, curve) if math.isfinite(v)]
     best, best_step = min(finite) if finite else (math.nan, math.nan)  # ties: the earliest step
     early = evals[:math.ceil(len(evals) / 4)]
     last = evals[-1]
-    return {"train_loss": curve[-1]["train_loss"], "eval_loss": last, "best_eval_loss": best,
-            "best_eval_step": best_step, "early_eval_loss": statistics.fmean(early), "eval_rise": last - best}
+    out = {"train_loss": curve[-1]["train_loss"], "eval_loss": last, "best_eval_loss": best,
+           "best_eval_step": best_step, "early_eval_loss": statistics.fmean(early), "eval_rise": last - best}
+    level = getattr(cfg, "matched_train_loss", None)
+    matched = None if level is None else eval_at_train_loss(curve, level)
+    if matched is not None:  # absent, not NaN: a level the run never reached is no divergence
+        out["eval_at_train_loss"] = matched
+    return out
 
 
 EXPERIMENT = Experiment(
