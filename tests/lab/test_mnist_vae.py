@@ -340,3 +340,43 @@ def test_real_mnist_split_reads_and_binarizes():
     assert set(data.x_test.unique().tolist()) == {0.0, 1.0}
     assert mnist_vae.generated_images(mnist_vae.build_model(cfg, parse_activation("relu"), data)[0],
                                       cfg).shape[1:] == (28, 28)
+
+
+# ------------------------------------------------------------------ diagnosis probes
+def test_axis_init_gain_scales_the_axis_rows_and_moves_r_towards_one():
+    from colu_lab.experiments.mnist_vae import diagnose
+
+    data = mnist_vae.load_data(_cfg())
+    act = parse_activation("colu:G=5,soft,share")
+    x = data.x_train_eval[:256]
+    base, gained = (diagnose.init_stats(_cfg(hidden=50, axis_init_gain=g), "colu:G=5,soft,share", 0, x, data)
+                    for g in (1.0, 7.0))
+    torch.manual_seed(0)
+    plain, width = mnist_vae.build_model(_cfg(hidden=50), act, data)
+    torch.manual_seed(0)
+    scaled, _ = mnist_vae.build_model(_cfg(hidden=50, axis_init_gain=7.0), act, data)
+    assert width == 51
+    assert torch.allclose(scaled.enc_in.weight[0], 7 * plain.enc_in.weight[0])  # the shared axis: channel 0
+    assert torch.equal(scaled.enc_in.weight[1:], plain.enc_in.weight[1:])
+    assert torch.allclose(scaled.dec_in.weight[0], 7 * plain.dec_in.weight[0])
+    # the encoder's input is the data: its r = a/|s| scales exactly with the axis, and so do its quantiles
+    assert all(gained["encoder"][q] == pytest.approx(7 * base["encoder"][q]) for q in ("r_q10", "r_q50", "r_q90"))
+    for part in ("encoder", "decoder"):  # a wider spread of r: the soft weight w(r) is no longer nearly constant
+        assert gained[part]["w_q90"] - gained[part]["w_q10"] > 1.5 * (base[part]["w_q90"] - base[part]["w_q10"])
+    with pytest.raises(ValueError, match="axis_init_gain applies to CoLU"):
+        mnist_vae.check_activation(_cfg(hidden=50, axis_init_gain=2.0), parse_activation("relu"), data)
+
+
+def test_kl_batches_probe_reads_the_final_checkpoints(tmp_path, capsys):
+    from colu_lab.experiments.mnist_vae import diagnose
+
+    out = tmp_path / "run"
+    assert run_main(["mnist-vae", *TINY, "--steps", "2", "--activations", "relu", "--out", str(out)]) == 0
+    recorded = _results(out)["runs"][0]["curve"][-1]["test_loss"]
+    assert diagnose.main(["kl-batches", "--from", str(out), "--sizes", "32", "8", "--out",
+                          str(tmp_path / "kl.json")]) == 0
+    row = json.loads((tmp_path / "kl.json").read_text())["rows"][0]
+    assert row["test_loss_chunks_32"] == pytest.approx(recorded, rel=1e-6)  # the run's own chunks: batch 32
+    assert row["test_loss_chunks_8"] != pytest.approx(recorded, rel=1e-6)
+    assert diagnose.main(["kl-batches", "--from", str(tmp_path / "nowhere")]) == 2
+    assert "not a finished mnist-vae run folder" in capsys.readouterr().err
