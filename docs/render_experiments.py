@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -164,7 +165,8 @@ def difference(root, path, better, other, *metrics) -> str:
         judged = "beyond 2·SE" if abs(diff) > two_se else "within 2·SE"
         if min(a["n"], b["n"]) < MIN_SEEDS:
             judged += f" (too few seeds for a verdict: {a['n']} vs {b['n']})"
-        rows.append([f"`{m}`", _pm(a), _pm(b), f"{diff:+.2f}", f"{two_se:.2f}", judged])
+        places = 2 if abs(b["mean"]) >= 10 else 4  # losses near 1 (the GPT's) need more than two decimals
+        rows.append([f"`{m}`", _pm(a), _pm(b), f"{diff:+.{places}f}", f"{two_se:.{places}f}", judged])
     return _table(["metric", f"`{better}`", f"`{other}`", "Δ", "2·SE", "Δ against 2·SE"], rows)
 
 
@@ -186,6 +188,45 @@ def curve_at(root, path, metric, *steps) -> str:
             row.append(_pm(_stats(values)))
         rows.append(row)
     return _table(["activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps], rows)
+
+
+def curve_by_folder(root, metric, steps, *paths) -> str:
+    """``metric`` (mean ± std over seeds) at the comma-separated ``steps``, one row per folder and activation,
+    each folder labelled by its name: runs that differ in one setting, side by side."""
+    rows, steps = [], steps.split(",")
+    for path in paths:
+        table = curve_at(root, path, metric, *steps).splitlines()[2:]  # the rows of the folder's own table
+        rows += [[f"`{os.path.basename(path.rstrip('/'))}`"] + line.strip("|").split("|") for line in table]
+    return _table(["folder", "activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps],
+                  [[c.strip() for c in row] for row in rows])
+
+
+def _quantiles(stats, what) -> str:
+    return " / ".join(f"{stats[f'{what}_q{q}']:.3f}" for q in (10, 50, 90))
+
+
+def vae_cones(root, path) -> str:
+    """``mnist_vae.diagnose cones``: per gain and seed, r = a/|s| and the soft weight w(r) at initialisation."""
+    data = _load(root, path)
+    rows = []
+    for row in data["rows"]:
+        for part in ("encoder", "decoder"):
+            stats = row[part]
+            rows.append([f"{row['axis_init_gain']:g}", row["seed"], part, _quantiles(stats, "r"),
+                         _quantiles(stats, "w"), f"{stats['inside']:.3f}", f"{stats['nonpositive']:.3f}"])
+    return _table(["`axis_init_gain`", "seed", "activation", "r 10% / 50% / 90%", "w(r) 10% / 50% / 90%",
+                   "share r ≥ 1", "share r ≤ 0"], rows)
+
+
+def kl_batches(root, path) -> str:
+    """``mnist_vae.diagnose kl-batches``: mean ± std over seeds of the test loss per KL chunk size."""
+    data = _load(root, path)
+    sizes = [k for k in data["rows"][0] if k.startswith("test_loss_chunks_")]
+    rows = []
+    for act in dict.fromkeys(r["activation"] for r in data["rows"]):
+        runs = [r for r in data["rows"] if r["activation"] == act]
+        rows.append([f"`{act}`", len(runs)] + [_pm(_stats([r[k] for r in runs])) for k in sizes])
+    return _table(["activation", "seeds"] + [f"chunks of {k.rsplit('_', 1)[1]}" for k in sizes], rows)
 
 
 def by_setting(root, key, *args) -> str:
@@ -315,6 +356,9 @@ RENDERERS = {
     "curve-at": curve_at,
     "difference": difference,
     "by-setting": by_setting,
+    "curve-by-folder": curve_by_folder,
+    "vae-cones": vae_cones,
+    "kl-batches": kl_batches,
     "cap-rotation": cap_rotation,
     "ablation": ablation,
     "ablation-comparison": ablation_comparison,

@@ -125,6 +125,11 @@ def claim_verdicts(exp, results) -> list[str]:
             missing = [a for a in (claim.better, *claim.than) if a not in summary]
             lines.append(head + f"not tested (no runs for {', '.join(missing)}).")
             continue
+        stats = [summary[a].get(claim.metric) for a in (claim.better, *claim.than)]
+        if any(s is None or (s["n"] == 0 and not s["diverged"]) for s in stats):
+            lines.append(head + f"not measured (no run here reports `{claim.metric}`; see the metric's "
+                                "definition in the experiment's documentation).")
+            continue
         b = summary[claim.better][claim.metric]
         observed, holds, clear, seeds = [], True, True, [b["n"]]
         for other in claim.than:

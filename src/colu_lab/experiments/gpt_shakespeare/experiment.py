@@ -73,6 +73,16 @@ Final metrics, all from the evaluation curve:
 * ``eval_rise``: the last eval loss minus the best, i.e. how far the eval
   loss climbed back after its minimum. Lower means slower overfitting, the
   paper's "slower overfitting" (0: it never rose).
+* ``eval_at_train_loss``: the eval loss where the train loss first falls to
+  ``matched_train_loss`` (interpolated between evaluation points), the
+  paper's "lower test loss with the same training loss"; read only when
+  ``matched_train_loss`` is set and the run reaches it.
+
+``train_chars`` (default: all) trains on the first N characters of the
+training text only, the validation text unchanged. The ``claim`` preset uses
+it to create the condition the text's claims are about: a model that
+overfits within the budget (the cpu preset's 300 steps on the whole text
+never do).
 
 The paper reports one number per row of Table 7 without a spread, so its
 values are quoted with no std and it counts as one seed per configuration.
