@@ -469,9 +469,11 @@ def test_cached_plans_are_per_thread():
 # (-march level, symbols the build must have, symbols it must not have, float16 in the kernel)
 _ISA_BUILDS = {
     # no AVX2: the plain C loops everywhere; no F16C, so float16 is upcast in torch
-    "x86-64": ((), ("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_"), False),
+    "x86-64": (("flat_4_colu_hard_fwd", "flat_16_rcolu_firm_bwd"), ("avx_16_", "avx_4_", "avx_8_", "avz_", "axf_"),
+               False),
     # AVX2 without AVX-512: the AVX2 blocks of 8 cones for S = 4, 8 and 16, and none of gcc's flat loops for them
-    "x86-64-v3": (("avx_fwd_16", "avx_fwd_4_", "avx_fwd_8_"), ("flat_fwd_4_COLU_HARD", "flat_fwd_8_COLU_HARD"), True),
+    "x86-64-v3": (("avx_16_colu_hard_identity_fwd", "avx_4_rcolu_soft_identity_bwd", "avx_8_colu_firm_silu_fwd",
+                   "axf_4_fwd"), ("flat_4_colu_hard_fwd", "flat_8_colu_hard_fwd", "avz_"), True),
 }
 
 

@@ -171,9 +171,43 @@ def test_s4_s8_take_the_vector_blocks():
         pytest.skip("the kernel library's path is not visible in /proc/self/maps")
     symbols = open(path, "rb").read().decode("latin-1")
     for S in (4, 8):
-        for kind in ("COLU", "RCOLU"):
-            for sc in ("HARD", "SOFT", "FIRM"):
-                for act in ("IDENTITY", "RELU", "SILU"):
-                    name = f"{S}_{kind}_{sc}_{act}"
-                    assert f"avx_fwd_{name}" in symbols and f"avx_bwd_{name}" in symbols
-                assert f"flat_fwd_{S}_{kind}_{sc}" not in symbols
+        for kind in ("colu", "rcolu"):
+            for sc in ("hard", "soft", "firm"):
+                for act in ("identity", "relu", "silu"):
+                    name = f"{S}_{kind}_{sc}_{act}"  # AVX-512 blocks (avz_) take the identity axis where built
+                    assert any(f"{isa}_{name}_{way}" in symbols for isa in ("avx", "avz") for way in ("fwd", "bwd"))
+                assert f"flat_{S}_{kind}_{sc}_fwd" not in symbols
+
+
+def _instance_table() -> dict:
+    """kernel_instances.h as {family macro: [(forward name, backward name), ...]}, parsed from the header."""
+    text = (cpu.SOURCE.parent / "kernel_instances.h").read_text()
+    families = {}
+    for macro, body in re.findall(r"#define (COLU_\w+_INSTANCES)\(X\)((?:.*\\\n)*.*)", text):
+        families[macro] = re.findall(r"X\((\w+), (\w+),", body)
+    return families
+
+
+def test_every_row_of_the_instance_table_is_built():
+    """Each row of kernel_instances.h names a forward and a backward function that this machine's build holds (the
+    families its ISA builds), and no name appears twice: the table is the list of every specialised kernel."""
+    path = _loaded_library()
+    if path is None:
+        pytest.skip("the kernel library's path is not visible in /proc/self/maps")
+    symbols = set(re.findall(rb"[A-Za-z_][A-Za-z0-9_]*", open(path, "rb").read()))
+    table = _instance_table()
+    names = [name for rows in table.values() for row in rows for name in row]
+    assert len(table) == 11 and len(names) == len(set(names))
+    flags = _flags()
+    avx2 = {"avx2", "fma"} <= flags
+    built = {"COLU_MID_INSTANCES", "COLU_SPLIT_INSTANCES", "COLU_FLAT_S3_INSTANCES", "COLU_FLAT_RCOLU_ACT_INSTANCES",
+             "COLU_PLANE_INSTANCES"}
+    if avx2:
+        built |= {"COLU_AXF_INSTANCES", "COLU_AVX2_WIDE_INSTANCES", "COLU_AVX2_ACT_INSTANCES",
+                  "COLU_AVX512_IDENTITY_INSTANCES" if "avx512f" in flags else "COLU_AVX2_IDENTITY_INSTANCES"}
+    else:
+        built.add("COLU_FLAT_PORTABLE_INSTANCES")
+    for family, rows in table.items():
+        for forward, backward in rows:
+            present = forward.encode() in symbols and backward.encode() in symbols
+            assert present == (family in built), (family, forward)

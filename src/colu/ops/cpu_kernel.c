@@ -211,6 +211,8 @@ static unsigned long overflow_count(void) { return __atomic_load_n(&overflows, _
 #endif
 #endif
 
+#include "kernel_instances.h"
+
 #define T float
 #define SFX(name) name##_f32
 #define SQRT sqrtf

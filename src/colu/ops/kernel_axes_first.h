@@ -208,27 +208,24 @@ ALWAYS_INLINE void axf_bwd_row(const float* x, const float* gr, float* gi, const
     if (G % 8) axf_tail(x, gr, gi, G, m, nblk, c, 1);
 }
 
-#define AXF_LOOPS(NAME, SS, S_OF)                                                                               \
-    static __attribute__((noinline)) void axf_fwd_##NAME(const float* restrict x, float* restrict y,            \
-                                                          const i64 outer, const i64 C, const colu_cfg* c,       \
-                                                          const int nt) {                                        \
+#define AXF_LOOPS(FWD, BWD, SS, S_OF, HIT)                                                                      \
+    static __attribute__((noinline)) void FWD(const float* restrict x, float* restrict y, const i64 outer,       \
+                                              const i64 C, const colu_cfg* c, const int nt) {                    \
         fwd_mid_fn_f32 f;                                                                                        \
         bwd_mid_fn_f32 b;                                                                                        \
         pick_mids_f32(c, &f, &b);                                                                                \
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) axf_fwd_row(x + o * C, y + o * C, c->G, S_OF, SS, f, c)); \
     }                                                                                                            \
-    static __attribute__((noinline)) void axf_bwd_##NAME(const float* restrict x, const float* restrict gr,     \
-                                                          float* restrict gi, const i64 outer, const i64 C,      \
-                                                          const colu_cfg* c, const int nt) {                     \
+    static __attribute__((noinline)) void BWD(const float* restrict x, const float* restrict gr,                \
+                                              float* restrict gi, const i64 outer, const i64 C, const colu_cfg* c, \
+                                              const int nt) {                                                    \
         fwd_mid_fn_f32 f;                                                                                        \
         bwd_mid_fn_f32 b;                                                                                        \
         pick_mids_f32(c, &f, &b);                                                                                \
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o)                                                           \
                              axf_bwd_row(x + o * C, gr + o * C, gi + o * C, c->G, S_OF, SS, b, c));              \
     }
-AXF_LOOPS(4, 4, 4)
-AXF_LOOPS(8, 8, 8)
-AXF_LOOPS(wide, 0, c->S)
+COLU_AXF_INSTANCES(AXF_LOOPS)
 #undef AXF_LOOPS
 
 /* 1 where these rows took the call: CoLU in the axes_first layout, S = 4 or a multiple of 8, hard, soft or
@@ -239,15 +236,13 @@ static int axf_range(const float* x, const float* g, float* out, const i64 outer
     if (c->kind != COLU_KIND_COLU || c->shared || !OWN_LOOPS(c->scaling) || C != G * S || c->axis_base != 0 ||
         c->axis_step != 1 || c->sec_base != G || c->sec_step != S - 1 || !(S == 4 || S % 8 == 0))
         return 0;
-    if (S == 4) {
-        if (backward) axf_bwd_4(x, g, out, outer, C, c, nt);
-        else axf_fwd_4(x, out, outer, C, c, nt);
-    } else if (S == 8) {
-        if (backward) axf_bwd_8(x, g, out, outer, C, c, nt);
-        else axf_fwd_8(x, out, outer, C, c, nt);
-    } else {
-        if (backward) axf_bwd_wide(x, g, out, outer, C, c, nt);
-        else axf_fwd_wide(x, out, outer, C, c, nt);
+#define CASE(FWD, BWD, SS, S_OF, HIT)                      \
+    if (HIT) {                                             \
+        if (backward) BWD(x, g, out, outer, C, c, nt);     \
+        else FWD(x, out, outer, C, c, nt);                 \
+        return 1;                                          \
     }
-    return 1;
+    COLU_AXF_INSTANCES(CASE)
+#undef CASE
+    return 0; /* unreachable: the rows cover S = 4 and every multiple of 8 */
 }

@@ -203,35 +203,31 @@ static void SFX(bwd_row)(const T* restrict x, const T* restrict gr, T* restrict 
 typedef void (*SFX(fwd_mid_fn))(i64, const T* restrict, T* restrict, T* restrict, T);
 typedef void (*SFX(bwd_mid_fn))(i64, const T* restrict, const T* restrict, const T* restrict, T* restrict,
                                 T* restrict, T* restrict, T);
-#define MID_ALL(M)                                                                                  \
-    M(HARD, IDENTITY) M(HARD, RELU) M(HARD, SILU) M(SOFT, IDENTITY) M(SOFT, RELU) M(SOFT, SILU) \
-    M(FIRM, IDENTITY) M(FIRM, RELU) M(FIRM, SILU)
-#define MID_DEF(SC, ACT)                                                                                        \
-    static __attribute__((noinline)) void SFX(fwd_mid_##SC##_##ACT)(const i64 nb, const T* restrict nn,        \
-                                                                     T* restrict ap, T* restrict w, const T eps) { \
+#define MID_DEF(FWD, BWD, SC, ACT)                                                                              \
+    static __attribute__((noinline)) void FWD(const i64 nb, const T* restrict nn, T* restrict ap, T* restrict w, \
+                                              const T eps) {                                                    \
         SFX(fwd_mid)(nb, nn, ap, w, eps, COLU_SCALING_##SC, COLU_ACT_##ACT);                                    \
     }                                                                                                           \
-    static __attribute__((noinline)) void SFX(bwd_mid_##SC##_##ACT)(                                           \
-        const i64 nb, const T* restrict nn, const T* restrict q, const T* restrict av, T* restrict w,           \
-        T* restrict coef, T* restrict kk, const T eps) {                                                        \
+    static __attribute__((noinline)) void BWD(const i64 nb, const T* restrict nn, const T* restrict q,          \
+                                              const T* restrict av, T* restrict w, T* restrict coef,             \
+                                              T* restrict kk, const T eps) {                                    \
         SFX(bwd_mid)(nb, nn, q, av, w, coef, kk, eps, COLU_SCALING_##SC, COLU_ACT_##ACT);                       \
     }
-MID_ALL(MID_DEF)
+COLU_MID_INSTANCES(MID_DEF)
 #undef MID_DEF
 
 static void SFX(pick_mids)(const colu_cfg* c, SFX(fwd_mid_fn) * f, SFX(bwd_mid_fn) * b) {
-#define CASE(SC, ACT)                                                            \
+#define CASE(FWD, BWD, SC, ACT)                                                  \
     if (c->scaling == COLU_SCALING_##SC && c->act == COLU_ACT_##ACT) {           \
-        *f = SFX(fwd_mid_##SC##_##ACT);                                          \
-        *b = SFX(bwd_mid_##SC##_##ACT);                                          \
+        *f = FWD;                                                                \
+        *b = BWD;                                                                \
         return;                                                                  \
     }
-    MID_ALL(CASE)
+    COLU_MID_INSTANCES(CASE)
 #undef CASE
-    *f = SFX(fwd_mid_HARD_IDENTITY); /* unreachable: split_range passes on the other scalings */
-    *b = SFX(bwd_mid_HARD_IDENTITY);
+    *f = mid_hard_identity_fwd; /* unreachable: split_range passes on the other scalings */
+    *b = mid_hard_identity_bwd;
 }
-#undef MID_ALL
 
 /* one row of C channels: cones' sections are the m contiguous channels at sb + g * m */
 ALWAYS_INLINE void SFX(split_fwd)(const T* restrict x, T* restrict y, const colu_cfg* c, const i64 m,
@@ -288,25 +284,23 @@ ALWAYS_INLINE void SFX(split_bwd)(const T* restrict x, const T* restrict gr, T* 
     if (shared) SFX(shared_axis_grad)(x, gr, gi, ab, ksum, act);
 }
 
-#define SPLIT_LOOPS(SS)                                                                                           \
-    static __attribute__((noinline)) void SFX(split_fwd_##SS)(const T* restrict x, T* restrict y, const i64 outer, \
-                                                              const i64 C, const colu_cfg* c, const int nt) {      \
+#define SPLIT_LOOPS(FWD, BWD, SS)                                                                                 \
+    static __attribute__((noinline)) void FWD(const T* restrict x, T* restrict y, const i64 outer, const i64 C,    \
+                                              const colu_cfg* c, const int nt) {                                   \
         SFX(fwd_mid_fn) f;                                                                                         \
         SFX(bwd_mid_fn) b;                                                                                         \
         SFX(pick_mids)(c, &f, &b);                                                                                 \
         PAR_SPANS(outer, for (i64 o = lo; o < hi; ++o) SFX(split_fwd)(x + o * C, y + o * C, c, (SS) - 1, f));     \
     }                                                                                                              \
-    static __attribute__((noinline)) void SFX(split_bwd_##SS)(const T* restrict x, const T* restrict gr,          \
-                                                              T* restrict gi, const i64 outer, const i64 C,        \
-                                                              const colu_cfg* c, const int nt) {                   \
+    static __attribute__((noinline)) void BWD(const T* restrict x, const T* restrict gr, T* restrict gi,           \
+                                              const i64 outer, const i64 C, const colu_cfg* c, const int nt) {     \
         SFX(fwd_mid_fn) f;                                                                                         \
         SFX(bwd_mid_fn) b;                                                                                         \
         SFX(pick_mids)(c, &f, &b);                                                                                 \
         PAR_SPANS(outer,                                                                                           \
                   for (i64 o = lo; o < hi; ++o) SFX(split_bwd)(x + o * C, gr + o * C, gi + o * C, c, (SS) - 1, b)); \
     }
-#define SPLIT_ALL(M) M(3) M(4) M(8) M(16)
-SPLIT_ALL(SPLIT_LOOPS)
+COLU_SPLIT_INSTANCES(SPLIT_LOOPS)
 #undef SPLIT_LOOPS
 #endif
 
@@ -325,15 +319,14 @@ static int SFX(split_range)(const T* x, const T* g, T* out, const i64 outer, con
 #if SPECIALISE_S
     /* sqrt and log have no per-cone loops of their own (pick_mids): the generic rows loops take them */
     if (c->kind != COLU_KIND_COLU || c->sec_step != c->S - 1 || !OWN_LOOPS(c->scaling)) return 0;
-#define CASE(SS)                                                      \
-    if (c->S == SS) {                                                 \
-        if (backward) SFX(split_bwd_##SS)(x, g, out, outer, C, c, nt); \
-        else SFX(split_fwd_##SS)(x, out, outer, C, c, nt);            \
-        return 1;                                                     \
+#define CASE(FWD, BWD, SS)                                \
+    if (c->S == SS) {                                     \
+        if (backward) BWD(x, g, out, outer, C, c, nt);    \
+        else FWD(x, out, outer, C, c, nt);                \
+        return 1;                                         \
     }
-    SPLIT_ALL(CASE)
+    COLU_SPLIT_INSTANCES(CASE)
 #undef CASE
-#undef SPLIT_ALL
 #else
     (void)x; (void)g; (void)out; (void)outer; (void)C; (void)c; (void)nt; (void)backward;
 #endif
@@ -409,17 +402,16 @@ ALWAYS_INLINE int SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, co
  * in a shared helper: OpenMP outlines a region's body where it stands (here
  * through PAR_SPANS), and only there do S, the kind and the scaling stay
  * compile-time constants. */
-#define FLAT_LOOPS(NAME, SS, KIND, SC, ACT)                                                                    \
-    static __attribute__((noinline)) void SFX(flat_fwd_##NAME)(const T* restrict x, T* restrict y,             \
-                                                               const i64 n, const colu_cfg* c, const int nt) { \
+#define FLAT_LOOPS(FWD, BWD, SS, KIND, SC, ACT)                                                                \
+    static __attribute__((noinline)) void FWD(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, \
+                                              const int nt) {                                                  \
         const T eps = (T)c->eps;                                                                               \
         PAR_SPANS(n, int over = 0; for (i64 i = lo; i < hi; ++i)                                               \
                  over |= SFX(cone_fwd)(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps);                    \
                  if (over) note_overflow());                                                                    \
     }                                                                                                          \
-    static __attribute__((noinline)) void SFX(flat_bwd_##NAME)(const T* restrict x, const T* restrict gr,      \
-                                                               T* restrict gi, const i64 n,                    \
-                                                               const colu_cfg* c, const int nt) {              \
+    static __attribute__((noinline)) void BWD(const T* restrict x, const T* restrict gr, T* restrict gi,       \
+                                              const i64 n, const colu_cfg* c, const int nt) {                  \
         const T eps = (T)c->eps;                                                                               \
         PAR_SPANS(n, int over = 0; for (i64 i = lo; i < hi; ++i)                                               \
                  over |= SFX(cone_bwd)(x + i * (SS), gr + i * (SS), gi + i * (SS), SS, KIND, SC, ACT, eps);    \
@@ -427,7 +419,7 @@ ALWAYS_INLINE int SFX(cone_bwd)(const T* xc, const T* gc, T* oc, const i64 S, co
     }
 
 /* run-time configuration: any S, axis activation, scaling and dtype */
-FLAT_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
+FLAT_LOOPS(SFX(flat_any_fwd), SFX(flat_any_bwd), c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 
 #if SPECIALISE_S && defined(COLU_AVX2)
 #include "kernel_vector.h"
@@ -520,7 +512,7 @@ static void SFX(flat_act_bwd)(const T* restrict x, const T* restrict gr, T* rest
 
 static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n, const colu_cfg* c, const int nt) {
     if (!OWN_LOOPS(c->scaling)) { /* every loop below is for one of the three */
-        SFX(flat_fwd_any)(x, y, n, c, nt);
+        SFX(flat_any_fwd)(x, y, n, c, nt);
         return;
     }
 #if SPECIALISE_S && defined(COLU_AVX2)
@@ -533,32 +525,32 @@ static void SFX(flat_fwd_range)(const T* restrict x, T* restrict y, const i64 n,
     }
 #endif
 #if SPECIALISE_S
-#define CASE(SS)                                            \
-    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {        \
-        SFX(flat_fwd_##SS##_RCOLU_act)(x, y, n, c, nt); \
-        return;                                          \
+#define CASE(FWD, BWD, SS)                              \
+    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {     \
+        FWD(x, y, n, c, nt);                            \
+        return;                                         \
     }
     if (c->act != COLU_ACT_IDENTITY) {
-        RCOLU_ACT_ALL(CASE)
+        COLU_FLAT_RCOLU_ACT_INSTANCES(CASE)
     }
 #undef CASE
 #endif
 #if SPECIALISE_S
-#define CASE(SS, KIND, SC)                                                                                             \
+#define CASE(FWD, BWD, SS, KIND, SC)                                                                                   \
     if (c->act == COLU_ACT_IDENTITY && c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
-        SFX(flat_fwd_##SS##_##KIND##_##SC)(x, y, n, c, nt);                                                            \
+        FWD(x, y, n, c, nt);                                                                                           \
         return;                                                                                                        \
     }
     FLAT_ALL(CASE)
 #undef CASE
 #endif
-    SFX(flat_fwd_any)(x, y, n, c, nt);
+    SFX(flat_any_fwd)(x, y, n, c, nt);
 }
 
 static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* restrict gi, const i64 n,
                                 const colu_cfg* c, const int nt) {
     if (!OWN_LOOPS(c->scaling)) { /* as in flat_fwd_range */
-        SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
+        SFX(flat_any_bwd)(x, gr, gi, n, c, nt);
         return;
     }
 #if SPECIALISE_S && defined(COLU_AVX2)
@@ -571,26 +563,26 @@ static void SFX(flat_bwd_range)(const T* restrict x, const T* restrict gr, T* re
     }
 #endif
 #if SPECIALISE_S
-#define CASE(SS)                                            \
-    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {        \
-        SFX(flat_bwd_##SS##_RCOLU_act)(x, gr, gi, n, c, nt); \
-        return;                                          \
+#define CASE(FWD, BWD, SS)                              \
+    if (c->kind == COLU_KIND_RCOLU && c->S == SS) {     \
+        BWD(x, gr, gi, n, c, nt);                       \
+        return;                                         \
     }
     if (c->act != COLU_ACT_IDENTITY) {
-        RCOLU_ACT_ALL(CASE)
+        COLU_FLAT_RCOLU_ACT_INSTANCES(CASE)
     }
 #undef CASE
 #endif
 #if SPECIALISE_S
-#define CASE(SS, KIND, SC)                                                                                             \
+#define CASE(FWD, BWD, SS, KIND, SC)                                                                                   \
     if (c->act == COLU_ACT_IDENTITY && c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC) { \
-        SFX(flat_bwd_##SS##_##KIND##_##SC)(x, gr, gi, n, c, nt);                                                       \
+        BWD(x, gr, gi, n, c, nt);                                                                                      \
         return;                                                                                                        \
     }
     FLAT_ALL(CASE)
 #undef CASE
 #endif
-    SFX(flat_bwd_any)(x, gr, gi, n, c, nt);
+    SFX(flat_any_bwd)(x, gr, gi, n, c, nt);
 }
 
 #include "kernel_planes.h"

@@ -286,39 +286,34 @@ ALWAYS_INLINE void SFX(plane_bwd)(const T* restrict x, const T* restrict gr, T* 
 
 /* one pair of functions per (S, kind, scaling, axis activation), so that OpenMP's outlined body sees them as
  * constants (as FLAT_LOOPS does) */
-#define PLANE_LOOPS(NAME, SS, KIND, SC, ACT)                                                                      \
-    static __attribute__((noinline)) void SFX(plane_fwd_##NAME)(const T* restrict x, T* restrict y,              \
-                                                                const i64 outer, const i64 C, const i64 inner,   \
-                                                                const colu_cfg* c, const int nt) {               \
+#define PLANE_LOOPS(FWD, BWD, SS, KIND, SC, ACT)                                                                  \
+    static __attribute__((noinline)) void FWD(const T* restrict x, T* restrict y, const i64 outer, const i64 C,    \
+                                              const i64 inner, const colu_cfg* c, const int nt) {                \
         PLANE_SPANS(PLANE_FWD_CALL, SS, KIND, SC, ACT);                                                           \
     }                                                                                                             \
-    static __attribute__((noinline)) void SFX(plane_bwd_##NAME)(const T* restrict x, const T* restrict gr,        \
-                                                                T* restrict gi, const i64 outer, const i64 C,    \
-                                                                const i64 inner, const colu_cfg* c, const int nt) { \
+    static __attribute__((noinline)) void BWD(const T* restrict x, const T* restrict gr, T* restrict gi,          \
+                                              const i64 outer, const i64 C, const i64 inner, const colu_cfg* c,  \
+                                              const int nt) {                                                    \
         PLANE_SPANS(PLANE_BWD_CALL, SS, KIND, SC, ACT);                                                           \
     }
 
 /* run-time configuration: any S, kind, scaling, axis activation and dtype; for float32, sqrt and log in
  * loops of their own (SC_OWN in cpu_kernel.c; float64's exp is a call, which its loops carry already) */
 #if SPECIALISE_S
-PLANE_LOOPS(any, c->S, (int)c->kind, SC_OWN(c), (int)c->act)
-PLANE_LOOPS(sqrt_log, c->S, (int)c->kind, SC_SQRT_LOG(c), (int)c->act)
+PLANE_LOOPS(SFX(plane_any_fwd), SFX(plane_any_bwd), c->S, (int)c->kind, SC_OWN(c), (int)c->act)
+PLANE_LOOPS(SFX(plane_sqrt_log_fwd), SFX(plane_sqrt_log_bwd), c->S, (int)c->kind, SC_SQRT_LOG(c), (int)c->act)
 #else
-PLANE_LOOPS(any, c->S, (int)c->kind, (int)c->scaling, (int)c->act)
+PLANE_LOOPS(SFX(plane_any_fwd), SFX(plane_any_bwd), c->S, (int)c->kind, (int)c->scaling, (int)c->act)
 #endif
 
 #if SPECIALISE_S
 /* S, kind and scaling are constants; the axis activation is read at run time (a branch outside the
  * arithmetic, which the compiler takes out of the loops). Each pair of loops adds about a second to the
- * first-use build, so only the cone sizes conv nets use most (S = 4, 8) get their own; other S run the
- * run-time loops (correct, not vectorised). */
-#define PLANE_SCALINGS(M, SS, KIND) M(SS, KIND, HARD) M(SS, KIND, SOFT) M(SS, KIND, FIRM)
-#define PLANE_KINDS(M, SS) PLANE_SCALINGS(M, SS, COLU) PLANE_SCALINGS(M, SS, RCOLU)
-#define PLANE_ALL(M) PLANE_KINDS(M, 4) PLANE_KINDS(M, 8)
-
-#define DEF_PLANE(SS, KIND, SC) \
-    PLANE_LOOPS(SS##_##KIND##_##SC, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, (int)c->act)
-PLANE_ALL(DEF_PLANE)
+ * first-use build, so only the cone sizes conv nets use most (S = 4, 8) get their own (COLU_PLANE_INSTANCES in
+ * kernel_instances.h); other S run the run-time loops (correct, not vectorised). */
+#define DEF_PLANE(FWD, BWD, SS, KIND, SC) \
+    PLANE_LOOPS(FWD, BWD, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, (int)c->act)
+COLU_PLANE_INSTANCES(DEF_PLANE)
 #undef DEF_PLANE
 
 #define PLANE_HIT(SS, KIND, SC) (c->S == SS && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC)
@@ -328,40 +323,37 @@ static void SFX(plane_fwd_range)(const T* x, T* y, const i64 outer, const i64 C,
                                  const int nt) {
 #if SPECIALISE_S
     if (!OWN_LOOPS(c->scaling)) { /* the loops below are for the other three */
-        SFX(plane_fwd_sqrt_log)(x, y, outer, C, inner, c, nt);
+        SFX(plane_sqrt_log_fwd)(x, y, outer, C, inner, c, nt);
         return;
     }
-#define CASE(SS, KIND, SC)                                                               \
+#define CASE(FWD, BWD, SS, KIND, SC)                                                     \
     if (PLANE_HIT(SS, KIND, SC)) {                                                       \
-        SFX(plane_fwd_##SS##_##KIND##_##SC)(x, y, outer, C, inner, c, nt);               \
+        FWD(x, y, outer, C, inner, c, nt);                                               \
         return;                                                                          \
     }
-    PLANE_ALL(CASE)
+    COLU_PLANE_INSTANCES(CASE)
 #undef CASE
 #endif
-    SFX(plane_fwd_any)(x, y, outer, C, inner, c, nt);
+    SFX(plane_any_fwd)(x, y, outer, C, inner, c, nt);
 }
 
 static void SFX(plane_bwd_range)(const T* x, const T* gr, T* gi, const i64 outer, const i64 C, const i64 inner,
                                  const colu_cfg* c, const int nt) {
 #if SPECIALISE_S
     if (!OWN_LOOPS(c->scaling)) { /* as in plane_fwd_range */
-        SFX(plane_bwd_sqrt_log)(x, gr, gi, outer, C, inner, c, nt);
+        SFX(plane_sqrt_log_bwd)(x, gr, gi, outer, C, inner, c, nt);
         return;
     }
-#define CASE(SS, KIND, SC)                                                               \
+#define CASE(FWD, BWD, SS, KIND, SC)                                                     \
     if (PLANE_HIT(SS, KIND, SC)) {                                                       \
-        SFX(plane_bwd_##SS##_##KIND##_##SC)(x, gr, gi, outer, C, inner, c, nt);          \
+        BWD(x, gr, gi, outer, C, inner, c, nt);                                          \
         return;                                                                          \
     }
-    PLANE_ALL(CASE)
+    COLU_PLANE_INSTANCES(CASE)
 #undef CASE
-#undef PLANE_SCALINGS
-#undef PLANE_KINDS
-#undef PLANE_ALL
 #undef PLANE_HIT
 #endif
-    SFX(plane_bwd_any)(x, gr, gi, outer, C, inner, c, nt);
+    SFX(plane_any_bwd)(x, gr, gi, outer, C, inner, c, nt);
 }
 
 #undef PLANE_LOOPS

@@ -32,9 +32,9 @@
 #define CHUNKED_MAX (128 * 1024)
 #define BLK_CHUNK(BN, SS, SC) ((BN) != 16 ? ((SS) <= 8 ? AVX_CHUNK : 1) : ((SS) == 4 || (SC) != COLU_SCALING_HARD) ? 4 : 2)
 #define BLK_CHUNK_BWD(BN, SS) ((BN) == 16 && (SS) <= 8 ? 4 : (BN) == 8 && (SS) <= 8 ? AVX_CHUNK : 1)
-#define AVX_LOOPS(NAME, SS, KIND, SC, ACT, BLK_FWD, BLK_BWD, BN)                                                        \
-    static __attribute__((noinline)) void avx_fwd_##NAME(const float* restrict x, float* restrict y,               \
-                                                         const i64 n, const colu_cfg* c, const int nt) {           \
+#define AVX_LOOPS(FWD, BWD, SS, KIND, SC, ACT, BLK_FWD, BLK_BWD, BN)                                                   \
+    static __attribute__((noinline)) void FWD(const float* restrict x, float* restrict y, const i64 n,             \
+                                              const colu_cfg* c, const int nt) {                                   \
         const float eps = (float)c->eps;                                                                           \
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                             \
         PAR_SPANS(nblk, {                                                                                          \
@@ -48,9 +48,8 @@
         for (i64 i = nblk * (BN); i < n; ++i) over |= cone_fwd_f32(x + i * (SS), y + i * (SS), SS, KIND, SC, ACT, eps); \
         if (over) note_overflow();                                                                                 \
     }                                                                                                              \
-    static __attribute__((noinline)) void avx_bwd_##NAME(const float* restrict x, const float* restrict gr,        \
-                                                         float* restrict gi, const i64 n, const colu_cfg* c,       \
-                                                         const int nt) {                                           \
+    static __attribute__((noinline)) void BWD(const float* restrict x, const float* restrict gr,                   \
+                                              float* restrict gi, const i64 n, const colu_cfg* c, const int nt) {  \
         const float eps = (float)c->eps;                                                                           \
         const i64 nblk = n / (BN), step = (BN) * (SS);                                                             \
         PAR_SPANS(nblk, {                                                                                          \
@@ -67,56 +66,48 @@
         if (over) note_overflow();                                                                                 \
     }
 
-/* S = 4, 8, 16 in AVX-512 blocks of 16 cones (in AVX2 blocks of 8 without AVX-512); larger
- * multiples of 8 in AVX2 blocks with S read at run time. A relu or silu axis (S = 4, 8, 16) runs the
- * AVX2 blocks on every machine: it changes only their per-cone scalar pass (avx_fwd_scalars,
- * avx_bwd_scalars) and a lane or two of the writes. */
-#define AVX_KEYS(M, SN, SS, HIT, ACT, F, B, BN)                                                          \
-    M(SN, SS, HIT, COLU, HARD, ACT, F, B, BN) M(SN, SS, HIT, COLU, SOFT, ACT, F, B, BN)                   \
-    M(SN, SS, HIT, COLU, FIRM, ACT, F, B, BN) M(SN, SS, HIT, RCOLU, HARD, ACT, F, B, BN)                  \
-    M(SN, SS, HIT, RCOLU, SOFT, ACT, F, B, BN) M(SN, SS, HIT, RCOLU, FIRM, ACT, F, B, BN)
-#define AVX2_KEYS(M, ACT)                                                   \
-    AVX_KEYS(M, 4, 4, c->S == 4, ACT, avx_fwd4_chunk, avx_bwd4_chunk, 8)   \
-    AVX_KEYS(M, 8, 8, c->S == 8, ACT, avx_fwd_chunk, avx_bwd_phased, 8)    \
-    AVX_KEYS(M, 16, 16, c->S == 16, ACT, avx_fwd_chunk, avx_bwd_chunk, 8)
+/* The rows are COLU_AVX*_INSTANCES in kernel_instances.h: S = 4, 8, 16 in AVX-512 blocks of 16 cones (in AVX2
+ * blocks of 8 without AVX-512); larger multiples of 8 in AVX2 blocks with S read at run time. A relu or silu axis
+ * (S = 4, 8, 16) runs the AVX2 blocks on every machine: it changes only their per-cone scalar pass
+ * (avx_fwd_scalars, avx_bwd_scalars) and a lane or two of the writes. */
 #ifdef COLU_AVX512
-#define AVX_IDENTITY_KEYS(M)                                                          \
-    AVX_KEYS(M, 4, 4, c->S == 4, IDENTITY, avz_fwd_chunk, avz_bwd_chunk, 16)         \
-    AVX_KEYS(M, 8, 8, c->S == 8, IDENTITY, avz_fwd_chunk, avz_bwd_chunk, 16)         \
-    AVX_KEYS(M, 16, 16, c->S == 16, IDENTITY, avz_fwd_chunk, avz_bwd16_chunk, 16)
+#define AVX_ALL(M) COLU_AVX512_IDENTITY_INSTANCES(M) COLU_AVX2_WIDE_INSTANCES(M) COLU_AVX2_ACT_INSTANCES(M)
 #else
-#define AVX_IDENTITY_KEYS(M) AVX2_KEYS(M, IDENTITY)
+#define AVX_ALL(M) COLU_AVX2_IDENTITY_INSTANCES(M) COLU_AVX2_WIDE_INSTANCES(M) COLU_AVX2_ACT_INSTANCES(M)
 #endif
-#define AVX_ALL(M)                                                                                    \
-    AVX_IDENTITY_KEYS(M)                                                                              \
-    AVX_KEYS(M, any, c->S, c->S % 8 == 0 && c->S >= 16, IDENTITY, avx_fwd_chunk, avx_bwd_chunk, 8) \
-    AVX2_KEYS(M, RELU) AVX2_KEYS(M, SILU)
-#define DEF_AVX(SN, SS, HIT, KIND, SC, ACT, F, B, BN) \
-    AVX_LOOPS(SN##_##KIND##_##SC##_##ACT, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_##ACT, F, B, BN)
+/* a row's SHAPE is several arguments: the second macro of each pair sees them apart */
+#define DEF_AVX(FWD, BWD, SHAPE, KIND, SC, ACT) DEF_AVX_(FWD, BWD, SHAPE, KIND, SC, ACT)
+#define DEF_AVX_(FWD, BWD, SS, HIT, F, B, BN, KIND, SC, ACT) \
+    AVX_LOOPS(FWD, BWD, SS, COLU_KIND_##KIND, COLU_SCALING_##SC, COLU_ACT_##ACT, F, B, BN)
 AVX_ALL(DEF_AVX)
 #undef DEF_AVX
+#undef DEF_AVX_
 
 /* 1 where the vector blocks took the call */
 static int avx_fwd_range(const float* x, float* y, const i64 n, const colu_cfg* c, const int nt) {
-#define CASE(SN, SS, HIT, KIND, SC, ACT, F, B, BN)                                     \
+#define CASE(FWD, BWD, SHAPE, KIND, SC, ACT) CASE_(FWD, BWD, SHAPE, KIND, SC, ACT)
+#define CASE_(FWD, BWD, SS, HIT, F, B, BN, KIND, SC, ACT)                              \
     if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC &&     \
         c->act == COLU_ACT_##ACT) {                                                    \
-        avx_fwd_##SN##_##KIND##_##SC##_##ACT(x, y, n, c, nt);                          \
+        FWD(x, y, n, c, nt);                                                           \
         return 1;                                                                      \
     }
     AVX_ALL(CASE)
+#undef CASE_
 #undef CASE
     return 0;
 }
 
 static int avx_bwd_range(const float* x, const float* gr, float* gi, const i64 n, const colu_cfg* c, const int nt) {
-#define CASE(SN, SS, HIT, KIND, SC, ACT, F, B, BN)                                     \
+#define CASE(FWD, BWD, SHAPE, KIND, SC, ACT) CASE_(FWD, BWD, SHAPE, KIND, SC, ACT)
+#define CASE_(FWD, BWD, SS, HIT, F, B, BN, KIND, SC, ACT)                              \
     if ((HIT) && c->kind == COLU_KIND_##KIND && c->scaling == COLU_SCALING_##SC &&     \
         c->act == COLU_ACT_##ACT) {                                                    \
-        avx_bwd_##SN##_##KIND##_##SC##_##ACT(x, gr, gi, n, c, nt);                     \
+        BWD(x, gr, gi, n, c, nt);                                                      \
         return 1;                                                                      \
     }
     AVX_ALL(CASE)
+#undef CASE_
 #undef CASE
     return 0;
 }
