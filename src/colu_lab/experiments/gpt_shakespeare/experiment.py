@@ -209,7 +209,7 @@ presets = {
                     "the text's claims under the condition they are about: the cpu preset's GPT trained on only the "
                     "first 20000 characters of the training text, so that both activations overfit within 800 "
                     "steps (40 evaluations, as the paper's 20K steps have); eval loss read at train loss 1.5; "
-                    "5 seeds; about 25 min of one core"),
+                    "5 seeds; about 40 min of one core"),
     "quick": Preset({"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16, "batch_size": 8, "lr": 1e-3,
                      "steps": 12, "eval_every": 4, "eval_batches": 2, "eval_batch_size": 8, "seeds": 2},
                     "a smoke test (1 layer x 32, 12 steps); seconds on a 2-core CPU"),
