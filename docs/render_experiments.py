@@ -196,7 +196,8 @@ def curve_by_folder(root, metric, steps, *paths) -> str:
     rows, steps = [], steps.split(",")
     for path in paths:
         table = curve_at(root, path, metric, *steps).splitlines()[2:]  # the rows of the folder's own table
-        rows += [[f"`{os.path.basename(path.rstrip('/'))}`"] + line.strip("|").split("|") for line in table]
+        folder = os.path.basename(os.path.dirname(path))  # .../FOLDER/results.json
+        rows += [[f"`{folder}`"] + line.strip("|").split("|") for line in table]
     return _table(["folder", "activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps],
                   [[c.strip() for c in row] for row in rows])
 
