@@ -230,6 +230,21 @@ def kl_batches(root, path) -> str:
     return _table(["activation", "seeds"] + [f"chunks of {k.rsplit('_', 1)[1]}" for k in sizes], rows)
 
 
+def palettes(root, path) -> str:
+    """``colu palettes``: per activation and seed pair, the residual unaligned, after the best permutation and
+    after the best group element, beside what each alignment achieves on unrelated filters (chance)."""
+    data = _load(root, path)
+    rows = []
+    for act, entry in data["activations"].items():
+        for pair in entry["pairs"]:
+            rows.append([f"`{act}`", f"{entry['channels']}", " & ".join(map(str, pair["seeds"])),
+                         f"{pair['residual_identity']:.4f}", f"{pair['residual_permutation']:.4f}",
+                         f"{pair['residual_group']:.4f}",
+                         f"{pair['chance_permutation']:.4f} / {pair['chance_group']:.4f}"])
+    return _table(["activation", "C", "seeds", "unaligned", "best permutation", "best group element",
+                   "chance (permutation / group)"], rows)
+
+
 def by_setting(root, key, *args) -> str:
     """One row per run folder, labelled by its config value of ``key``: every activation's final metrics.
 
@@ -245,7 +260,8 @@ def by_setting(root, key, *args) -> str:
         widths = _widths(results)
         for act, per_metric in summary.items():
             cited = exp.paper.values.get((act, widths.get(act)), {})
-            row = [f"`{results['config'][key]}`", f"`{act}`", _seeds(results, act)]
+            value = results["config"].get(key)  # runs saved before the setting existed: its default
+            row = [f"`{value}`" if value is not None else "(default)", f"`{act}`", _seeds(results, act)]
             for m in metrics:
                 row.append(_pm(per_metric[m]))
                 if with_paper:
@@ -360,6 +376,7 @@ RENDERERS = {
     "curve-by-folder": curve_by_folder,
     "vae-cones": vae_cones,
     "kl-batches": kl_batches,
+    "palettes": palettes,
     "cap-rotation": cap_rotation,
     "ablation": ablation,
     "ablation-comparison": ablation_comparison,
