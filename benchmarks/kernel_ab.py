@@ -55,7 +55,8 @@ def time_config(libs, shape, S, kind, scaling, layout, act, backward, repeats):
     N, C = shape[:2]
     inner = shape[2] * shape[3] if len(shape) == 4 else 1
     x, g = torch.randn(shape), torch.randn(shape)
-    spec = ConeSpec.resolve(C, S, None, kind=kind, layout=layout)
+    spec = (ConeSpec.resolve(C, S, None, share_axis=True, kind=kind) if layout == "shared"
+            else ConeSpec.resolve(C, S, None, kind=kind, layout=layout))
     cfg = cpu.config(spec, scaling, 1e-7, act)
     block = (ctypes.c_int64 * 10)(int(backward), 0, x.data_ptr(), g.data_ptr(), 0, N, C, inner,
                                   ctypes.addressof(cfg), torch.get_num_threads())
@@ -88,7 +89,8 @@ def main():
     p.add_argument("--cone-dim", type=int, default=4)
     p.add_argument("--kind", choices=["colu", "rcolu"], default="colu")
     p.add_argument("--scaling", choices=["hard", "soft", "firm"], default="hard")
-    p.add_argument("--layout", choices=["grouped", "axes_first"], default="grouped")
+    p.add_argument("--layout", choices=["grouped", "axes_first", "shared"], default="grouped",
+                   help="shared: one axis for all cones (C = 1 + G (S - 1))")
     p.add_argument("--axis-activation", choices=["identity", "relu", "silu"], default="identity")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--repeats", type=int, default=200)
