@@ -204,7 +204,8 @@ def test_defaults_and_paper_preset_are_the_papers_settings():
     assert R.PAPER_SETTINGS["steps"] == 180 * math.ceil(50000 / 128)
     assert R.EXPERIMENT.default_activations(cfg) == ["relu", "colu:S=4"]
     cpu = _cfg(preset="cpu")
-    assert cpu.dataset == "mnist" and cpu.seeds == 1 and cpu.activations == ["relu", "colu:S=4"]
+    assert cpu.dataset == "mnist" and cpu.seeds == 3 and cpu.activations == ["relu", "colu:S=4"]
+    assert cpu.steps == 2 * math.ceil(8000 / cpu.batch_size)  # 2 epochs of the 8000 images the t10k split leaves
     with pytest.raises(ValueError, match="depth=21.*6n \\+ 2"):
         _cfg(depth=21)
 
