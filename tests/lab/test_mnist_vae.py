@@ -380,3 +380,6 @@ def test_kl_batches_probe_reads_the_final_checkpoints(tmp_path, capsys):
     assert row["test_loss_chunks_8"] != pytest.approx(recorded, rel=1e-6)
     assert diagnose.main(["kl-batches", "--from", str(tmp_path / "nowhere")]) == 2
     assert "not a finished mnist-vae run folder" in capsys.readouterr().err
+    assert diagnose.main(["cones", "--activation", "relu", "--seeds", "1"]) == 2  # no cones to measure
+    err = capsys.readouterr().err
+    assert "ReLU() has no cone axes" in err and "Traceback" not in err

@@ -21,14 +21,13 @@ whole test set at once is the population's statistics)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import replace
 
 import torch
 
-from colu.files import atomic_write_text, read_json_object
+from colu.files import atomic_write_json, read_json_object
 from colu.reference import weighting
 from colu_lab.experiments.mnist_vae import experiment as vae
 from colu_lab.framework.activations import parse_activation
@@ -66,25 +65,35 @@ def init_stats(cfg, label: str, seed: int, x: torch.Tensor, data) -> dict:
             "decoder": cone_regimes(h_dec, model.dec_act, width)}
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count: give 1 or more")
+    return value
+
+
 def cones_main(p, argv) -> int:
     p.add_argument("--data", metavar="DIR", help="the MNIST folder (default: the built-in digits)")
     p.add_argument("--split-from-test", type=int, default=2000, metavar="N")
     p.add_argument("--activation", default="colu:G=50,soft,share", metavar="LABEL")
     p.add_argument("--gains", type=float, nargs="+", default=[1.0], metavar="G",
                    help="axis_init_gain values to measure (default 1: PyTorch's initialisation)")
-    p.add_argument("--seeds", type=int, default=3, metavar="N")
-    p.add_argument("--images", type=int, default=512, metavar="N", help="training images measured on")
+    p.add_argument("--seeds", type=_at_least_one, default=3, metavar="N")
+    p.add_argument("--images", type=_at_least_one, default=512, metavar="N", help="training images measured on")
     p.add_argument("--out", metavar="FILE.json", help="write the statistics there (default: print only)")
     args = p.parse_args(argv)
     dataset = {"dataset": "mnist", "data": args.data, "split_from_test": args.split_from_test} if args.data else {}
     rows = []
     for gain in args.gains:
-        try:
+        try:  # a bad gain, data folder or activation: one line naming it
             cfg, _ = build_config(vae.Config, preset_table(vae.EXPERIMENT), {}, {**dataset, "axis_init_gain": gain})
+            data = vae.load_data(cfg)
+            act = parse_activation(args.activation)
+            width = act.paper_width(cfg.hidden)
+            vae.cone_spec_of(act.build(width), width)  # it must have cone axes
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        data = vae.load_data(cfg)
         x = data.x_train_eval[:args.images]
         for seed in range(args.seeds):
             stats = init_stats(cfg, args.activation, seed, x, data)
@@ -95,8 +104,8 @@ def cones_main(p, argv) -> int:
                   f"{enc['inside']:.3f}; decoder r 10/90% {stats['decoder']['r_q10']:.3f} "
                   f"{stats['decoder']['r_q90']:.3f}")
     if args.out:
-        meta = {"command": f"{PROG} cones {' '.join(argv)}", "images": args.images, "rows": rows}
-        atomic_write_text(args.out, json.dumps(meta, indent=1) + "\n")
+        atomic_write_json(args.out, {"command": f"{PROG} cones {' '.join(argv)}", "images": args.images,
+                                     "rows": rows})
     return 0
 
 
@@ -114,7 +123,11 @@ def kl_batches_main(p, argv) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: --from {args.from_dir!r} is not a finished mnist-vae run folder ({exc})", file=sys.stderr)
         return 2
-    data = vae.load_data(cfg)
+    try:
+        data = vae.load_data(cfg)
+    except ValueError as exc:  # the data the run trained on has moved: --data is in its config.json
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = []
     for run in results["runs"]:
         act, seed = parse_activation(run["activation"]), run["seed"]
@@ -127,14 +140,13 @@ def kl_batches_main(p, argv) -> int:
         row = {"activation": act.label(), "seed": seed}
         with torch.no_grad():
             for size in args.sizes:
-                row[f"test_loss_chunks_{size}"] = vae._dataset_loss(model, data.x_test, replace(cfg, batch_size=size),
+                row[f"test_loss_chunks_{size}"] = vae.dataset_loss(model, data.x_test, replace(cfg, batch_size=size),
                                                                     "cpu")
         rows.append(row)
         print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if args.out:
-        atomic_write_text(args.out, json.dumps({"command": f"{PROG} kl-batches {' '.join(argv)}",
-                                                "test_examples": int(data.x_test.shape[0]), "rows": rows},
-                                               indent=1) + "\n")
+        atomic_write_json(args.out, {"command": f"{PROG} kl-batches {' '.join(argv)}",
+                                     "test_examples": int(data.x_test.shape[0]), "rows": rows})
     return 0
 
 

@@ -38,7 +38,7 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
-from colu import CoLU
+from colu.groups import group_of
 from colu.spec import ConeSpec
 from colu_lab.experiments.mnist_vae import figures as vae_figures
 from colu_lab.experiments.mnist_vae.model import ToyVAE
@@ -51,7 +51,7 @@ from colu_lab.framework.readings import Reading
 
 metrics = {"train_loss": False, "test_loss": False}
 GROUPS = (0, 1, 2, 10, 50, 200, 800, 1200)
-TRAIN_IMAGES_CLAIM = 1000  # the claim preset's training set: small enough that ReLU overfits within 4690 steps
+TRAIN_IMAGES_CLAIM = 1000  # the claim preset's training set: small enough for a wide gap between ReLU's train and test loss
 
 
 @dataclass
@@ -366,20 +366,22 @@ def build_model(cfg, act, data):
 
 
 def cone_spec_of(activation, width: int) -> ConeSpec:
-    """The cone spec a :class:`colu.CoLU` module applies to a hidden state of ``width`` channels."""
-    if not isinstance(activation, CoLU):
-        raise ValueError(f"{activation!r} has no cone axes; axis_init_gain applies to CoLU activations only "
-                         "(drop --set axis_init_gain)")
-    return ConeSpec.resolve(width, activation.cone_dim, activation.num_cones, share_axis=activation.share_axis,
-                            layout=activation.layout, componentwise=activation.componentwise)
+    """The cone spec a :class:`colu.CoLU` module applies to a hidden state of ``width`` channels (its symmetry
+    group's cones)."""
+    cone = group_of(activation, width).cone
+    if cone is None or cone.kind != "colu":
+        raise ValueError(f"{activation!r} has no cone axes; axis_init_gain applies to CoLU activations with "
+                         "cones of 3 or more channels only (drop --set axis_init_gain)")
+    return cone
 
 
 def scale_axis_rows(linear: torch.nn.Linear, activation, width: int, gain: float) -> None:
     """Multiply the rows of ``linear`` that make the cone axes of ``activation`` by ``gain``.
 
     With PyTorch's default initialisation every channel has the same scale, so a section of S - 1 channels
-    has sqrt(S - 1) times the norm of its axis: r = |s| / a starts far above 1, where the projection is about
-    s / 2, nearly linear. ``gain = sqrt(S - 1)`` gives the axis the section's scale.
+    has about sqrt(S - 1) times the norm of its axis and r = a / |s| starts near 0, where the soft weight
+    sigmoid(r - 1/2) is nearly constant (:mod:`colu_lab.experiments.mnist_vae.diagnose`). ``gain = sqrt(S - 1)``
+    gives the axis the section's scale.
     """
     axes = cone_spec_of(activation, width).axis_channels().unique()  # a shared axis: one row, once
     with torch.no_grad():
@@ -422,7 +424,7 @@ def eval_chunks(n: int, batch: int) -> list[tuple[int, int]]:
     return [(i, min(i + batch, n)) for i in range(0, n, batch)]
 
 
-def _dataset_loss(model, x, cfg, device):
+def dataset_loss(model, x, cfg, device):
     total, n = 0.0, x.shape[0]
     for i, j in eval_chunks(n, cfg.batch_size):
         xb = x[i:j].to(device)
@@ -433,8 +435,8 @@ def _dataset_loss(model, x, cfg, device):
 
 def evaluate(model, data, cfg, device):
     x_train = getattr(data, "x_train_eval", None)
-    return {"train_loss": _dataset_loss(model, data.x_train if x_train is None else x_train, cfg, device),
-            "test_loss": _dataset_loss(model, data.x_test, cfg, device)}
+    return {"train_loss": dataset_loss(model, data.x_train if x_train is None else x_train, cfg, device),
+            "test_loss": dataset_loss(model, data.x_test, cfg, device)}
 
 
 def final_metrics(curve, cfg):
@@ -458,7 +460,7 @@ def align_losses(cfg):
             total += align.kl_standard_normal(z.mean(0), z.var(0, unbiased=True).log()).item() * (j - i)
         return total / x.shape[0]
 
-    return {"loss": lambda model, batch: _dataset_loss(model, batch[0], cfg, cpu), "kl": kl}
+    return {"loss": lambda model, batch: dataset_loss(model, batch[0], cfg, cpu), "kl": kl}
 
 
 SAMPLE_COUNT = 9  # (a 3 x 3 mosaic) generated images per model in colu align's path samples (Figure 12)
