@@ -170,10 +170,9 @@ def difference(root, path, better, other, *metrics) -> str:
     return _table(["metric", f"`{better}`", f"`{other}`", "Δ", "2·SE", "Δ against 2·SE"], rows)
 
 
-def curve_at(root, path, metric, *steps) -> str:
-    """Mean ± std over seeds of ``metric`` at the evaluation points of the given steps, per activation."""
+def _curve_rows(root, path, metric, steps) -> list:
+    """Per activation of a run folder: its label, its seed count and ``metric`` (mean ± std) at each step."""
     results = _load(root, path)
-    steps = [int(s) for s in steps]
     rows = []
     for act in dict.fromkeys(r["activation"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["activation"] == act]
@@ -187,19 +186,25 @@ def curve_at(root, path, metric, *steps) -> str:
                 values.append(point[0][metric])
             row.append(_pm(_stats(values)))
         rows.append(row)
-    return _table(["activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps], rows)
+    return rows
+
+
+def curve_at(root, path, metric, *steps) -> str:
+    """Mean ± std over seeds of ``metric`` at the evaluation points of the given steps, per activation."""
+    steps = [int(s) for s in steps]
+    return _table(["activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps],
+                  _curve_rows(root, path, metric, steps))
 
 
 def curve_by_folder(root, metric, steps, *paths) -> str:
     """``metric`` (mean ± std over seeds) at the comma-separated ``steps``, one row per folder and activation,
     each folder labelled by its name: runs that differ in one setting, side by side."""
-    rows, steps = [], steps.split(",")
+    steps = [int(s) for s in steps.split(",")]
+    rows = []
     for path in paths:
-        table = curve_at(root, path, metric, *steps).splitlines()[2:]  # the rows of the folder's own table
         folder = os.path.basename(os.path.dirname(path))  # .../FOLDER/results.json
-        rows += [[f"`{folder}`"] + line.strip("|").split("|") for line in table]
-    return _table(["folder", "activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps],
-                  [[c.strip() for c in row] for row in rows])
+        rows += [[f"`{folder}`", *row] for row in _curve_rows(root, path, metric, steps)]
+    return _table(["folder", "activation", "seeds"] + [f"`{metric}` at step {s}" for s in steps], rows)
 
 
 def _quantiles(stats, what) -> str:
