@@ -7,7 +7,6 @@ evaluation made small (and, for the presets meant for a GPU, the network narrowe
 """
 
 import gzip
-import pickle
 
 import numpy as np
 import pytest
@@ -36,16 +35,6 @@ def _write_mnist(folder):
         _idx(folder / f"{prefix}-labels-idx1-ubyte.gz", D.LABEL_MAGIC, (np.arange(n) % 10).astype(np.uint8))
 
 
-def _write_cifar(folder, n=8):
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for name in D.CIFAR_TRAIN + [D.CIFAR_TEST]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=4))
-
-
 def _write_folder(folder, n=12):
     from PIL import Image
 
@@ -56,10 +45,10 @@ def _write_folder(folder, n=12):
 
 
 @pytest.fixture(scope="module")
-def data_dirs(tmp_path_factory):
+def data_dirs(tmp_path_factory, write_cifar):
     root = tmp_path_factory.mktemp("datasets")
     _write_mnist(root / "mnist")
-    _write_cifar(root / "cifar10")
+    write_cifar(root / "cifar10", n=8, seed=1)
     (root / "input.txt").write_text(TEXT, encoding="utf-8")
     dirs = {"mnist": root / "mnist", "cifar10": root / "cifar10", "text": root / "input.txt", "digits": None}
     try:
@@ -100,12 +89,16 @@ def _argv(name, preset, dataset, dirs):
     return argv
 
 
-@pytest.mark.parametrize("name,preset,dataset", list(_combinations()))
-def test_preset_resolves_and_loads_every_dataset(name, preset, dataset, data_dirs):
+def _skip_without_extras(name, dataset, data_dirs):
     if dataset == "folder" and "folder" not in data_dirs:
         pytest.skip("Pillow is not installed (pip install 'colu[experiments,diffusers]')")
-    if name in ("diffusion-unet",):
+    if name == "diffusion-unet":
         pytest.importorskip("diffusers", reason="the diffusion UNet needs pip install 'colu[experiments,diffusers]'")
+
+
+@pytest.mark.parametrize("name,preset,dataset", list(_combinations()))
+def test_preset_resolves_and_loads_every_dataset(name, preset, dataset, data_dirs):
+    _skip_without_extras(name, dataset, data_dirs)
     exp = EXPERIMENTS[name]
     cfg = parse_cli(_argv(name, preset, dataset, data_dirs), "colu run", "", EXPERIMENTS).cfg
     if dataset not in (None, "text"):
@@ -116,10 +109,7 @@ def test_preset_resolves_and_loads_every_dataset(name, preset, dataset, data_dir
 @pytest.mark.slow
 @pytest.mark.parametrize("name,preset,dataset", list(_combinations()))
 def test_preset_trains_a_step_on_every_dataset(name, preset, dataset, data_dirs, tmp_path):
-    if dataset == "folder" and "folder" not in data_dirs:
-        pytest.skip("Pillow is not installed (pip install 'colu[experiments,diffusers]')")
-    if name in ("diffusion-unet",):
-        pytest.importorskip("diffusers", reason="the diffusion UNet needs pip install 'colu[experiments,diffusers]'")
+    _skip_without_extras(name, dataset, data_dirs)
     argv = [*_argv(name, preset, dataset, data_dirs), *STEP, *SMALLER.get(name, []), "--out", str(tmp_path / "r")]
     assert run_main(argv) == 0, argv
     assert (tmp_path / "r" / "results.json").is_file()

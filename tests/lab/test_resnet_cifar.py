@@ -2,10 +2,8 @@
 
 import json
 import math
-import pickle
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -228,19 +226,8 @@ def test_preset_cpu_without_data_fails_before_training(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ CIFAR-10 in the official format
-def _write_cifar(directory, n=4):
-    """Six batches of ``n`` random images each: dicts with the official files' keys and array layout."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(5)
-    for name in D.CIFAR_TRAIN + [D.CIFAR_TEST]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
-        (directory / name).write_bytes(pickle.dumps(batch, protocol=4))
-
-
-def test_cifar10_goes_through_load_data(tmp_path):
-    _write_cifar(tmp_path)
+def test_cifar10_goes_through_load_data(tmp_path, write_cifar):
+    write_cifar(tmp_path)
     data = R.load_data(_cfg(dataset="cifar10", data=str(tmp_path)))
     assert data.name == "cifar10" and data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
     assert torch.allclose(data.mean, data.x_train.mean((0, 2, 3)), atol=1e-6)
@@ -248,8 +235,8 @@ def test_cifar10_goes_through_load_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar10_run_from_official_batches(tmp_path):
-    _write_cifar(tmp_path / "cifar")
+def test_cifar10_run_from_official_batches(tmp_path, write_cifar):
+    write_cifar(tmp_path / "cifar")
     out = tmp_path / "out"
     assert run_main(["resnet-cifar", "--quiet", "--data", str(tmp_path / "cifar"), "--set", "depth=8", "--steps", "2",
                      "--batch-size", "8", "--seeds", "1", "--activations", "colu:S=4", "--out", str(out)]) == 0
@@ -260,7 +247,7 @@ def test_cifar10_run_from_official_batches(tmp_path):
     assert "depth = 8 (paper: 56)" in report and "dataset =" not in report  # only the budget and size differ
 
 
-def test_quick_runs_on_a_dataset_the_preset_does_not_name(tmp_path):
+def test_quick_runs_on_a_dataset_the_preset_does_not_name(tmp_path, write_cifar):
     """--quick sets the built-in digits at 8x8; with CIFAR-10 (named, or found in --data) its digits size does not
     carry over: it stopped with 'digits_size=8 applies to --dataset digits only ... drop it', a setting the user
     never gave."""
@@ -268,7 +255,7 @@ def test_quick_runs_on_a_dataset_the_preset_does_not_name(tmp_path):
     from colu_lab.registry import EXPERIMENTS
 
     cifar = tmp_path / "cifar"
-    _write_cifar(cifar)
+    write_cifar(cifar)
     for extra in (["--dataset", "cifar10"], []):
         request = parse_cli(["resnet-cifar", "--quick", "--data", str(cifar), *extra], "colu run", "", EXPERIMENTS)
         assert request.cfg.dataset == "cifar10" and request.cfg.digits_size == 32 and request.cfg.depth == 8
