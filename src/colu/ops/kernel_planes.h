@@ -7,7 +7,7 @@
  * vectorises with one pixel per lane: the section norm is S-1 multiply-adds
  * in registers and every value is read once and written once, as ReLU does.
  *
- * float32 gets one loop per S in {4, 8}, kind and scaling (PLANE_ALL below); other S and float64 run the
+ * float32 gets one loop per S in {4, 8}, kind and scaling (COLU_PLANE_INSTANCES); other S and float64 run the
  * same loops with them read at run time (correct for every configuration, not vectorised). No include
  * guard: it is included twice. */
 #define PT 64

@@ -317,8 +317,8 @@ class TextData:
         return {**base, "block_size": self.block,
                 "description": (f"character-level corpus {os.path.basename(self.corpus.path)} ({chars} characters, "
                                 f"vocabulary {self.vocab_size}): the first 90% ({self.full_train_tokens}) for "
-                                f"training{train_part}, the last 10% ({base['val_tokens']}) for validation, in windows of "
-                                f"{self.block} characters"),
+                                f"training{train_part}, the last 10% ({base['val_tokens']}) for validation, in "
+                                f"windows of {self.block} characters"),
                 "train_examples": self.windows(self.train), "test_examples": self.windows(self.val),
                 "input_dim": self.vocab_size, "notes": notes, "differs_from_paper": differs}
 
@@ -431,8 +431,8 @@ def eval_at_train_loss(curve, level: float) -> Optional[float]:
         train, held = p["train_loss"], p["eval_loss"]
         if train is None or held is None or not (math.isfinite(train) and math.isfinite(held)):
             return None
-        if train <= level:
-            if previous is None or previous[0] == train:
+        if train <= level:  # the previous point, if any, was above the level
+            if previous is None:
                 return held
             t = (previous[0] - level) / (previous[0] - train)
             return previous[1] + t * (held - previous[1])
